@@ -1,0 +1,154 @@
+//! The op set the network is written against. The CPU reference (`cpu/`), the WGSL kernels
+//! (`gpu/`) and the shape/FLOP analyser (`shape.rs`) implement it, so the network in `net/` is
+//! written once and the backends cannot drift apart. Each op has one WGSL file, one CPU function
+//! and one parity test.
+
+use crate::config::Activation;
+use crate::error::Result;
+
+/// 2-D convolution geometry (square kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2d {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv2d {
+    pub const SAME: Conv2d = Conv2d { stride: 1, padding: 1 };
+    pub const POINTWISE: Conv2d = Conv2d { stride: 1, padding: 0 };
+    pub const DOWN: Conv2d = Conv2d { stride: 2, padding: 1 };
+
+    /// Output size along one axis for input size `n` and kernel size `k`.
+    pub fn out_size(&self, n: usize, k: usize) -> usize {
+        (n + 2 * self.padding - k) / self.stride + 1
+    }
+}
+
+/// Op families, for FLOP accounting and per-family benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OpFamily {
+    Conv2d,
+    GroupNorm,
+    Linear,
+    Embedding,
+    Attention,
+    Upsample,
+    Concat,
+    Elementwise,
+}
+
+impl OpFamily {
+    pub const ALL: [OpFamily; 8] = [
+        OpFamily::Conv2d,
+        OpFamily::GroupNorm,
+        OpFamily::Linear,
+        OpFamily::Embedding,
+        OpFamily::Attention,
+        OpFamily::Upsample,
+        OpFamily::Concat,
+        OpFamily::Elementwise,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpFamily::Conv2d => "conv2d",
+            OpFamily::GroupNorm => "group_norm",
+            OpFamily::Linear => "linear",
+            OpFamily::Embedding => "embedding",
+            OpFamily::Attention => "attention",
+            OpFamily::Upsample => "upsample",
+            OpFamily::Concat => "concat",
+            OpFamily::Elementwise => "elementwise",
+        }
+    }
+}
+
+/// A tensor's shape (row-major, batch first).
+pub trait Shaped {
+    fn shape(&self) -> &[usize];
+    fn len(&self) -> usize {
+        self.shape().iter().product()
+    }
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The operations of the flow-map networks. Layouts: images NCHW, vectors [N, F];
+/// conv weights [C_out, C_in, k, k]; linear weights [out, in] (PyTorch's convention).
+pub trait Backend {
+    type Tensor: Shaped + Clone;
+
+    /// Copies host data into a new tensor.
+    fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Self::Tensor>;
+    /// Copies a tensor back to the host (waits for pending work).
+    fn download(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    /// Waits until all recorded work has finished (for timing); a no-op on the CPU.
+    fn sync(&self) -> Result<()>;
+
+    /// y = conv(x, w) + bias (+ residual). x: [N, Cin, H, W], w: [Cout, Cin, k, k].
+    fn conv2d(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        bias: &Self::Tensor,
+        geom: Conv2d,
+        residual: Option<&Self::Tensor>,
+    ) -> Self::Tensor;
+
+    /// GroupNorm over (C/groups, H, W) with affine gamma/beta, then optionally the time
+    /// scale-shift y·(1 + scale) + shift with `modulation` [N, 2C] = [scale | shift], then
+    /// optionally SiLU.
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        groups: usize,
+        eps: f32,
+        modulation: Option<&Self::Tensor>,
+        silu: bool,
+    ) -> Self::Tensor;
+
+    /// y = act((x wᵀ + b) · (1 + scale) + shift). x: [N, in], w: [out, in], modulation [N, 2·out].
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        bias: &Self::Tensor,
+        modulation: Option<&Self::Tensor>,
+        act: Activation,
+    ) -> Self::Tensor;
+
+    /// Sinusoidal embedding of times [N] into [N, dim] = [cos(ω_i τ) | sin(ω_i τ)],
+    /// τ = time_scale · t, ω_i = max_period^(−i / (dim/2)).
+    fn timestep_embedding(&self, times: &Self::Tensor, dim: usize, max_period: f32, time_scale: f32) -> Self::Tensor;
+
+    /// Multi-head self-attention on qkv [N, 3C, L] (q, k, v stacked on channels, heads split
+    /// each into C/heads channels) → [N, C, L]; softmax(qᵀk / √d) applied to v.
+    fn attention(&self, qkv: &Self::Tensor, heads: usize) -> Self::Tensor;
+
+    /// Nearest-neighbour ×2 upsampling of [N, C, H, W].
+    fn upsample_nearest2x(&self, x: &Self::Tensor) -> Self::Tensor;
+
+    /// Concatenation of [N, Ca, H, W] and [N, Cb, H, W] along channels.
+    fn concat_channels(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+
+    /// The same data viewed with another shape of equal size (free on every backend).
+    fn reshape(&self, t: &Self::Tensor, shape: &[usize]) -> Self::Tensor;
+
+    /// a + b, same shapes.
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+
+    /// act(x) elementwise.
+    fn activation(&self, x: &Self::Tensor, act: Activation) -> Self::Tensor;
+
+    /// The flow-map update x + (t − s) · v (METHOD §3), `dt` = t − s.
+    fn flow_step(&self, x: &Self::Tensor, v: &Self::Tensor, dt: f32) -> Self::Tensor;
+}
+
+/// Shape of a conv2d output.
+pub fn conv2d_out_shape(x: &[usize], w: &[usize], geom: Conv2d) -> Vec<usize> {
+    vec![x[0], w[0], geom.out_size(x[2], w[2]), geom.out_size(x[3], w[3])]
+}

@@ -1,0 +1,478 @@
+//! [`Backend`] on wgpu: one function per op that fills the kernel's parameter block and
+//! dispatches its WGSL entry point (`shaders/<op>.wgsl`, documented there).
+
+use super::context::GpuContext;
+use super::pool::{self, Pool, PooledBuffer};
+use super::SHADERS;
+use crate::backend::{conv2d_out_shape, Backend, Conv2d, Shaped};
+use crate::config::Activation;
+use crate::error::{Error, Result};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use wgpu::util::DeviceExt;
+
+/// A tensor resident on the GPU.
+#[derive(Clone)]
+pub struct GpuTensor {
+    buf: Rc<PooledBuffer>,
+    shape: Vec<usize>,
+}
+
+impl Shaped for GpuTensor {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+}
+
+impl GpuTensor {
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.buf.buffer()
+    }
+}
+
+/// A kernel parameter: the WGSL `Params` structs hold only 32-bit scalars.
+enum P {
+    U(u32),
+    F(f32),
+}
+
+fn param_bytes(ps: &[P]) -> Vec<u8> {
+    let mut out: Vec<u8> = ps
+        .iter()
+        .flat_map(|p| match p {
+            P::U(v) => v.to_le_bytes(),
+            P::F(v) => v.to_le_bytes(),
+        })
+        .collect();
+    // Uniform blocks are sized in multiples of 16 bytes.
+    out.resize(out.len().div_ceil(16) * 16, 0);
+    out
+}
+
+fn u(v: usize) -> P {
+    P::U(u32::try_from(v).expect("kernel sizes fit in u32; the sampler splits larger batches"))
+}
+
+pub struct GpuBackend {
+    ctx: GpuContext,
+    pool: Pool,
+    modules: RefCell<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: RefCell<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
+    encoder: RefCell<Option<wgpu::CommandEncoder>>,
+    /// Bound where an optional input (residual, modulation) is absent.
+    dummy: wgpu::Buffer,
+}
+
+impl GpuBackend {
+    pub fn new(ctx: GpuContext) -> Self {
+        let dummy = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("flowmap dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        GpuBackend {
+            ctx,
+            pool: Pool::default(),
+            modules: RefCell::default(),
+            pipelines: RefCell::default(),
+            encoder: RefCell::default(),
+            dummy,
+        }
+    }
+
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// Compiles every kernel now rather than on first use (so timings exclude compilation).
+    pub fn warm_up(&self) -> Result<()> {
+        for (shader, entry) in [
+            ("attention.wgsl", "main"),
+            ("concat.wgsl", "main"),
+            ("conv2d.wgsl", "main"),
+            ("elementwise.wgsl", "add"),
+            ("elementwise.wgsl", "activate"),
+            ("elementwise.wgsl", "flow_step"),
+            ("embedding.wgsl", "main"),
+            ("group_norm.wgsl", "main"),
+            ("linear.wgsl", "main"),
+            ("upsample.wgsl", "main"),
+        ] {
+            self.pipeline(shader, entry);
+        }
+        self.ctx.take_error()
+    }
+
+    fn pipeline(&self, shader: &'static str, entry: &'static str) -> wgpu::ComputePipeline {
+        if let Some(p) = self.pipelines.borrow().get(&(shader, entry)) {
+            return p.clone();
+        }
+        let mut modules = self.modules.borrow_mut();
+        let module = modules.entry(shader).or_insert_with(|| {
+            let source = SHADERS.iter().find(|(n, _)| *n == shader).expect("shader is listed in SHADERS").1;
+            self.ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            })
+        });
+        let p = self.ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        self.pipelines.borrow_mut().insert((shader, entry), p.clone());
+        p
+    }
+
+    fn alloc(&self, shape: &[usize]) -> GpuTensor {
+        let size = (shape.iter().product::<usize>().max(1) * 4) as u64;
+        let buffer = pool::take(&self.pool, size).unwrap_or_else(|| {
+            self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("flowmap tensor"),
+                size,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        GpuTensor {
+            buf: Rc::new(PooledBuffer::new(buffer, self.pool.clone())),
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// Records one dispatch of `groups` workgroups, folded into two dimensions when it exceeds
+    /// the per-dimension limit (every kernel flattens its workgroup id the same way).
+    fn dispatch(&self, shader: &'static str, entry: &'static str, buffers: &[(u32, &wgpu::Buffer)], params: &[P], groups: usize) {
+        let pipeline = self.pipeline(shader, entry);
+        let uniform = self.ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("flowmap params"),
+            contents: &param_bytes(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let params_binding = buffers.iter().map(|(b, _)| b + 1).max().unwrap_or(0);
+        let mut entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .map(|(binding, buf)| wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: buf.as_entire_binding(),
+            })
+            .collect();
+        entries.push(wgpu::BindGroupEntry {
+            binding: params_binding,
+            resource: uniform.as_entire_binding(),
+        });
+        let bind_group = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let max = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
+        let gx = groups.clamp(1, max);
+        let gy = groups.div_ceil(gx).max(1);
+        let mut enc = self.encoder.borrow_mut();
+        let enc = enc.get_or_insert_with(|| {
+            self.ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("flowmap") })
+        });
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(entry),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+    }
+
+    /// Submits everything recorded so far.
+    fn submit(&self) {
+        if let Some(enc) = self.encoder.borrow_mut().take() {
+            self.ctx.queue.submit([enc.finish()]);
+        }
+    }
+
+    fn wait(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.ctx
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        self.ctx.take_error()
+    }
+
+    /// Copies a tensor back to the host; on the web, await this instead of [`Backend::download`].
+    pub fn download_async(&self, t: &GpuTensor) -> impl Future<Output = Result<Vec<f32>>> + 'static {
+        let size = (t.len().max(1) * 4) as u64;
+        let n = t.len();
+        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("flowmap readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut enc = self.encoder.borrow_mut();
+            let enc = enc.get_or_insert_with(|| {
+                self.ctx
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("flowmap") })
+            });
+            enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, size);
+        }
+        self.submit();
+        let state: Arc<Mutex<MapState>> = Arc::default();
+        let cb_state = state.clone();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let mut s = cb_state.lock().expect("map state");
+            s.result = Some(r.map_err(|e| Error::Gpu(format!("readback failed: {e}"))));
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        });
+        let waited = self.wait();
+        async move {
+            waited?;
+            MapFuture(state).await?;
+            let data = {
+                let view = staging
+                    .slice(..)
+                    .get_mapped_range()
+                    .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+                bytemuck_cast(&view[..n * 4])
+            };
+            staging.unmap();
+            Ok(data)
+        }
+    }
+}
+
+fn bytemuck_cast(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+#[derive(Default)]
+struct MapState {
+    result: Option<Result<()>>,
+    waker: Option<Waker>,
+}
+
+struct MapFuture(Arc<Mutex<MapState>>);
+
+impl Future for MapFuture {
+    type Output = Result<()>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut s = self.0.lock().expect("map state");
+        match s.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Backend for GpuBackend {
+    type Tensor = GpuTensor;
+
+    fn upload(&self, data: &[f32], shape: &[usize]) -> Result<GpuTensor> {
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(Error::Argument(format!("{} values do not fill shape {shape:?}", data.len())));
+        }
+        let max = self.ctx.max_binding_elems();
+        if data.len() > max {
+            return Err(Error::Argument(format!(
+                "a tensor of {} values exceeds the adapter's storage binding limit of {max}",
+                data.len()
+            )));
+        }
+        let mut bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        if bytes.is_empty() {
+            bytes.resize(4, 0);
+        }
+        // A fresh buffer (never a pooled one): see pool.rs for why.
+        let buffer = self.ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("flowmap upload"),
+            contents: &bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        });
+        Ok(GpuTensor {
+            buf: Rc::new(PooledBuffer::new(buffer, self.pool.clone())),
+            shape: shape.to_vec(),
+        })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn download(&self, t: &GpuTensor) -> Result<Vec<f32>> {
+        pollster::block_on(self.download_async(t))
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn download(&self, _t: &GpuTensor) -> Result<Vec<f32>> {
+        Err(Error::Gpu("blocking readback is impossible in a browser; use download_async".into()))
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.submit();
+        self.wait()
+    }
+
+    fn conv2d(&self, x: &GpuTensor, w: &GpuTensor, bias: &GpuTensor, geom: Conv2d, residual: Option<&GpuTensor>) -> GpuTensor {
+        let out_shape = conv2d_out_shape(&x.shape, &w.shape, geom);
+        let y = self.alloc(&out_shape);
+        let npix = out_shape[0] * out_shape[2] * out_shape[3];
+        let tiles_n = npix.div_ceil(64);
+        let total = w.shape[0].div_ceil(64) * tiles_n;
+        let res = residual.map(|r| r.buffer()).unwrap_or(&self.dummy);
+        let params = [
+            u(x.shape[0]),
+            u(x.shape[1]),
+            u(x.shape[2]),
+            u(x.shape[3]),
+            u(w.shape[0]),
+            u(out_shape[2]),
+            u(out_shape[3]),
+            u(w.shape[2]),
+            u(geom.stride),
+            u(geom.padding),
+            u(residual.is_some() as usize),
+            u(tiles_n),
+            u(total),
+        ];
+        let bufs = [(0, x.buffer()), (1, w.buffer()), (2, bias.buffer()), (3, res), (4, y.buffer())];
+        self.dispatch("conv2d.wgsl", "main", &bufs, &params, total);
+        y
+    }
+
+    fn group_norm(
+        &self,
+        x: &GpuTensor,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+        groups: usize,
+        eps: f32,
+        modulation: Option<&GpuTensor>,
+        silu: bool,
+    ) -> GpuTensor {
+        let y = self.alloc(&x.shape);
+        let hw: usize = x.shape[2..].iter().product();
+        let m = modulation.map(|m| m.buffer()).unwrap_or(&self.dummy);
+        let params = [
+            u(x.shape[0]),
+            u(x.shape[1]),
+            u(hw),
+            u(groups),
+            u(modulation.is_some() as usize),
+            u(silu as usize),
+            P::F(eps),
+        ];
+        let bufs = [(0, x.buffer()), (1, gamma.buffer()), (2, beta.buffer()), (3, m), (4, y.buffer())];
+        self.dispatch("group_norm.wgsl", "main", &bufs, &params, x.shape[0] * groups);
+        y
+    }
+
+    fn linear(&self, x: &GpuTensor, w: &GpuTensor, bias: &GpuTensor, modulation: Option<&GpuTensor>, act: Activation) -> GpuTensor {
+        let (rows, inp, outp) = (x.shape[0], x.shape[1], w.shape[0]);
+        let y = self.alloc(&[rows, outp]);
+        let tiles_n = outp.div_ceil(64);
+        let total = rows.div_ceil(64) * tiles_n;
+        let m = modulation.map(|m| m.buffer()).unwrap_or(&self.dummy);
+        let params = [
+            u(rows),
+            u(inp),
+            u(outp),
+            u(modulation.is_some() as usize),
+            P::U(act.code()),
+            u(tiles_n),
+            u(total),
+        ];
+        let bufs = [(0, x.buffer()), (1, w.buffer()), (2, bias.buffer()), (3, m), (4, y.buffer())];
+        self.dispatch("linear.wgsl", "main", &bufs, &params, total);
+        y
+    }
+
+    fn timestep_embedding(&self, times: &GpuTensor, dim: usize, max_period: f32, time_scale: f32) -> GpuTensor {
+        let n = times.shape[0];
+        let y = self.alloc(&[n, dim]);
+        let params = [u(n), u(dim / 2), P::F(max_period), P::F(time_scale)];
+        self.dispatch("embedding.wgsl", "main", &[(0, times.buffer()), (1, y.buffer())], &params, (n * dim / 2).div_ceil(64));
+        y
+    }
+
+    fn attention(&self, qkv: &GpuTensor, heads: usize) -> GpuTensor {
+        let (n, c, l) = (qkv.shape[0], qkv.shape[1] / 3, qkv.shape[2]);
+        let d = c / heads;
+        assert!(d <= crate::config::MAX_HEAD_DIM, "head dimension {d} exceeds the kernel's limit");
+        let y = self.alloc(&[n, c, l]);
+        let q_tiles = l.div_ceil(64);
+        let total = n * heads * q_tiles;
+        let params = [
+            u(n),
+            u(c),
+            u(l),
+            u(heads),
+            u(d),
+            u(q_tiles),
+            u(total),
+            P::F(1.0 / (d as f32).sqrt()),
+        ];
+        self.dispatch("attention.wgsl", "main", &[(0, qkv.buffer()), (1, y.buffer())], &params, total);
+        y
+    }
+
+    fn upsample_nearest2x(&self, x: &GpuTensor) -> GpuTensor {
+        let s = &x.shape;
+        let y = self.alloc(&[s[0], s[1], 2 * s[2], 2 * s[3]]);
+        let params = [u(s[0] * s[1]), u(s[2]), u(s[3])];
+        self.dispatch("upsample.wgsl", "main", &[(0, x.buffer()), (1, y.buffer())], &params, y.len().div_ceil(256));
+        y
+    }
+
+    fn concat_channels(&self, a: &GpuTensor, b: &GpuTensor) -> GpuTensor {
+        let n = a.shape[0];
+        let mut shape = a.shape.clone();
+        shape[1] += b.shape[1];
+        let y = self.alloc(&shape);
+        let params = [u(n), u(a.len() / n), u(b.len() / n)];
+        self.dispatch("concat.wgsl", "main", &[(0, a.buffer()), (1, b.buffer()), (2, y.buffer())], &params, y.len().div_ceil(256));
+        y
+    }
+
+    fn reshape(&self, t: &GpuTensor, shape: &[usize]) -> GpuTensor {
+        assert_eq!(t.len(), shape.iter().product::<usize>(), "reshape {:?} to {shape:?}", t.shape);
+        GpuTensor {
+            buf: t.buf.clone(),
+            shape: shape.to_vec(),
+        }
+    }
+
+    fn add(&self, a: &GpuTensor, b: &GpuTensor) -> GpuTensor {
+        let y = self.alloc(&a.shape);
+        let params = [u(a.len()), P::U(0), P::F(0.0)];
+        self.dispatch("elementwise.wgsl", "add", &[(0, a.buffer()), (1, b.buffer()), (2, y.buffer())], &params, a.len().div_ceil(256));
+        y
+    }
+
+    fn activation(&self, x: &GpuTensor, act: Activation) -> GpuTensor {
+        let y = self.alloc(&x.shape);
+        let params = [u(x.len()), P::U(act.code()), P::F(0.0)];
+        self.dispatch("elementwise.wgsl", "activate", &[(0, x.buffer()), (2, y.buffer())], &params, x.len().div_ceil(256));
+        y
+    }
+
+    fn flow_step(&self, x: &GpuTensor, v: &GpuTensor, dt: f32) -> GpuTensor {
+        let y = self.alloc(&x.shape);
+        let params = [u(x.len()), P::U(0), P::F(dt)];
+        self.dispatch("elementwise.wgsl", "flow_step", &[(0, x.buffer()), (1, v.buffer()), (2, y.buffer())], &params, x.len().div_ceil(256));
+        y
+    }
+}

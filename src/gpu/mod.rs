@@ -1,0 +1,22 @@
+//! The wgpu backend: hand-written WGSL kernels (`shaders/`), buffers that stay on the GPU
+//! between ops and steps, one readback at the end. Ops are recorded into one command encoder and
+//! submitted on `sync`/`download`, so a forward pass is a single submission.
+
+mod context;
+mod kernels;
+mod pool;
+
+pub use context::{AdapterSummary, GpuContext};
+pub use kernels::{GpuBackend, GpuTensor};
+
+/// Every WGSL source, by file name (for validation tests and pipeline creation).
+pub const SHADERS: &[(&str, &str)] = &[
+    ("attention.wgsl", include_str!("../../shaders/attention.wgsl")),
+    ("concat.wgsl", include_str!("../../shaders/concat.wgsl")),
+    ("conv2d.wgsl", include_str!("../../shaders/conv2d.wgsl")),
+    ("elementwise.wgsl", include_str!("../../shaders/elementwise.wgsl")),
+    ("embedding.wgsl", include_str!("../../shaders/embedding.wgsl")),
+    ("group_norm.wgsl", include_str!("../../shaders/group_norm.wgsl")),
+    ("linear.wgsl", include_str!("../../shaders/linear.wgsl")),
+    ("upsample.wgsl", include_str!("../../shaders/upsample.wgsl")),
+];

@@ -1,0 +1,17 @@
+//! flowmap: few-step sampling with learned two-time flow maps X_{s,t}(x) = x + (t − s) v(s, t, x)
+//! (docs: ../shared/docs/METHOD.md, README.md). One network, written once against a small op set,
+//! runs on hand-written WGSL kernels through wgpu or on a plain-Rust CPU backend.
+
+pub mod backend;
+pub mod config;
+pub mod cpu;
+pub mod error;
+pub mod net;
+pub mod shape;
+
+pub use error::{Error, Result};
+pub mod output;
+pub mod rng;
+pub mod sampler;
+pub mod weights;
+pub mod gpu;

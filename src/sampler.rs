@@ -1,0 +1,180 @@
+//! Sampling (METHOD §6): start from x ~ N(0, σ0² I) at t = 0 and compose K flow-map jumps
+//! x ← X_{t_k, t_{k+1}}(x) on a grid 0 = t_0 < … < t_K = 1. The baselines integrate the same
+//! network's diagonal velocity v(t, t, ·) with Euler or Heun at equal network evaluations.
+
+use crate::backend::{Backend, Shaped};
+use crate::config::ModelMeta;
+use crate::error::{Error, Result};
+use crate::net::{forward_costs, Network};
+use crate::rng::Rng;
+use std::time::{Duration, Instant};
+
+/// More steps than this is a mistake, not a request (the grid would be finer than f32 resolves
+/// usefully and the run would take hours).
+pub const MAX_STEPS: usize = 4096;
+
+/// How a step from t_k to t_{k+1} is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrator {
+    /// The learned flow map X_{s,t}(x) = x + (t − s) v(s, t, x): one evaluation per step.
+    FlowMap,
+    /// Euler on the diagonal velocity v(t, t, ·): one evaluation per step.
+    Euler,
+    /// Heun on v(t, t, ·): two evaluations per step.
+    Heun,
+}
+
+impl Integrator {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "flowmap" => Ok(Integrator::FlowMap),
+            "euler" => Ok(Integrator::Euler),
+            "heun" => Ok(Integrator::Heun),
+            _ => Err(Error::Argument(format!("unknown integrator `{s}` (flowmap, euler, heun)"))),
+        }
+    }
+
+    /// Network evaluations per step.
+    pub fn evals_per_step(self) -> usize {
+        match self {
+            Integrator::Heun => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The uniform grid t_k = k / K.
+pub fn uniform_grid(steps: usize) -> Result<Vec<f32>> {
+    check_steps(steps)?;
+    Ok((0..=steps).map(|k| k as f32 / steps as f32).collect())
+}
+
+fn check_steps(steps: usize) -> Result<()> {
+    if steps == 0 {
+        return Err(Error::Argument("steps must be at least 1".into()));
+    }
+    if steps > MAX_STEPS {
+        return Err(Error::Argument(format!("{steps} steps is more than the limit of {MAX_STEPS}")));
+    }
+    Ok(())
+}
+
+/// Checks a custom grid: finite, strictly increasing, from 0 to 1.
+pub fn validate_grid(grid: &[f32]) -> Result<()> {
+    if grid.len() < 2 {
+        return Err(Error::Argument("a time grid needs at least two points (0 and 1)".into()));
+    }
+    check_steps(grid.len() - 1)?;
+    if grid[0] != 0.0 || grid[grid.len() - 1] != 1.0 {
+        return Err(Error::Argument(format!(
+            "a time grid must start at 0 and end at 1, got {} … {}",
+            grid[0],
+            grid[grid.len() - 1]
+        )));
+    }
+    if let Some(w) = grid.windows(2).find(|w| !(w[1] > w[0])) {
+        return Err(Error::Argument(format!("the time grid must increase strictly ({} then {})", w[0], w[1])));
+    }
+    Ok(())
+}
+
+/// Parses "0,0.5,1".
+pub fn parse_grid(text: &str) -> Result<Vec<f32>> {
+    let grid = text
+        .split(',')
+        .map(|p| p.trim().parse::<f32>().map_err(|_| Error::Argument(format!("`{p}` in --grid is not a number"))))
+        .collect::<Result<Vec<_>>>()?;
+    validate_grid(&grid)?;
+    Ok(grid)
+}
+
+/// The starting noise for `n` samples: N(0, σ0² I) from the portable PRNG, drawn for the whole
+/// batch at once so that results do not depend on how the batch is split.
+pub fn initial_noise(meta: &ModelMeta, n: usize, seed: u64) -> Vec<f32> {
+    Rng::new(seed).normals(n * meta.model.sample_len(), meta.sigma0)
+}
+
+/// Timing of a sampling run.
+#[derive(Debug, Clone, Default)]
+pub struct SampleReport {
+    /// Wall time of each step, summed over batch chunks.
+    pub step_times: Vec<Duration>,
+    pub total: Duration,
+    /// Number of chunks the batch was split into.
+    pub chunks: usize,
+    pub chunk_size: usize,
+}
+
+/// The largest batch whose every buffer fits in `max_elems` f32 values.
+pub fn max_batch(meta: &ModelMeta, max_elems: usize) -> Result<usize> {
+    let per_sample = forward_costs(&meta.model, 1)?.ops().iter().map(|o| o.max_elems).max().unwrap_or(1);
+    let batch = max_elems / per_sample.max(1);
+    if batch == 0 {
+        return Err(Error::Argument(format!(
+            "one sample needs a {}-element buffer, more than the device allows ({max_elems})",
+            per_sample
+        )));
+    }
+    Ok(batch)
+}
+
+/// One step of an integrator from s to t.
+pub fn step<B: Backend>(b: &B, net: &Network<B>, x: &B::Tensor, s: f32, t: f32, integrator: Integrator) -> Result<B::Tensor> {
+    let n = x.shape()[0];
+    match integrator {
+        Integrator::FlowMap => net.flow_map(b, x, s, t),
+        Integrator::Euler => {
+            let v = net.velocity(b, x, &vec![s; n], &vec![s; n])?;
+            Ok(b.flow_step(x, &v, t - s))
+        }
+        Integrator::Heun => {
+            let v0 = net.velocity(b, x, &vec![s; n], &vec![s; n])?;
+            let x1 = b.flow_step(x, &v0, t - s);
+            let v1 = net.velocity(b, &x1, &vec![t; n], &vec![t; n])?;
+            let avg = b.flow_step(&v0, &v1, 1.0);
+            Ok(b.flow_step(x, &avg, 0.5 * (t - s)))
+        }
+    }
+}
+
+/// Runs the integrator over the grid from the given noise (model space, n × sample_len) and
+/// returns the samples in model space. `chunk` caps the batch per pass; `on_state` sees the
+/// state after every step (chunk index, step index, state) when intermediate states are wanted.
+pub fn sample<B: Backend>(
+    b: &B,
+    net: &Network<B>,
+    noise: &[f32],
+    grid: &[f32],
+    integrator: Integrator,
+    chunk: usize,
+) -> Result<(Vec<f32>, SampleReport)> {
+    validate_grid(grid)?;
+    let len: usize = net.sample_shape().iter().product();
+    if noise.is_empty() || noise.len() % len != 0 {
+        return Err(Error::Argument(format!("noise of {} values is not a whole number of samples", noise.len())));
+    }
+    let n = noise.len() / len;
+    let chunk = chunk.clamp(1, n);
+    let mut report = SampleReport {
+        step_times: vec![Duration::ZERO; grid.len() - 1],
+        chunks: n.div_ceil(chunk),
+        chunk_size: chunk,
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let mut out = Vec::with_capacity(noise.len());
+    for part in noise.chunks(chunk * len) {
+        let mut shape = vec![part.len() / len];
+        shape.extend(net.sample_shape());
+        let mut x = b.upload(part, &shape)?;
+        for (k, w) in grid.windows(2).enumerate() {
+            let t0 = Instant::now();
+            x = step(b, net, &x, w[0], w[1], integrator)?;
+            b.sync()?;
+            report.step_times[k] += t0.elapsed();
+        }
+        out.extend(b.download(&x)?);
+    }
+    report.total = start.elapsed();
+    Ok((out, report))
+}
