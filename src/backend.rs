@@ -14,9 +14,18 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub const SAME: Conv2d = Conv2d { stride: 1, padding: 1 };
-    pub const POINTWISE: Conv2d = Conv2d { stride: 1, padding: 0 };
-    pub const DOWN: Conv2d = Conv2d { stride: 2, padding: 1 };
+    pub const SAME: Conv2d = Conv2d {
+        stride: 1,
+        padding: 1,
+    };
+    pub const POINTWISE: Conv2d = Conv2d {
+        stride: 1,
+        padding: 0,
+    };
+    pub const DOWN: Conv2d = Conv2d {
+        stride: 2,
+        padding: 1,
+    };
 
     /// Output size along one axis for input size `n` and kernel size `k`.
     pub fn out_size(&self, n: usize, k: usize) -> usize {
@@ -123,7 +132,13 @@ pub trait Backend {
 
     /// Sinusoidal embedding of times [N] into [N, dim] = [cos(ω_i τ) | sin(ω_i τ)],
     /// τ = time_scale · t, ω_i = max_period^(−i / (dim/2)).
-    fn timestep_embedding(&self, times: &Self::Tensor, dim: usize, max_period: f32, time_scale: f32) -> Self::Tensor;
+    fn timestep_embedding(
+        &self,
+        times: &Self::Tensor,
+        dim: usize,
+        max_period: f32,
+        time_scale: f32,
+    ) -> Self::Tensor;
 
     /// Multi-head self-attention on qkv [N, 3C, L] (q, k, v stacked on channels, heads split
     /// each into C/heads channels) → [N, C, L]; softmax(qᵀk / √d) applied to v.
@@ -150,5 +165,10 @@ pub trait Backend {
 
 /// Shape of a conv2d output.
 pub fn conv2d_out_shape(x: &[usize], w: &[usize], geom: Conv2d) -> Vec<usize> {
-    vec![x[0], w[0], geom.out_size(x[2], w[2]), geom.out_size(x[3], w[3])]
+    vec![
+        x[0],
+        w[0],
+        geom.out_size(x[2], w[2]),
+        geom.out_size(x[3], w[3]),
+    ]
 }

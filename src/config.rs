@@ -246,15 +246,29 @@ impl ModelMeta {
                 self.model.arch_name()
             )));
         }
-        let finite = [self.sigma0, self.data.scale, self.data.offset, self.data.range[0], self.data.range[1]];
+        let finite = [
+            self.sigma0,
+            self.data.scale,
+            self.data.offset,
+            self.data.range[0],
+            self.data.range[1],
+        ];
         if finite.iter().any(|v| !v.is_finite()) {
-            return Err(Error::Metadata("sigma0, scale, offset and range must be finite".into()));
+            return Err(Error::Metadata(
+                "sigma0, scale, offset and range must be finite".into(),
+            ));
         }
         if self.sigma0 <= 0.0 {
-            return Err(Error::Metadata(format!("sigma0 must be positive, got {}", self.sigma0)));
+            return Err(Error::Metadata(format!(
+                "sigma0 must be positive, got {}",
+                self.sigma0
+            )));
         }
         if self.data.range[0] >= self.data.range[1] {
-            return Err(Error::Metadata(format!("empty data range {:?}", self.data.range)));
+            return Err(Error::Metadata(format!(
+                "empty data range {:?}",
+                self.data.range
+            )));
         }
         Ok(())
     }
@@ -291,13 +305,17 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         let t = self.time();
-        if t.dim == 0 || t.dim % 2 != 0 {
+        if t.dim == 0 || !t.dim.is_multiple_of(2) {
             return bad(format!("time.dim must be even and positive, got {}", t.dim));
         }
         if t.hidden == 0 {
             return bad("time.hidden must be positive".into());
         }
-        if !(t.max_period > 1.0 && t.max_period.is_finite()) || !(t.time_scale > 0.0 && t.time_scale.is_finite()) {
+        let ok = t.max_period > 1.0
+            && t.max_period.is_finite()
+            && t.time_scale > 0.0
+            && t.time_scale.is_finite();
+        if !ok {
             return bad("time.max_period must be > 1 and time.time_scale > 0".into());
         }
         match self {
@@ -311,7 +329,9 @@ impl ModelConfig {
             }
             ModelConfig::Unet(c) => {
                 if c.in_channels == 0 || c.height == 0 || c.width == 0 || c.base_channels == 0 {
-                    return bad("unet in_channels, height, width and base_channels must be positive".into());
+                    return bad(
+                        "unet in_channels, height, width and base_channels must be positive".into(),
+                    );
                 }
                 let levels = c.channel_mult.len();
                 if levels == 0 || c.channel_mult.contains(&0) {
@@ -335,11 +355,17 @@ impl ModelConfig {
                 for (level, &m) in c.channel_mult.iter().enumerate() {
                     let ch = c.base_channels * m;
                     if ch % c.groups != 0 {
-                        return bad(format!("level {level} has {ch} channels, not divisible by {} groups", c.groups));
+                        return bad(format!(
+                            "level {level} has {ch} channels, not divisible by {} groups",
+                            c.groups
+                        ));
                     }
                     if c.attention_levels.contains(&level) {
                         if ch % c.heads != 0 {
-                            return bad(format!("level {level} has {ch} channels, not divisible by {} heads", c.heads));
+                            return bad(format!(
+                                "level {level} has {ch} channels, not divisible by {} heads",
+                                c.heads
+                            ));
                         }
                         if ch / c.heads > MAX_HEAD_DIM {
                             return bad(format!(
@@ -357,9 +383,11 @@ impl ModelConfig {
                     ));
                 }
                 if let Some(l) = c.attention_levels.iter().find(|&&l| l >= levels) {
-                    return bad(format!("attention level {l} does not exist ({levels} levels)"));
+                    return bad(format!(
+                        "attention level {l} does not exist ({levels} levels)"
+                    ));
                 }
-                if !(c.eps > 0.0) {
+                if c.eps.is_nan() || c.eps <= 0.0 {
                     return bad("unet eps must be positive".into());
                 }
             }
@@ -512,7 +540,11 @@ mod tests {
         assert!(e.contains("divisible by 8"), "{e}");
         let mut m = meta();
         m.data.shape = vec![3, 28, 28];
-        assert!(m.validate().unwrap_err().to_string().contains("does not match"));
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("does not match"));
     }
 
     #[test]

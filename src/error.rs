@@ -19,7 +19,9 @@ pub enum Error {
     },
     #[error("not a valid safetensors file ({0})")]
     Format(String),
-    #[error("the weights file has no flowmap metadata (the `flowmap` key of the safetensors header)")]
+    #[error(
+        "the weights file has no flowmap metadata (the `flowmap` key of the safetensors header)"
+    )]
     MissingMetadata,
     #[error("invalid flowmap metadata: {0}")]
     Metadata(String),

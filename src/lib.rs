@@ -10,8 +10,11 @@ pub mod net;
 pub mod shape;
 
 pub use error::{Error, Result};
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
+pub mod device;
+pub mod gpu;
 pub mod output;
 pub mod rng;
 pub mod sampler;
 pub mod weights;
-pub mod gpu;

@@ -20,7 +20,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::Output(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -42,7 +46,12 @@ pub enum OutputFormat {
 
 impl OutputFormat {
     pub fn from_path(path: &Path) -> Result<Self> {
-        match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref()
+        {
             Some("png") => Ok(OutputFormat::Png),
             Some("npy") => Ok(OutputFormat::Npy),
             _ => Err(Error::Argument(format!(
@@ -69,7 +78,11 @@ pub fn encode(samples: &[f32], n: usize, data: &DataSpec, format: OutputFormat) 
 /// A float32 little-endian `.npy` (format version 1.0).
 pub fn npy(data: &[f32], shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape_txt = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
     // Magic (6) + version (2) + length (2) + header + '\n' is padded to a multiple of 64.
     let pad = (64 - (10 + header.len() + 1) % 64) % 64;
@@ -85,14 +98,22 @@ pub fn npy(data: &[f32], shape: &[usize]) -> Vec<u8> {
     out
 }
 
-fn encode_png(width: usize, height: usize, color: png::ColorType, pixels: &[u8]) -> Result<Vec<u8>> {
+fn encode_png(
+    width: usize,
+    height: usize,
+    color: png::ColorType,
+    pixels: &[u8],
+) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, width as u32, height as u32);
         enc.set_color(color);
         enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc.write_header().map_err(|e| Error::Output(e.to_string()))?;
-        w.write_image_data(pixels).map_err(|e| Error::Output(e.to_string()))?;
+        let mut w = enc
+            .write_header()
+            .map_err(|e| Error::Output(e.to_string()))?;
+        w.write_image_data(pixels)
+            .map_err(|e| Error::Output(e.to_string()))?;
     }
     Ok(out)
 }
@@ -101,7 +122,9 @@ fn encode_png(width: usize, height: usize, color: png::ColorType, pixels: &[u8])
 pub fn image_grid(samples: &[f32], n: usize, shape: &[usize], range: [f32; 2]) -> Result<Vec<u8>> {
     let (c, h, w) = (shape[0], shape[1], shape[2]);
     if c != 1 && c != 3 {
-        return Err(Error::Output(format!("cannot draw {c}-channel images as PNG; use .npy")));
+        return Err(Error::Output(format!(
+            "cannot draw {c}-channel images as PNG; use .npy"
+        )));
     }
     const ZOOM: usize = 2;
     const GAP: usize = 2;
@@ -110,7 +133,8 @@ pub fn image_grid(samples: &[f32], n: usize, shape: &[usize], range: [f32; 2]) -
     let (cw, ch) = (w * ZOOM + GAP, h * ZOOM + GAP);
     let (width, height) = (cols * cw + GAP, rows * ch + GAP);
     let mut px = vec![40u8; width * height * c];
-    let to_u8 = |v: f32| (((v - range[0]) / (range[1] - range[0])).clamp(0.0, 1.0) * 255.0).round() as u8;
+    let to_u8 =
+        |v: f32| (((v - range[0]) / (range[1] - range[0])).clamp(0.0, 1.0) * 255.0).round() as u8;
     for i in 0..n {
         let (gx, gy) = (GAP + (i % cols) * cw, GAP + (i / cols) * ch);
         let img = &samples[i * c * h * w..(i + 1) * c * h * w];
@@ -123,14 +147,20 @@ pub fn image_grid(samples: &[f32], n: usize, shape: &[usize], range: [f32; 2]) -
             }
         }
     }
-    let color = if c == 1 { png::ColorType::Grayscale } else { png::ColorType::Rgb };
+    let color = if c == 1 {
+        png::ColorType::Grayscale
+    } else {
+        png::ColorType::Rgb
+    };
     encode_png(width, height, color, &px)
 }
 
 /// A 512×512 density scatter plot of the first two coordinates over `range`², log-shaded.
 pub fn scatter(samples: &[f32], n: usize, dim: usize, range: [f32; 2]) -> Result<Vec<u8>> {
     if dim < 2 {
-        return Err(Error::Output("a scatter plot needs at least 2 dimensions; use .npy".into()));
+        return Err(Error::Output(
+            "a scatter plot needs at least 2 dimensions; use .npy".into(),
+        ));
     }
     const SIZE: usize = 512;
     let mut counts = vec![0u32; SIZE * SIZE];
@@ -180,7 +210,10 @@ mod tests {
         let ok = dir.join("ok.bin");
         write_atomic(&ok, b"abc").unwrap();
         assert_eq!(std::fs::read(&ok).unwrap(), b"abc");
-        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left.len(), 1, "{left:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

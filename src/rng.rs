@@ -77,6 +77,9 @@ mod tests {
         let z = Rng::new(7).normals(20_000, 1.0);
         let mean = z.iter().map(|&v| v as f64).sum::<f64>() / z.len() as f64;
         let var = z.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / z.len() as f64;
-        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.04, "mean {mean} var {var}");
+        assert!(
+            mean.abs() < 0.03 && (var - 1.0).abs() < 0.04,
+            "mean {mean} var {var}"
+        );
     }
 }

@@ -30,7 +30,9 @@ impl Integrator {
             "flowmap" => Ok(Integrator::FlowMap),
             "euler" => Ok(Integrator::Euler),
             "heun" => Ok(Integrator::Heun),
-            _ => Err(Error::Argument(format!("unknown integrator `{s}` (flowmap, euler, heun)"))),
+            _ => Err(Error::Argument(format!(
+                "unknown integrator `{s}` (flowmap, euler, heun)"
+            ))),
         }
     }
 
@@ -54,7 +56,9 @@ fn check_steps(steps: usize) -> Result<()> {
         return Err(Error::Argument("steps must be at least 1".into()));
     }
     if steps > MAX_STEPS {
-        return Err(Error::Argument(format!("{steps} steps is more than the limit of {MAX_STEPS}")));
+        return Err(Error::Argument(format!(
+            "{steps} steps is more than the limit of {MAX_STEPS}"
+        )));
     }
     Ok(())
 }
@@ -62,7 +66,9 @@ fn check_steps(steps: usize) -> Result<()> {
 /// Checks a custom grid: finite, strictly increasing, from 0 to 1.
 pub fn validate_grid(grid: &[f32]) -> Result<()> {
     if grid.len() < 2 {
-        return Err(Error::Argument("a time grid needs at least two points (0 and 1)".into()));
+        return Err(Error::Argument(
+            "a time grid needs at least two points (0 and 1)".into(),
+        ));
     }
     check_steps(grid.len() - 1)?;
     if grid[0] != 0.0 || grid[grid.len() - 1] != 1.0 {
@@ -72,8 +78,14 @@ pub fn validate_grid(grid: &[f32]) -> Result<()> {
             grid[grid.len() - 1]
         )));
     }
-    if let Some(w) = grid.windows(2).find(|w| !(w[1] > w[0])) {
-        return Err(Error::Argument(format!("the time grid must increase strictly ({} then {})", w[0], w[1])));
+    if let Some(w) = grid
+        .windows(2)
+        .find(|w| w[1].partial_cmp(&w[0]) != Some(std::cmp::Ordering::Greater))
+    {
+        return Err(Error::Argument(format!(
+            "the time grid must increase strictly ({} then {})",
+            w[0], w[1]
+        )));
     }
     Ok(())
 }
@@ -82,7 +94,11 @@ pub fn validate_grid(grid: &[f32]) -> Result<()> {
 pub fn parse_grid(text: &str) -> Result<Vec<f32>> {
     let grid = text
         .split(',')
-        .map(|p| p.trim().parse::<f32>().map_err(|_| Error::Argument(format!("`{p}` in --grid is not a number"))))
+        .map(|p| {
+            p.trim()
+                .parse::<f32>()
+                .map_err(|_| Error::Argument(format!("`{p}` in --grid is not a number")))
+        })
         .collect::<Result<Vec<_>>>()?;
     validate_grid(&grid)?;
     Ok(grid)
@@ -107,7 +123,12 @@ pub struct SampleReport {
 
 /// The largest batch whose every buffer fits in `max_elems` f32 values.
 pub fn max_batch(meta: &ModelMeta, max_elems: usize) -> Result<usize> {
-    let per_sample = forward_costs(&meta.model, 1)?.ops().iter().map(|o| o.max_elems).max().unwrap_or(1);
+    let per_sample = forward_costs(&meta.model, 1)?
+        .ops()
+        .iter()
+        .map(|o| o.max_elems)
+        .max()
+        .unwrap_or(1);
     let batch = max_elems / per_sample.max(1);
     if batch == 0 {
         return Err(Error::Argument(format!(
@@ -119,7 +140,14 @@ pub fn max_batch(meta: &ModelMeta, max_elems: usize) -> Result<usize> {
 }
 
 /// One step of an integrator from s to t.
-pub fn step<B: Backend>(b: &B, net: &Network<B>, x: &B::Tensor, s: f32, t: f32, integrator: Integrator) -> Result<B::Tensor> {
+pub fn step<B: Backend>(
+    b: &B,
+    net: &Network<B>,
+    x: &B::Tensor,
+    s: f32,
+    t: f32,
+    integrator: Integrator,
+) -> Result<B::Tensor> {
     let n = x.shape()[0];
     match integrator {
         Integrator::FlowMap => net.flow_map(b, x, s, t),
@@ -150,8 +178,11 @@ pub fn sample<B: Backend>(
 ) -> Result<(Vec<f32>, SampleReport)> {
     validate_grid(grid)?;
     let len: usize = net.sample_shape().iter().product();
-    if noise.is_empty() || noise.len() % len != 0 {
-        return Err(Error::Argument(format!("noise of {} values is not a whole number of samples", noise.len())));
+    if noise.is_empty() || !noise.len().is_multiple_of(len) {
+        return Err(Error::Argument(format!(
+            "noise of {} values is not a whole number of samples",
+            noise.len()
+        )));
     }
     let n = noise.len() / len;
     let chunk = chunk.clamp(1, n);

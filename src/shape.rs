@@ -48,7 +48,13 @@ impl ShapeBackend {
         self.ops.borrow().iter().map(|o| o.flops).sum()
     }
 
-    fn record(&self, family: OpFamily, flops: f64, operands: &[&[usize]], out: Vec<usize>) -> ShapeTensor {
+    fn record(
+        &self,
+        family: OpFamily,
+        flops: f64,
+        operands: &[&[usize]],
+        out: Vec<usize>,
+    ) -> ShapeTensor {
         let numel = |s: &[usize]| s.iter().product::<usize>();
         let mut max_elems = numel(&out);
         let mut elems = numel(&out);
@@ -75,7 +81,10 @@ impl Backend for ShapeBackend {
 
     fn upload(&self, data: &[f32], shape: &[usize]) -> Result<ShapeTensor> {
         if data.len() != shape.iter().product::<usize>() {
-            return Err(Error::Argument(format!("{} values do not fill shape {shape:?}", data.len())));
+            return Err(Error::Argument(format!(
+                "{} values do not fill shape {shape:?}",
+                data.len()
+            )));
         }
         Ok(ShapeTensor(shape.to_vec()))
     }
@@ -88,8 +97,19 @@ impl Backend for ShapeBackend {
         Ok(())
     }
 
-    fn conv2d(&self, x: &ShapeTensor, w: &ShapeTensor, b: &ShapeTensor, geom: Conv2d, residual: Option<&ShapeTensor>) -> ShapeTensor {
-        assert_eq!(x.0[1], w.0[1], "conv2d: {:?} input into weight {:?}", x.0, w.0);
+    fn conv2d(
+        &self,
+        x: &ShapeTensor,
+        w: &ShapeTensor,
+        b: &ShapeTensor,
+        geom: Conv2d,
+        residual: Option<&ShapeTensor>,
+    ) -> ShapeTensor {
+        assert_eq!(
+            x.0[1], w.0[1],
+            "conv2d: {:?} input into weight {:?}",
+            x.0, w.0
+        );
         let out = conv2d_out_shape(&x.0, &w.0, geom);
         let macs = numel(&out) * (w.0[1] * w.0[2] * w.0[3]) as f64;
         let mut ops: Vec<&[usize]> = vec![&x.0, &w.0, &b.0];
@@ -110,7 +130,12 @@ impl Backend for ShapeBackend {
         modulation: Option<&ShapeTensor>,
         silu: bool,
     ) -> ShapeTensor {
-        assert_eq!(x.0[1] % groups, 0, "group_norm: {} channels in {groups} groups", x.0[1]);
+        assert_eq!(
+            x.0[1] % groups,
+            0,
+            "group_norm: {} channels in {groups} groups",
+            x.0[1]
+        );
         assert_eq!(gamma.0, [x.0[1]], "group_norm gamma");
         let per = 7.0 + if modulation.is_some() { 2.0 } else { 0.0 } + if silu { 4.0 } else { 0.0 };
         let mut ops: Vec<&[usize]> = vec![&x.0, &gamma.0, &beta.0];
@@ -121,18 +146,40 @@ impl Backend for ShapeBackend {
         self.record(OpFamily::GroupNorm, per * numel(&x.0), &ops, x.0.clone())
     }
 
-    fn linear(&self, x: &ShapeTensor, w: &ShapeTensor, b: &ShapeTensor, modulation: Option<&ShapeTensor>, _act: Activation) -> ShapeTensor {
-        assert_eq!(x.0[1], w.0[1], "linear: {:?} input into weight {:?}", x.0, w.0);
+    fn linear(
+        &self,
+        x: &ShapeTensor,
+        w: &ShapeTensor,
+        b: &ShapeTensor,
+        modulation: Option<&ShapeTensor>,
+        _act: Activation,
+    ) -> ShapeTensor {
+        assert_eq!(
+            x.0[1], w.0[1],
+            "linear: {:?} input into weight {:?}",
+            x.0, w.0
+        );
         let out = vec![x.0[0], w.0[0]];
         let mut ops: Vec<&[usize]> = vec![&x.0, &w.0, &b.0];
         if let Some(m) = modulation {
             assert_eq!(m.0, [x.0[0], 2 * w.0[0]], "linear modulation");
             ops.push(&m.0);
         }
-        self.record(OpFamily::Linear, 2.0 * numel(&out) * x.0[1] as f64, &ops, out)
+        self.record(
+            OpFamily::Linear,
+            2.0 * numel(&out) * x.0[1] as f64,
+            &ops,
+            out,
+        )
     }
 
-    fn timestep_embedding(&self, times: &ShapeTensor, dim: usize, _mp: f32, _ts: f32) -> ShapeTensor {
+    fn timestep_embedding(
+        &self,
+        times: &ShapeTensor,
+        dim: usize,
+        _mp: f32,
+        _ts: f32,
+    ) -> ShapeTensor {
         let out = vec![times.0[0], dim];
         self.record(OpFamily::Embedding, 8.0 * numel(&out), &[&times.0], out)
     }
@@ -148,7 +195,12 @@ impl Backend for ShapeBackend {
 
     fn upsample_nearest2x(&self, x: &ShapeTensor) -> ShapeTensor {
         let s = &x.0;
-        self.record(OpFamily::Upsample, 0.0, &[s], vec![s[0], s[1], 2 * s[2], 2 * s[3]])
+        self.record(
+            OpFamily::Upsample,
+            0.0,
+            &[s],
+            vec![s[0], s[1], 2 * s[2], 2 * s[3]],
+        )
     }
 
     fn concat_channels(&self, a: &ShapeTensor, b: &ShapeTensor) -> ShapeTensor {
@@ -159,21 +211,41 @@ impl Backend for ShapeBackend {
     }
 
     fn reshape(&self, t: &ShapeTensor, shape: &[usize]) -> ShapeTensor {
-        assert_eq!(t.len(), shape.iter().product::<usize>(), "reshape {:?} to {shape:?}", t.0);
+        assert_eq!(
+            t.len(),
+            shape.iter().product::<usize>(),
+            "reshape {:?} to {shape:?}",
+            t.0
+        );
         ShapeTensor(shape.to_vec())
     }
 
     fn add(&self, a: &ShapeTensor, b: &ShapeTensor) -> ShapeTensor {
         assert_eq!(a.0, b.0, "add shapes");
-        self.record(OpFamily::Elementwise, numel(&a.0), &[&a.0, &b.0], a.0.clone())
+        self.record(
+            OpFamily::Elementwise,
+            numel(&a.0),
+            &[&a.0, &b.0],
+            a.0.clone(),
+        )
     }
 
     fn activation(&self, x: &ShapeTensor, _act: Activation) -> ShapeTensor {
-        self.record(OpFamily::Elementwise, 4.0 * numel(&x.0), &[&x.0], x.0.clone())
+        self.record(
+            OpFamily::Elementwise,
+            4.0 * numel(&x.0),
+            &[&x.0],
+            x.0.clone(),
+        )
     }
 
     fn flow_step(&self, x: &ShapeTensor, v: &ShapeTensor, _dt: f32) -> ShapeTensor {
         assert_eq!(x.0, v.0, "flow_step shapes");
-        self.record(OpFamily::Elementwise, 2.0 * numel(&x.0), &[&x.0, &v.0], x.0.clone())
+        self.record(
+            OpFamily::Elementwise,
+            2.0 * numel(&x.0),
+            &[&x.0, &v.0],
+            x.0.clone(),
+        )
     }
 }

@@ -49,21 +49,26 @@ impl Weights {
     /// Parses a file and checks that its tensors are exactly those its config names, with the
     /// right shapes and finite values.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Format(describe(e, bytes.len())))?;
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| Error::Format(describe(e, bytes.len())))?;
         let meta_json = header
             .metadata()
             .as_ref()
             .and_then(|m| m.get(METADATA_KEY))
             .ok_or(Error::MissingMetadata)?;
         let meta = ModelMeta::from_json(meta_json)?;
-        let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Format(describe(e, bytes.len())))?;
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| Error::Format(describe(e, bytes.len())))?;
 
         let mut tensors = BTreeMap::new();
         let mut dtypes = BTreeSet::new();
         for (name, view) in st.iter() {
             let data = decode(name, &view)?;
             if let Some(index) = data.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite { name: name.into(), index });
+                return Err(Error::NonFinite {
+                    name: name.into(),
+                    index,
+                });
             }
             dtypes.insert(format!("{:?}", view.dtype()));
             tensors.insert(
@@ -87,7 +92,10 @@ impl Weights {
     fn check_against_config(&self) -> Result<()> {
         let specs = param_specs(&self.meta.model)?;
         for spec in &specs {
-            let t = self.tensors.get(&spec.name).ok_or_else(|| Error::MissingTensor(spec.name.clone()))?;
+            let t = self
+                .tensors
+                .get(&spec.name)
+                .ok_or_else(|| Error::MissingTensor(spec.name.clone()))?;
             if t.shape != spec.shape {
                 return Err(Error::Shape {
                     name: spec.name.clone(),
@@ -110,21 +118,34 @@ impl Weights {
 
     /// Uploads the parameters to a backend and builds the network.
     pub fn network<B: Backend>(&self, backend: &B) -> Result<Network<B>> {
-        let mut src = Upload { weights: self, backend };
+        let mut src = Upload {
+            weights: self,
+            backend,
+        };
         Network::build(&self.meta.model, &mut src)
     }
 
     /// Serializes a model; `tensors` must match the config's parameter list.
-    pub fn to_bytes(meta: &ModelMeta, tensors: &BTreeMap<String, HostTensor>, dtype: StoreDtype) -> Result<Vec<u8>> {
+    pub fn to_bytes(
+        meta: &ModelMeta,
+        tensors: &BTreeMap<String, HostTensor>,
+        dtype: StoreDtype,
+    ) -> Result<Vec<u8>> {
         meta.validate()?;
         let raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
             .iter()
             .map(|(name, t)| {
                 let (dt, bytes) = match dtype {
-                    StoreDtype::F32 => (Dtype::F32, t.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                    StoreDtype::F32 => (
+                        Dtype::F32,
+                        t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    ),
                     StoreDtype::F16 => (
                         Dtype::F16,
-                        t.data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+                        t.data
+                            .iter()
+                            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                            .collect(),
                     ),
                 };
                 (name.clone(), dt, t.shape.clone(), bytes)
@@ -132,17 +153,28 @@ impl Weights {
             .collect();
         let views = raw
             .iter()
-            .map(|(n, dt, s, b)| Ok((n.as_str(), TensorView::new(*dt, s.clone(), b).map_err(|e| Error::Format(e.to_string()))?)))
+            .map(|(n, dt, s, b)| {
+                Ok((
+                    n.as_str(),
+                    TensorView::new(*dt, s.clone(), b).map_err(|e| Error::Format(e.to_string()))?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         let info = HashMap::from([(METADATA_KEY.to_string(), meta.to_json())]);
-        let bytes = safetensors::serialize(views, Some(info)).map_err(|e| Error::Format(e.to_string()))?;
+        let bytes =
+            safetensors::serialize(views, Some(info)).map_err(|e| Error::Format(e.to_string()))?;
         // Refuse to write what we could not read back.
         Weights::from_bytes(&bytes)?;
         Ok(bytes)
     }
 
     /// Writes a model atomically (temporary file, then rename).
-    pub fn write(path: &Path, meta: &ModelMeta, tensors: &BTreeMap<String, HostTensor>, dtype: StoreDtype) -> Result<()> {
+    pub fn write(
+        path: &Path,
+        meta: &ModelMeta,
+        tensors: &BTreeMap<String, HostTensor>,
+        dtype: StoreDtype,
+    ) -> Result<()> {
         let bytes = Self::to_bytes(meta, tensors, dtype)?;
         crate::output::write_atomic(path, &bytes)
     }
@@ -184,7 +216,11 @@ struct Upload<'a, B: Backend> {
 
 impl<B: Backend> ParamSource<B> for Upload<'_, B> {
     fn param(&mut self, name: &str, shape: &[usize]) -> Result<B::Tensor> {
-        let t = self.weights.tensors.get(name).ok_or_else(|| Error::MissingTensor(name.into()))?;
+        let t = self
+            .weights
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor(name.into()))?;
         if t.shape != shape {
             return Err(Error::Shape {
                 name: name.into(),
@@ -199,8 +235,14 @@ impl<B: Backend> ParamSource<B> for Upload<'_, B> {
 fn decode(name: &str, view: &TensorView) -> Result<Vec<f32>> {
     let b = view.data();
     match view.dtype() {
-        Dtype::F32 => Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-        Dtype::F16 => Ok(b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+        Dtype::F32 => Ok(b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()),
+        Dtype::F16 => Ok(b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect()),
         other => Err(Error::Dtype {
             name: name.into(),
             dtype: format!("{other:?}"),
@@ -212,8 +254,12 @@ fn describe(e: safetensors::SafeTensorError, len: usize) -> String {
     use safetensors::SafeTensorError as E;
     match e {
         E::HeaderTooSmall => format!("file of {len} bytes is too short to hold a header"),
-        E::InvalidHeaderLength => format!("header length exceeds the file size ({len} bytes): truncated or not safetensors"),
-        E::MetadataIncompleteBuffer => format!("tensor data is incomplete ({len} bytes): the file is truncated"),
+        E::InvalidHeaderLength => format!(
+            "header length exceeds the file size ({len} bytes): truncated or not safetensors"
+        ),
+        E::MetadataIncompleteBuffer => {
+            format!("tensor data is incomplete ({len} bytes): the file is truncated")
+        }
         E::InvalidHeaderDeserialization(m) => format!("header is not valid JSON: {m}"),
         other => other.to_string(),
     }

@@ -17,12 +17,18 @@ macro_rules! parity {
         let cpu = CpuBackend;
         let expected = {
             let $b = &cpu;
-            let $t: Vec<_> = inputs.iter().map(|(d, s)| $b.upload(d, s).unwrap()).collect();
+            let $t: Vec<_> = inputs
+                .iter()
+                .map(|(d, s)| $b.upload(d, s).unwrap())
+                .collect();
             $b.download(&$body).unwrap()
         };
         let got = {
             let $b = &g;
-            let $t: Vec<_> = inputs.iter().map(|(d, s)| $b.upload(d, s).unwrap()).collect();
+            let $t: Vec<_> = inputs
+                .iter()
+                .map(|(d, s)| $b.upload(d, s).unwrap())
+                .collect();
             $b.download(&$body).unwrap()
         };
         assert_close($what, &got, &expected);
@@ -46,15 +52,23 @@ fn conv2d_matches_cpu() {
     ];
     for (xs, cout, k, geom, res) in cases {
         let os = flowmap::backend::conv2d_out_shape(&xs, &[cout, xs[1], k, k], geom);
-        let mut inputs = vec![t(&mut rng, &xs), t(&mut rng, &[cout, xs[1], k, k]), t(&mut rng, &[cout])];
+        let mut inputs = vec![
+            t(&mut rng, &xs),
+            t(&mut rng, &[cout, xs[1], k, k]),
+            t(&mut rng, &[cout]),
+        ];
         inputs.push(t(&mut rng, &os));
-        parity!(&format!("conv2d {xs:?}→{cout} k{k} {geom:?} res={res}"), inputs, |b, t| b.conv2d(
-            &t[0],
-            &t[1],
-            &t[2],
-            geom,
-            if res { Some(&t[3]) } else { None }
-        ));
+        parity!(
+            &format!("conv2d {xs:?}→{cout} k{k} {geom:?} res={res}"),
+            inputs,
+            |b, t| b.conv2d(
+                &t[0],
+                &t[1],
+                &t[2],
+                geom,
+                if res { Some(&t[3]) } else { None }
+            )
+        );
     }
 }
 
@@ -71,9 +85,25 @@ fn group_norm_matches_cpu() {
         let mut x = t(&mut rng, &shape);
         // An offset and spread, so that centring matters.
         x.0.iter_mut().for_each(|v| *v = 3.0 + 2.0 * *v);
-        let inputs = vec![x, t(&mut rng, &[c]), t(&mut rng, &[c]), t(&mut rng, &[shape[0], 2 * c])];
-        parity!(&format!("group_norm {shape:?} g{groups} mod={modulated} silu={silu}"), inputs, |b, t| b
-            .group_norm(&t[0], &t[1], &t[2], groups, 1e-5, if modulated { Some(&t[3]) } else { None }, silu));
+        let inputs = vec![
+            x,
+            t(&mut rng, &[c]),
+            t(&mut rng, &[c]),
+            t(&mut rng, &[shape[0], 2 * c]),
+        ];
+        parity!(
+            &format!("group_norm {shape:?} g{groups} mod={modulated} silu={silu}"),
+            inputs,
+            |b, t| b.group_norm(
+                &t[0],
+                &t[1],
+                &t[2],
+                groups,
+                1e-5,
+                if modulated { Some(&t[3]) } else { None },
+                silu
+            )
+        );
     }
 }
 
@@ -86,14 +116,23 @@ fn linear_matches_cpu() {
         (130, 64, 128, true, Activation::Gelu),
         (5, 3, 200, false, Activation::Relu),
     ] {
-        let inputs = vec![t(&mut rng, &[rows, inp]), t(&mut rng, &[out, inp]), t(&mut rng, &[out]), t(&mut rng, &[rows, 2 * out])];
-        parity!(&format!("linear {rows}x{inp}→{out} mod={modulated} {act:?}"), inputs, |b, t| b.linear(
-            &t[0],
-            &t[1],
-            &t[2],
-            if modulated { Some(&t[3]) } else { None },
-            act
-        ));
+        let inputs = vec![
+            t(&mut rng, &[rows, inp]),
+            t(&mut rng, &[out, inp]),
+            t(&mut rng, &[out]),
+            t(&mut rng, &[rows, 2 * out]),
+        ];
+        parity!(
+            &format!("linear {rows}x{inp}→{out} mod={modulated} {act:?}"),
+            inputs,
+            |b, t| b.linear(
+                &t[0],
+                &t[1],
+                &t[2],
+                if modulated { Some(&t[3]) } else { None },
+                act
+            )
+        );
     }
 }
 
@@ -102,28 +141,57 @@ fn timestep_embedding_matches_cpu() {
     let mut rng = Rng::new(4);
     for (n, dim) in [(7, 16), (33, 64)] {
         let times: Vec<f32> = (0..n).map(|_| rng.uniform() as f32).collect();
-        parity!(&format!("embedding n{n} d{dim}"), vec![(times, vec![n])], |b, t| b.timestep_embedding(&t[0], dim, 1e4, 1000.0));
+        parity!(
+            &format!("embedding n{n} d{dim}"),
+            vec![(times, vec![n])],
+            |b, t| b.timestep_embedding(&t[0], dim, 1e4, 1000.0)
+        );
     }
 }
 
 #[test]
 fn attention_matches_cpu() {
     let mut rng = Rng::new(5);
-    for (n, c, l, heads) in [(2, 16, 49, 2), (1, 64, 100, 1), (3, 24, 7, 3), (2, 128, 33, 2)] {
+    for (n, c, l, heads) in [
+        (2, 16, 49, 2),
+        (1, 64, 100, 1),
+        (3, 24, 7, 3),
+        (2, 128, 33, 2),
+    ] {
         let inputs = vec![t(&mut rng, &[n, 3 * c, l])];
-        parity!(&format!("attention n{n} c{c} l{l} h{heads}"), inputs, |b, t| b.attention(&t[0], heads));
+        parity!(
+            &format!("attention n{n} c{c} l{l} h{heads}"),
+            inputs,
+            |b, t| b.attention(&t[0], heads)
+        );
     }
 }
 
 #[test]
 fn upsample_concat_elementwise_match_cpu() {
     let mut rng = Rng::new(6);
-    parity!("upsample", vec![t(&mut rng, &[2, 3, 5, 7])], |b, t| b.upsample_nearest2x(&t[0]));
-    parity!("concat", vec![t(&mut rng, &[2, 3, 5, 7]), t(&mut rng, &[2, 5, 5, 7])], |b, t| b.concat_channels(&t[0], &t[1]));
-    let pair = || vec![t(&mut Rng::new(7), &[3, 1001]), t(&mut Rng::new(8), &[3, 1001])];
+    parity!("upsample", vec![t(&mut rng, &[2, 3, 5, 7])], |b, t| b
+        .upsample_nearest2x(&t[0]));
+    parity!(
+        "concat",
+        vec![t(&mut rng, &[2, 3, 5, 7]), t(&mut rng, &[2, 5, 5, 7])],
+        |b, t| b.concat_channels(&t[0], &t[1])
+    );
+    let pair = || {
+        vec![
+            t(&mut Rng::new(7), &[3, 1001]),
+            t(&mut Rng::new(8), &[3, 1001]),
+        ]
+    };
     parity!("add", pair(), |b, t| b.add(&t[0], &t[1]));
     parity!("flow_step", pair(), |b, t| b.flow_step(&t[0], &t[1], -0.37));
-    for act in [Activation::Silu, Activation::Relu, Activation::Gelu, Activation::None] {
-        parity!(&format!("activation {act:?}"), pair(), |b, t| b.activation(&t[0], act));
+    for act in [
+        Activation::Silu,
+        Activation::Relu,
+        Activation::Gelu,
+        Activation::None,
+    ] {
+        parity!(&format!("activation {act:?}"), pair(), |b, t| b
+            .activation(&t[0], act));
     }
 }

@@ -18,7 +18,11 @@ pub fn conv2d(
 ) -> (Vec<f32>, Vec<usize>) {
     let (cin, h, wd) = (xs[1], xs[2], xs[3]);
     let (cout, k) = (ws[0], ws[2]);
-    assert_eq!(ws[1], cin, "conv2d: weight expects {} input channels, got {cin}", ws[1]);
+    assert_eq!(
+        ws[1], cin,
+        "conv2d: weight expects {} input channels, got {cin}",
+        ws[1]
+    );
     let out_shape = conv2d_out_shape(xs, ws, geom);
     let (ho, wo) = (out_shape[2], out_shape[3]);
     let plane = ho * wo;
@@ -48,7 +52,9 @@ pub fn conv2d(
                         if s == 1 {
                             let start = ox_lo + kx - p;
                             let len = ox_hi - ox_lo;
-                            for (ov, &iv) in orow[ox_lo..ox_hi].iter_mut().zip(&row[start..start + len]) {
+                            for (ov, &iv) in
+                                orow[ox_lo..ox_hi].iter_mut().zip(&row[start..start + len])
+                            {
                                 *ov += wv * iv;
                             }
                         } else {
@@ -87,8 +93,13 @@ mod tests {
                                 for kx in 0..ws[3] {
                                     let iy = (oy * g.stride + ky) as isize - g.padding as isize;
                                     let ix = (ox * g.stride + kx) as isize - g.padding as isize;
-                                    if iy >= 0 && ix >= 0 && (iy as usize) < xs[2] && (ix as usize) < xs[3] {
-                                        acc += (x[((n * xs[1] + ci) * xs[2] + iy as usize) * xs[3] + ix as usize]
+                                    if iy >= 0
+                                        && ix >= 0
+                                        && (iy as usize) < xs[2]
+                                        && (ix as usize) < xs[3]
+                                    {
+                                        acc += (x[((n * xs[1] + ci) * xs[2] + iy as usize) * xs[3]
+                                            + ix as usize]
                                             * w[((co * ws[1] + ci) * ws[2] + ky) * ws[3] + kx])
                                             as f64;
                                     }
@@ -110,7 +121,18 @@ mod tests {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
             (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
         };
-        for (k, g) in [(3, Conv2d::SAME), (1, Conv2d::POINTWISE), (3, Conv2d::DOWN), (3, Conv2d { stride: 2, padding: 0 })] {
+        for (k, g) in [
+            (3, Conv2d::SAME),
+            (1, Conv2d::POINTWISE),
+            (3, Conv2d::DOWN),
+            (
+                3,
+                Conv2d {
+                    stride: 2,
+                    padding: 0,
+                },
+            ),
+        ] {
             let xs = [2, 3, 7, 5];
             let ws = [4, 3, k, k];
             let x: Vec<f32> = (0..xs.iter().product()).map(|_| rnd()).collect();

@@ -13,7 +13,10 @@ fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     if a.len() < PAR_MIN {
         a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
     } else {
-        a.par_iter().zip(b.par_iter()).map(|(&x, &y)| f(x, y)).collect()
+        a.par_iter()
+            .zip(b.par_iter())
+            .map(|(&x, &y)| f(x, y))
+            .collect()
     }
 }
 
@@ -74,25 +77,29 @@ pub fn reduce_angle(a: f32) -> f32 {
 pub fn upsample_nearest2x(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
     let (h2, w2) = (2 * h, 2 * w);
     let mut out = vec![0.0f32; planes * h2 * w2];
-    out.par_chunks_mut(h2 * w2).enumerate().for_each(|(p, plane)| {
-        let src = &x[p * h * w..(p + 1) * h * w];
-        for oy in 0..h2 {
-            let row = &src[(oy / 2) * w..(oy / 2 + 1) * w];
-            for (ox, o) in plane[oy * w2..(oy + 1) * w2].iter_mut().enumerate() {
-                *o = row[ox / 2];
+    out.par_chunks_mut(h2 * w2)
+        .enumerate()
+        .for_each(|(p, plane)| {
+            let src = &x[p * h * w..(p + 1) * h * w];
+            for oy in 0..h2 {
+                let row = &src[(oy / 2) * w..(oy / 2 + 1) * w];
+                for (ox, o) in plane[oy * w2..(oy + 1) * w2].iter_mut().enumerate() {
+                    *o = row[ox / 2];
+                }
             }
-        }
-    });
+        });
     out
 }
 
 /// Per batch item, `a_len` values of a then `b_len` values of b.
 pub fn concat_channels(a: &[f32], b: &[f32], n: usize, a_len: usize, b_len: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; n * (a_len + b_len)];
-    out.par_chunks_mut(a_len + b_len).enumerate().for_each(|(i, o)| {
-        o[..a_len].copy_from_slice(&a[i * a_len..(i + 1) * a_len]);
-        o[a_len..].copy_from_slice(&b[i * b_len..(i + 1) * b_len]);
-    });
+    out.par_chunks_mut(a_len + b_len)
+        .enumerate()
+        .for_each(|(i, o)| {
+            o[..a_len].copy_from_slice(&a[i * a_len..(i + 1) * a_len]);
+            o[a_len..].copy_from_slice(&b[i * b_len..(i + 1) * b_len]);
+        });
     out
 }
 

@@ -10,7 +10,9 @@ mod norm;
 
 pub use attention::attention;
 pub use conv::conv2d;
-pub use elementwise::{activate, add, concat_channels, flow_step, timestep_embedding, upsample_nearest2x};
+pub use elementwise::{
+    activate, add, concat_channels, flow_step, timestep_embedding, upsample_nearest2x,
+};
 pub use linear::linear;
 pub use norm::group_norm;
 
@@ -67,8 +69,23 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn conv2d(&self, x: &CpuTensor, w: &CpuTensor, bias: &CpuTensor, geom: Conv2d, residual: Option<&CpuTensor>) -> CpuTensor {
-        let (data, shape) = conv2d(&x.data, &x.shape, &w.data, &w.shape, &bias.data, geom, residual.map(|r| r.data.as_slice()));
+    fn conv2d(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        bias: &CpuTensor,
+        geom: Conv2d,
+        residual: Option<&CpuTensor>,
+    ) -> CpuTensor {
+        let (data, shape) = conv2d(
+            &x.data,
+            &x.shape,
+            &w.data,
+            &w.shape,
+            &bias.data,
+            geom,
+            residual.map(|r| r.data.as_slice()),
+        );
         CpuTensor::new(data, &shape)
     }
 
@@ -82,17 +99,48 @@ impl Backend for CpuBackend {
         modulation: Option<&CpuTensor>,
         silu: bool,
     ) -> CpuTensor {
-        let y = group_norm(&x.data, &x.shape, &gamma.data, &beta.data, groups, eps, modulation.map(|m| m.data.as_slice()), silu);
+        let y = group_norm(
+            &x.data,
+            &x.shape,
+            &gamma.data,
+            &beta.data,
+            groups,
+            eps,
+            modulation.map(|m| m.data.as_slice()),
+            silu,
+        );
         CpuTensor::new(y, &x.shape)
     }
 
-    fn linear(&self, x: &CpuTensor, w: &CpuTensor, bias: &CpuTensor, modulation: Option<&CpuTensor>, act: Activation) -> CpuTensor {
+    fn linear(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        bias: &CpuTensor,
+        modulation: Option<&CpuTensor>,
+        act: Activation,
+    ) -> CpuTensor {
         let (n, out) = (x.shape[0], w.shape[0]);
-        let y = linear(&x.data, n, x.shape[1], &w.data, out, &bias.data, modulation.map(|m| m.data.as_slice()), act);
+        let y = linear(
+            &x.data,
+            n,
+            x.shape[1],
+            &w.data,
+            out,
+            &bias.data,
+            modulation.map(|m| m.data.as_slice()),
+            act,
+        );
         CpuTensor::new(y, &[n, out])
     }
 
-    fn timestep_embedding(&self, times: &CpuTensor, dim: usize, max_period: f32, time_scale: f32) -> CpuTensor {
+    fn timestep_embedding(
+        &self,
+        times: &CpuTensor,
+        dim: usize,
+        max_period: f32,
+        time_scale: f32,
+    ) -> CpuTensor {
         let y = timestep_embedding(&times.data, dim, max_period, time_scale);
         CpuTensor::new(y, &[times.shape[0], dim])
     }
@@ -119,7 +167,12 @@ impl Backend for CpuBackend {
     }
 
     fn reshape(&self, t: &CpuTensor, shape: &[usize]) -> CpuTensor {
-        assert_eq!(t.len(), shape.iter().product::<usize>(), "reshape {:?} to {shape:?}", t.shape);
+        assert_eq!(
+            t.len(),
+            shape.iter().product::<usize>(),
+            "reshape {:?} to {shape:?}",
+            t.shape
+        );
         CpuTensor {
             data: t.data.clone(),
             shape: shape.to_vec(),

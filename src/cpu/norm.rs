@@ -30,15 +30,25 @@ pub fn group_norm(
         let rstd = 1.0 / (var + eps as f64).sqrt();
         for cc in 0..cpg {
             let ch = g * cpg + cc;
-            let (mut a, mut sh) = ((rstd * gamma[ch] as f64) as f32, (beta[ch] as f64 - mean * rstd * gamma[ch] as f64) as f32);
+            let (mut a, mut sh) = (
+                (rstd * gamma[ch] as f64) as f32,
+                (beta[ch] as f64 - mean * rstd * gamma[ch] as f64) as f32,
+            );
             if let Some(m) = modulation {
                 let scale = 1.0 + m[b * 2 * c + ch];
                 let shift = m[b * 2 * c + c + ch];
                 a *= scale;
                 sh = sh * scale + shift;
             }
-            let act = if silu { Activation::Silu } else { Activation::None };
-            for (ov, &xv) in o[cc * hw..(cc + 1) * hw].iter_mut().zip(&src[cc * hw..(cc + 1) * hw]) {
+            let act = if silu {
+                Activation::Silu
+            } else {
+                Activation::None
+            };
+            for (ov, &xv) in o[cc * hw..(cc + 1) * hw]
+                .iter_mut()
+                .zip(&src[cc * hw..(cc + 1) * hw])
+            {
                 *ov = act_scalar(xv * a + sh, act);
             }
         }

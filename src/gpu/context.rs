@@ -38,7 +38,8 @@ impl GpuContext {
     /// Finds an adapter (high-performance preferred) and opens a device with its full limits.
     /// `allow_software` = false refuses CPU-emulated adapters.
     pub async fn new_async(allow_software: bool) -> Result<Self> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,
@@ -62,7 +63,9 @@ impl GpuContext {
             is_software: matches!(info.device_type, wgpu::DeviceType::Cpu),
         };
         if summary.is_software && !allow_software {
-            return Err(Error::NoAdapter(format!("only a software adapter is available: {summary}")));
+            return Err(Error::NoAdapter(format!(
+                "only a software adapter is available: {summary}"
+            )));
         }
         let limits = adapter.limits();
         let (device, queue) = adapter
@@ -100,7 +103,10 @@ impl GpuContext {
 
     /// Returns the first error wgpu reported since the last check.
     pub fn take_error(&self) -> Result<()> {
-        let mut v = self.errors.lock().map_err(|_| Error::Gpu("error sink poisoned".into()))?;
+        let mut v = self
+            .errors
+            .lock()
+            .map_err(|_| Error::Gpu("error sink poisoned".into()))?;
         let first = v.drain(..).next();
         match first {
             Some(e) => Err(Error::Gpu(e)),
@@ -110,7 +116,10 @@ impl GpuContext {
 
     /// The largest storage buffer a kernel may bind, in f32 elements.
     pub fn max_binding_elems(&self) -> usize {
-        let bytes = (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
+        let bytes = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
         (bytes / 4) as usize
     }
 }

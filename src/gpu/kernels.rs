@@ -115,21 +115,32 @@ impl GpuBackend {
         }
         let mut modules = self.modules.borrow_mut();
         let module = modules.entry(shader).or_insert_with(|| {
-            let source = SHADERS.iter().find(|(n, _)| *n == shader).expect("shader is listed in SHADERS").1;
-            self.ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            })
+            let source = SHADERS
+                .iter()
+                .find(|(n, _)| *n == shader)
+                .expect("shader is listed in SHADERS")
+                .1;
+            self.ctx
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                })
         });
-        let p = self.ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: None,
-            module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        self.pipelines.borrow_mut().insert((shader, entry), p.clone());
+        let p = self
+            .ctx
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        self.pipelines
+            .borrow_mut()
+            .insert((shader, entry), p.clone());
         p
     }
 
@@ -139,7 +150,9 @@ impl GpuBackend {
             self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("flowmap tensor"),
                 size,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         });
@@ -151,13 +164,23 @@ impl GpuBackend {
 
     /// Records one dispatch of `groups` workgroups, folded into two dimensions when it exceeds
     /// the per-dimension limit (every kernel flattens its workgroup id the same way).
-    fn dispatch(&self, shader: &'static str, entry: &'static str, buffers: &[(u32, &wgpu::Buffer)], params: &[P], groups: usize) {
+    fn dispatch(
+        &self,
+        shader: &'static str,
+        entry: &'static str,
+        buffers: &[(u32, &wgpu::Buffer)],
+        params: &[P],
+        groups: usize,
+    ) {
         let pipeline = self.pipeline(shader, entry);
-        let uniform = self.ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("flowmap params"),
-            contents: &param_bytes(params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let uniform = self
+            .ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("flowmap params"),
+                contents: &param_bytes(params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
         let params_binding = buffers.iter().map(|(b, _)| b + 1).max().unwrap_or(0);
         let mut entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
@@ -170,11 +193,14 @@ impl GpuBackend {
             binding: params_binding,
             resource: uniform.as_entire_binding(),
         });
-        let bind_group = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(entry),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
+        let bind_group = self
+            .ctx
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(entry),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
         let max = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
         let gx = groups.clamp(1, max);
         let gy = groups.div_ceil(gx).max(1);
@@ -182,7 +208,9 @@ impl GpuBackend {
         let enc = enc.get_or_insert_with(|| {
             self.ctx
                 .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("flowmap") })
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("flowmap"),
+                })
         });
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(entry),
@@ -210,7 +238,10 @@ impl GpuBackend {
     }
 
     /// Copies a tensor back to the host; on the web, await this instead of [`Backend::download`].
-    pub fn download_async(&self, t: &GpuTensor) -> impl Future<Output = Result<Vec<f32>>> + 'static {
+    pub fn download_async(
+        &self,
+        t: &GpuTensor,
+    ) -> impl Future<Output = Result<Vec<f32>>> + 'static {
         let size = (t.len().max(1) * 4) as u64;
         let n = t.len();
         let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -224,7 +255,9 @@ impl GpuBackend {
             let enc = enc.get_or_insert_with(|| {
                 self.ctx
                     .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("flowmap") })
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("flowmap"),
+                    })
             });
             enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, size);
         }
@@ -256,7 +289,10 @@ impl GpuBackend {
 }
 
 fn bytemuck_cast(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 #[derive(Default)]
@@ -286,7 +322,10 @@ impl Backend for GpuBackend {
 
     fn upload(&self, data: &[f32], shape: &[usize]) -> Result<GpuTensor> {
         if data.len() != shape.iter().product::<usize>() {
-            return Err(Error::Argument(format!("{} values do not fill shape {shape:?}", data.len())));
+            return Err(Error::Argument(format!(
+                "{} values do not fill shape {shape:?}",
+                data.len()
+            )));
         }
         let max = self.ctx.max_binding_elems();
         if data.len() > max {
@@ -300,11 +339,16 @@ impl Backend for GpuBackend {
             bytes.resize(4, 0);
         }
         // A fresh buffer (never a pooled one): see pool.rs for why.
-        let buffer = self.ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("flowmap upload"),
-            contents: &bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        });
+        let buffer = self
+            .ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("flowmap upload"),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            });
         Ok(GpuTensor {
             buf: Rc::new(PooledBuffer::new(buffer, self.pool.clone())),
             shape: shape.to_vec(),
@@ -318,7 +362,9 @@ impl Backend for GpuBackend {
 
     #[cfg(target_arch = "wasm32")]
     fn download(&self, _t: &GpuTensor) -> Result<Vec<f32>> {
-        Err(Error::Gpu("blocking readback is impossible in a browser; use download_async".into()))
+        Err(Error::Gpu(
+            "blocking readback is impossible in a browser; use download_async".into(),
+        ))
     }
 
     fn sync(&self) -> Result<()> {
@@ -326,7 +372,14 @@ impl Backend for GpuBackend {
         self.wait()
     }
 
-    fn conv2d(&self, x: &GpuTensor, w: &GpuTensor, bias: &GpuTensor, geom: Conv2d, residual: Option<&GpuTensor>) -> GpuTensor {
+    fn conv2d(
+        &self,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        bias: &GpuTensor,
+        geom: Conv2d,
+        residual: Option<&GpuTensor>,
+    ) -> GpuTensor {
         let out_shape = conv2d_out_shape(&x.shape, &w.shape, geom);
         let y = self.alloc(&out_shape);
         let npix = out_shape[0] * out_shape[2] * out_shape[3];
@@ -348,7 +401,13 @@ impl Backend for GpuBackend {
             u(tiles_n),
             u(total),
         ];
-        let bufs = [(0, x.buffer()), (1, w.buffer()), (2, bias.buffer()), (3, res), (4, y.buffer())];
+        let bufs = [
+            (0, x.buffer()),
+            (1, w.buffer()),
+            (2, bias.buffer()),
+            (3, res),
+            (4, y.buffer()),
+        ];
         self.dispatch("conv2d.wgsl", "main", &bufs, &params, total);
         y
     }
@@ -375,12 +434,31 @@ impl Backend for GpuBackend {
             u(silu as usize),
             P::F(eps),
         ];
-        let bufs = [(0, x.buffer()), (1, gamma.buffer()), (2, beta.buffer()), (3, m), (4, y.buffer())];
-        self.dispatch("group_norm.wgsl", "main", &bufs, &params, x.shape[0] * groups);
+        let bufs = [
+            (0, x.buffer()),
+            (1, gamma.buffer()),
+            (2, beta.buffer()),
+            (3, m),
+            (4, y.buffer()),
+        ];
+        self.dispatch(
+            "group_norm.wgsl",
+            "main",
+            &bufs,
+            &params,
+            x.shape[0] * groups,
+        );
         y
     }
 
-    fn linear(&self, x: &GpuTensor, w: &GpuTensor, bias: &GpuTensor, modulation: Option<&GpuTensor>, act: Activation) -> GpuTensor {
+    fn linear(
+        &self,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        bias: &GpuTensor,
+        modulation: Option<&GpuTensor>,
+        act: Activation,
+    ) -> GpuTensor {
         let (rows, inp, outp) = (x.shape[0], x.shape[1], w.shape[0]);
         let y = self.alloc(&[rows, outp]);
         let tiles_n = outp.div_ceil(64);
@@ -395,23 +473,44 @@ impl Backend for GpuBackend {
             u(tiles_n),
             u(total),
         ];
-        let bufs = [(0, x.buffer()), (1, w.buffer()), (2, bias.buffer()), (3, m), (4, y.buffer())];
+        let bufs = [
+            (0, x.buffer()),
+            (1, w.buffer()),
+            (2, bias.buffer()),
+            (3, m),
+            (4, y.buffer()),
+        ];
         self.dispatch("linear.wgsl", "main", &bufs, &params, total);
         y
     }
 
-    fn timestep_embedding(&self, times: &GpuTensor, dim: usize, max_period: f32, time_scale: f32) -> GpuTensor {
+    fn timestep_embedding(
+        &self,
+        times: &GpuTensor,
+        dim: usize,
+        max_period: f32,
+        time_scale: f32,
+    ) -> GpuTensor {
         let n = times.shape[0];
         let y = self.alloc(&[n, dim]);
         let params = [u(n), u(dim / 2), P::F(max_period), P::F(time_scale)];
-        self.dispatch("embedding.wgsl", "main", &[(0, times.buffer()), (1, y.buffer())], &params, (n * dim / 2).div_ceil(64));
+        self.dispatch(
+            "embedding.wgsl",
+            "main",
+            &[(0, times.buffer()), (1, y.buffer())],
+            &params,
+            (n * dim / 2).div_ceil(64),
+        );
         y
     }
 
     fn attention(&self, qkv: &GpuTensor, heads: usize) -> GpuTensor {
         let (n, c, l) = (qkv.shape[0], qkv.shape[1] / 3, qkv.shape[2]);
         let d = c / heads;
-        assert!(d <= crate::config::MAX_HEAD_DIM, "head dimension {d} exceeds the kernel's limit");
+        assert!(
+            d <= crate::config::MAX_HEAD_DIM,
+            "head dimension {d} exceeds the kernel's limit"
+        );
         let y = self.alloc(&[n, c, l]);
         let q_tiles = l.div_ceil(64);
         let total = n * heads * q_tiles;
@@ -425,7 +524,13 @@ impl Backend for GpuBackend {
             u(total),
             P::F(1.0 / (d as f32).sqrt()),
         ];
-        self.dispatch("attention.wgsl", "main", &[(0, qkv.buffer()), (1, y.buffer())], &params, total);
+        self.dispatch(
+            "attention.wgsl",
+            "main",
+            &[(0, qkv.buffer()), (1, y.buffer())],
+            &params,
+            total,
+        );
         y
     }
 
@@ -433,7 +538,13 @@ impl Backend for GpuBackend {
         let s = &x.shape;
         let y = self.alloc(&[s[0], s[1], 2 * s[2], 2 * s[3]]);
         let params = [u(s[0] * s[1]), u(s[2]), u(s[3])];
-        self.dispatch("upsample.wgsl", "main", &[(0, x.buffer()), (1, y.buffer())], &params, y.len().div_ceil(256));
+        self.dispatch(
+            "upsample.wgsl",
+            "main",
+            &[(0, x.buffer()), (1, y.buffer())],
+            &params,
+            y.len().div_ceil(256),
+        );
         y
     }
 
@@ -443,12 +554,23 @@ impl Backend for GpuBackend {
         shape[1] += b.shape[1];
         let y = self.alloc(&shape);
         let params = [u(n), u(a.len() / n), u(b.len() / n)];
-        self.dispatch("concat.wgsl", "main", &[(0, a.buffer()), (1, b.buffer()), (2, y.buffer())], &params, y.len().div_ceil(256));
+        self.dispatch(
+            "concat.wgsl",
+            "main",
+            &[(0, a.buffer()), (1, b.buffer()), (2, y.buffer())],
+            &params,
+            y.len().div_ceil(256),
+        );
         y
     }
 
     fn reshape(&self, t: &GpuTensor, shape: &[usize]) -> GpuTensor {
-        assert_eq!(t.len(), shape.iter().product::<usize>(), "reshape {:?} to {shape:?}", t.shape);
+        assert_eq!(
+            t.len(),
+            shape.iter().product::<usize>(),
+            "reshape {:?} to {shape:?}",
+            t.shape
+        );
         GpuTensor {
             buf: t.buf.clone(),
             shape: shape.to_vec(),
@@ -458,21 +580,39 @@ impl Backend for GpuBackend {
     fn add(&self, a: &GpuTensor, b: &GpuTensor) -> GpuTensor {
         let y = self.alloc(&a.shape);
         let params = [u(a.len()), P::U(0), P::F(0.0)];
-        self.dispatch("elementwise.wgsl", "add", &[(0, a.buffer()), (1, b.buffer()), (2, y.buffer())], &params, a.len().div_ceil(256));
+        self.dispatch(
+            "elementwise.wgsl",
+            "add",
+            &[(0, a.buffer()), (1, b.buffer()), (2, y.buffer())],
+            &params,
+            a.len().div_ceil(256),
+        );
         y
     }
 
     fn activation(&self, x: &GpuTensor, act: Activation) -> GpuTensor {
         let y = self.alloc(&x.shape);
         let params = [u(x.len()), P::U(act.code()), P::F(0.0)];
-        self.dispatch("elementwise.wgsl", "activate", &[(0, x.buffer()), (2, y.buffer())], &params, x.len().div_ceil(256));
+        self.dispatch(
+            "elementwise.wgsl",
+            "activate",
+            &[(0, x.buffer()), (2, y.buffer())],
+            &params,
+            x.len().div_ceil(256),
+        );
         y
     }
 
     fn flow_step(&self, x: &GpuTensor, v: &GpuTensor, dt: f32) -> GpuTensor {
         let y = self.alloc(&x.shape);
         let params = [u(x.len()), P::U(0), P::F(dt)];
-        self.dispatch("elementwise.wgsl", "flow_step", &[(0, x.buffer()), (1, v.buffer()), (2, y.buffer())], &params, x.len().div_ceil(256));
+        self.dispatch(
+            "elementwise.wgsl",
+            "flow_step",
+            &[(0, x.buffer()), (1, v.buffer()), (2, y.buffer())],
+            &params,
+            x.len().div_ceil(256),
+        );
         y
     }
 }

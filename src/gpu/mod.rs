@@ -11,12 +11,24 @@ pub use kernels::{GpuBackend, GpuTensor};
 
 /// Every WGSL source, by file name (for validation tests and pipeline creation).
 pub const SHADERS: &[(&str, &str)] = &[
-    ("attention.wgsl", include_str!("../../shaders/attention.wgsl")),
+    (
+        "attention.wgsl",
+        include_str!("../../shaders/attention.wgsl"),
+    ),
     ("concat.wgsl", include_str!("../../shaders/concat.wgsl")),
     ("conv2d.wgsl", include_str!("../../shaders/conv2d.wgsl")),
-    ("elementwise.wgsl", include_str!("../../shaders/elementwise.wgsl")),
-    ("embedding.wgsl", include_str!("../../shaders/embedding.wgsl")),
-    ("group_norm.wgsl", include_str!("../../shaders/group_norm.wgsl")),
+    (
+        "elementwise.wgsl",
+        include_str!("../../shaders/elementwise.wgsl"),
+    ),
+    (
+        "embedding.wgsl",
+        include_str!("../../shaders/embedding.wgsl"),
+    ),
+    (
+        "group_norm.wgsl",
+        include_str!("../../shaders/group_norm.wgsl"),
+    ),
     ("linear.wgsl", include_str!("../../shaders/linear.wgsl")),
     ("upsample.wgsl", include_str!("../../shaders/upsample.wgsl")),
 ];

@@ -14,7 +14,14 @@ pub struct Conv<B: Backend> {
 }
 
 impl<B: Backend> Conv<B> {
-    pub fn build(src: &mut dyn ParamSource<B>, name: &str, cin: usize, cout: usize, k: usize, geom: Conv2d) -> Result<Self> {
+    pub fn build(
+        src: &mut dyn ParamSource<B>,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        geom: Conv2d,
+    ) -> Result<Self> {
         Ok(Conv {
             w: src.param(&format!("{name}.weight"), &[cout, cin, k, k])?,
             b: src.param(&format!("{name}.bias"), &[cout])?,
@@ -35,7 +42,13 @@ pub struct Norm<B: Backend> {
 }
 
 impl<B: Backend> Norm<B> {
-    pub fn build(src: &mut dyn ParamSource<B>, name: &str, ch: usize, groups: usize, eps: f32) -> Result<Self> {
+    pub fn build(
+        src: &mut dyn ParamSource<B>,
+        name: &str,
+        ch: usize,
+        groups: usize,
+        eps: f32,
+    ) -> Result<Self> {
         Ok(Norm {
             gamma: src.param(&format!("{name}.weight"), &[ch])?,
             beta: src.param(&format!("{name}.bias"), &[ch])?,
@@ -44,8 +57,22 @@ impl<B: Backend> Norm<B> {
         })
     }
 
-    pub fn forward(&self, be: &B, x: &B::Tensor, modulation: Option<&B::Tensor>, silu: bool) -> B::Tensor {
-        be.group_norm(x, &self.gamma, &self.beta, self.groups, self.eps, modulation, silu)
+    pub fn forward(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        modulation: Option<&B::Tensor>,
+        silu: bool,
+    ) -> B::Tensor {
+        be.group_norm(
+            x,
+            &self.gamma,
+            &self.beta,
+            self.groups,
+            self.eps,
+            modulation,
+            silu,
+        )
     }
 }
 
@@ -62,7 +89,15 @@ pub struct ResBlock<B: Backend> {
 
 impl<B: Backend> ResBlock<B> {
     #[allow(clippy::too_many_arguments)]
-    pub fn build(src: &mut dyn ParamSource<B>, name: &str, cin: usize, cout: usize, cond: usize, groups: usize, eps: f32) -> Result<Self> {
+    pub fn build(
+        src: &mut dyn ParamSource<B>,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        cond: usize,
+        groups: usize,
+        eps: f32,
+    ) -> Result<Self> {
         Ok(ResBlock {
             norm1: Norm::build(src, &format!("{name}.norm1"), cin, groups, eps)?,
             conv1: Conv::build(src, &format!("{name}.conv1"), cin, cout, 3, Conv2d::SAME)?,
@@ -70,7 +105,14 @@ impl<B: Backend> ResBlock<B> {
             norm2: Norm::build(src, &format!("{name}.norm2"), cout, groups, eps)?,
             conv2: Conv::build(src, &format!("{name}.conv2"), cout, cout, 3, Conv2d::SAME)?,
             skip: if cin != cout {
-                Some(Conv::build(src, &format!("{name}.skip"), cin, cout, 1, Conv2d::POINTWISE)?)
+                Some(Conv::build(
+                    src,
+                    &format!("{name}.skip"),
+                    cin,
+                    cout,
+                    1,
+                    Conv2d::POINTWISE,
+                )?)
             } else {
                 None
             },
@@ -96,10 +138,24 @@ pub struct AttnBlock<B: Backend> {
 }
 
 impl<B: Backend> AttnBlock<B> {
-    pub fn build(src: &mut dyn ParamSource<B>, name: &str, ch: usize, heads: usize, groups: usize, eps: f32) -> Result<Self> {
+    pub fn build(
+        src: &mut dyn ParamSource<B>,
+        name: &str,
+        ch: usize,
+        heads: usize,
+        groups: usize,
+        eps: f32,
+    ) -> Result<Self> {
         Ok(AttnBlock {
             norm: Norm::build(src, &format!("{name}.norm"), ch, groups, eps)?,
-            qkv: Conv::build(src, &format!("{name}.qkv"), ch, 3 * ch, 1, Conv2d::POINTWISE)?,
+            qkv: Conv::build(
+                src,
+                &format!("{name}.qkv"),
+                ch,
+                3 * ch,
+                1,
+                Conv2d::POINTWISE,
+            )?,
             proj: Conv::build(src, &format!("{name}.proj"), ch, ch, 1, Conv2d::POINTWISE)?,
             heads,
         })

@@ -21,7 +21,13 @@ impl<B: Backend> Dense<B> {
         })
     }
 
-    pub fn forward(&self, be: &B, x: &B::Tensor, modulation: Option<&B::Tensor>, act: Activation) -> B::Tensor {
+    pub fn forward(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        modulation: Option<&B::Tensor>,
+        act: Activation,
+    ) -> B::Tensor {
         be.linear(x, &self.w, &self.b, modulation, act)
     }
 }

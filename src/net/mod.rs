@@ -79,7 +79,7 @@ pub fn forward_costs(config: &ModelConfig, batch: usize) -> Result<ShapeBackend>
 }
 
 enum Body<B: Backend> {
-    Unet(unet::Unet<B>),
+    Unet(Box<unet::Unet<B>>),
     Mlp(mlp::Mlp<B>),
 }
 
@@ -95,7 +95,7 @@ impl<B: Backend> Network<B> {
         config.validate()?;
         let time = TimeEmbed::build(config.time(), src)?;
         let body = match config {
-            ModelConfig::Unet(c) => Body::Unet(unet::Unet::build(c, src)?),
+            ModelConfig::Unet(c) => Body::Unet(Box::new(unet::Unet::build(c, src)?)),
             ModelConfig::Mlp(c) => Body::Mlp(mlp::Mlp::build(c, src)?),
         };
         Ok(Network {
@@ -127,7 +127,9 @@ impl<B: Backend> Network<B> {
             )));
         }
         if s.len() != n || t.len() != n {
-            return Err(Error::Argument(format!("{n} samples need {n} times s and t")));
+            return Err(Error::Argument(format!(
+                "{n} samples need {n} times s and t"
+            )));
         }
         let dt: Vec<f32> = s.iter().zip(t).map(|(s, t)| t - s).collect();
         let s_t = b.upload(s, &[n])?;

@@ -40,18 +40,38 @@ impl<B: Backend> Unet<B> {
     pub fn build(c: &UnetConfig, src: &mut dyn ParamSource<B>) -> Result<Self> {
         let (g, eps, cond) = (c.groups, c.eps, c.time.hidden);
         let levels = c.channel_mult.len();
-        let stage = |src: &mut dyn ParamSource<B>, prefix: String, i: usize, cin: usize, cout: usize, attn: bool| -> Result<Stage<B>> {
+        let stage = |src: &mut dyn ParamSource<B>,
+                     prefix: String,
+                     i: usize,
+                     cin: usize,
+                     cout: usize,
+                     attn: bool|
+         -> Result<Stage<B>> {
             Ok(Stage {
                 res: ResBlock::build(src, &format!("{prefix}.res.{i}"), cin, cout, cond, g, eps)?,
                 attn: if attn {
-                    Some(AttnBlock::build(src, &format!("{prefix}.attn.{i}"), cout, c.heads, g, eps)?)
+                    Some(AttnBlock::build(
+                        src,
+                        &format!("{prefix}.attn.{i}"),
+                        cout,
+                        c.heads,
+                        g,
+                        eps,
+                    )?)
                 } else {
                     None
                 },
             })
         };
 
-        let conv_in = Conv::build(src, "conv_in", c.in_channels, c.base_channels, 3, Conv2d::SAME)?;
+        let conv_in = Conv::build(
+            src,
+            "conv_in",
+            c.in_channels,
+            c.base_channels,
+            3,
+            Conv2d::SAME,
+        )?;
         // Channels of each skip connection, in push order.
         let mut skips = vec![c.base_channels];
         let mut ch = c.base_channels;
@@ -67,7 +87,14 @@ impl<B: Backend> Unet<B> {
             }
             let resample = if level + 1 < levels {
                 skips.push(ch);
-                Some(Conv::build(src, &format!("down.{level}.downsample"), ch, ch, 3, Conv2d::DOWN)?)
+                Some(Conv::build(
+                    src,
+                    &format!("down.{level}.downsample"),
+                    ch,
+                    ch,
+                    3,
+                    Conv2d::DOWN,
+                )?)
             } else {
                 None
             };
@@ -96,7 +123,14 @@ impl<B: Backend> Unet<B> {
                 ch = out;
             }
             let resample = if level > 0 {
-                Some(Conv::build(src, &format!("up.{level}.upsample"), ch, ch, 3, Conv2d::SAME)?)
+                Some(Conv::build(
+                    src,
+                    &format!("up.{level}.upsample"),
+                    ch,
+                    ch,
+                    3,
+                    Conv2d::SAME,
+                )?)
             } else {
                 None
             };

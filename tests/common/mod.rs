@@ -39,13 +39,13 @@ pub fn assert_close_tol(what: &str, a: &[f32], b: &[f32], tol: f32) {
     let (mut worst, mut at) = (0.0f32, 0);
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         let d = (x - y).abs();
-        if !(d <= worst) {
+        if d.is_nan() || d > worst {
             worst = d;
             at = i;
         }
     }
     assert!(
-        worst <= tol * scale,
+        !worst.is_nan() && worst <= tol * scale,
         "{what}: max abs error {worst} at {at} (gpu {} vs cpu {}) exceeds {tol} × {scale}",
         a[at],
         b[at]

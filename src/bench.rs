@@ -1,0 +1,168 @@
+//! Benchmark helpers: a backend wrapper that times every op (synchronising after each, so GPU
+//! work is attributed to the op that issued it) and adds up time and FLOPs per op family.
+//! Synchronising per op adds a submit-and-wait to each GPU op, so per-family sums exceed the
+//! unsynchronised forward time; the forward time is measured separately without it.
+
+use crate::backend::{Backend, Conv2d, OpFamily, Shaped};
+use crate::config::Activation;
+use crate::error::Result;
+use crate::shape::{ShapeBackend, ShapeTensor};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Accumulated per-family cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FamilyStats {
+    pub calls: usize,
+    pub time: Duration,
+    pub flops: f64,
+    pub bytes: f64,
+}
+
+pub struct Profiled<'a, B: Backend> {
+    inner: &'a B,
+    shapes: ShapeBackend,
+    stats: RefCell<BTreeMap<OpFamily, FamilyStats>>,
+}
+
+impl<'a, B: Backend> Profiled<'a, B> {
+    pub fn new(inner: &'a B) -> Self {
+        Profiled {
+            inner,
+            shapes: ShapeBackend::new(),
+            stats: RefCell::default(),
+        }
+    }
+
+    pub fn stats(&self) -> BTreeMap<OpFamily, FamilyStats> {
+        self.stats.borrow().clone()
+    }
+
+    pub fn reset(&self) {
+        self.stats.borrow_mut().clear();
+    }
+
+    /// Times `run` (synchronised) and books it with the cost the shape backend computes.
+    fn timed<T>(
+        &self,
+        cost: impl FnOnce(&ShapeBackend) -> ShapeTensor,
+        run: impl FnOnce(&B) -> T,
+    ) -> T {
+        let before = self.shapes.ops().len();
+        cost(&self.shapes);
+        let c = self.shapes.ops()[before];
+        let t0 = Instant::now();
+        let out = run(self.inner);
+        // A failed sync shows up at the caller's next download.
+        let _ = self.inner.sync();
+        let mut stats = self.stats.borrow_mut();
+        let s = stats.entry(c.family).or_default();
+        s.calls += 1;
+        s.time += t0.elapsed();
+        s.flops += c.flops;
+        s.bytes += c.bytes;
+        out
+    }
+}
+
+fn st<T: Shaped>(t: &T) -> ShapeTensor {
+    ShapeTensor(t.shape().to_vec())
+}
+
+impl<B: Backend> Backend for Profiled<'_, B> {
+    type Tensor = B::Tensor;
+
+    fn upload(&self, data: &[f32], shape: &[usize]) -> Result<B::Tensor> {
+        self.inner.upload(data, shape)
+    }
+    fn download(&self, t: &B::Tensor) -> Result<Vec<f32>> {
+        self.inner.download(t)
+    }
+    fn sync(&self) -> Result<()> {
+        self.inner.sync()
+    }
+    fn conv2d(
+        &self,
+        x: &B::Tensor,
+        w: &B::Tensor,
+        b: &B::Tensor,
+        g: Conv2d,
+        r: Option<&B::Tensor>,
+    ) -> B::Tensor {
+        let rs = r.map(st);
+        self.timed(
+            |s| s.conv2d(&st(x), &st(w), &st(b), g, rs.as_ref()),
+            |i| i.conv2d(x, w, b, g, r),
+        )
+    }
+    fn group_norm(
+        &self,
+        x: &B::Tensor,
+        ga: &B::Tensor,
+        be: &B::Tensor,
+        groups: usize,
+        eps: f32,
+        m: Option<&B::Tensor>,
+        silu: bool,
+    ) -> B::Tensor {
+        let ms = m.map(st);
+        self.timed(
+            |s| s.group_norm(&st(x), &st(ga), &st(be), groups, eps, ms.as_ref(), silu),
+            |i| i.group_norm(x, ga, be, groups, eps, m, silu),
+        )
+    }
+    fn linear(
+        &self,
+        x: &B::Tensor,
+        w: &B::Tensor,
+        b: &B::Tensor,
+        m: Option<&B::Tensor>,
+        act: Activation,
+    ) -> B::Tensor {
+        let ms = m.map(st);
+        self.timed(
+            |s| s.linear(&st(x), &st(w), &st(b), ms.as_ref(), act),
+            |i| i.linear(x, w, b, m, act),
+        )
+    }
+    fn timestep_embedding(&self, t: &B::Tensor, dim: usize, mp: f32, ts: f32) -> B::Tensor {
+        self.timed(
+            |s| s.timestep_embedding(&st(t), dim, mp, ts),
+            |i| i.timestep_embedding(t, dim, mp, ts),
+        )
+    }
+    fn attention(&self, qkv: &B::Tensor, heads: usize) -> B::Tensor {
+        self.timed(
+            |s| s.attention(&st(qkv), heads),
+            |i| i.attention(qkv, heads),
+        )
+    }
+    fn upsample_nearest2x(&self, x: &B::Tensor) -> B::Tensor {
+        self.timed(
+            |s| s.upsample_nearest2x(&st(x)),
+            |i| i.upsample_nearest2x(x),
+        )
+    }
+    fn concat_channels(&self, a: &B::Tensor, b: &B::Tensor) -> B::Tensor {
+        self.timed(
+            |s| s.concat_channels(&st(a), &st(b)),
+            |i| i.concat_channels(a, b),
+        )
+    }
+    fn reshape(&self, t: &B::Tensor, shape: &[usize]) -> B::Tensor {
+        self.inner.reshape(t, shape)
+    }
+    fn add(&self, a: &B::Tensor, b: &B::Tensor) -> B::Tensor {
+        self.timed(|s| s.add(&st(a), &st(b)), |i| i.add(a, b))
+    }
+    fn activation(&self, x: &B::Tensor, act: Activation) -> B::Tensor {
+        self.timed(|s| s.activation(&st(x), act), |i| i.activation(x, act))
+    }
+    fn flow_step(&self, x: &B::Tensor, v: &B::Tensor, dt: f32) -> B::Tensor {
+        self.timed(
+            |s| s.flow_step(&st(x), &st(v), dt),
+            |i| i.flow_step(x, v, dt),
+        )
+    }
+}

@@ -1,0 +1,269 @@
+//! The `flowmap` binary end to end: sampling writes the files it promises, and every kind of bad
+//! input gets a clear message naming the problem, a non-zero exit, no panic and no output file.
+
+mod common;
+
+use common::{meta_for, temp_dir, tiny_mlp, tiny_unet, write_random_model};
+use flowmap::config::METADATA_KEY;
+use flowmap::net::param_specs;
+use flowmap::weights::random_tensors;
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn flowmap(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmap"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `sample` expecting failure with `needle` in the message and no file at `out`.
+fn expect_failure(weights: &Path, extra: &[&str], out: &Path, needle: &str) {
+    let w = weights.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    let mut args = vec!["sample", "--weights", w, "--out", o];
+    args.extend_from_slice(extra);
+    let (ok, _, err) = flowmap(&args);
+    assert!(!ok, "{args:?} should fail");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected `{needle}` in: {err}"
+    );
+    assert!(!out.exists(), "{args:?} left an output file");
+    let Ok(entries) = std::fs::read_dir(out.parent().unwrap()) else {
+        return;
+    };
+    let stray: Vec<_> = entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp") || n.starts_with(".flowmap-probe"))
+        .collect();
+    assert!(stray.is_empty(), "temporary files left: {stray:?}");
+}
+
+/// Writes a safetensors file by hand, to make files the library itself would refuse to write.
+fn raw_file(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)], meta: Option<String>) {
+    let views: Vec<(&str, TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let info = meta.map(|m| HashMap::from([(METADATA_KEY.to_string(), m)]));
+    std::fs::write(path, safetensors::serialize(views, info).unwrap()).unwrap();
+}
+
+fn valid_tensors() -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    let meta = meta_for(tiny_mlp());
+    random_tensors(&param_specs(&meta.model).unwrap(), 1)
+        .into_iter()
+        .map(|(n, t)| {
+            (
+                n,
+                Dtype::F32,
+                t.shape,
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect()
+}
+
+fn meta_json() -> String {
+    meta_for(tiny_mlp()).to_json()
+}
+
+#[test]
+fn sample_writes_png_and_npy() {
+    let dir = temp_dir("cli-ok");
+    let w = write_random_model(&dir, "unet.safetensors", tiny_unet(), 1);
+    let png = dir.join("grid.png");
+    let (ok, out, err) = flowmap(&[
+        "sample",
+        "--weights",
+        w.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--n",
+        "5",
+        "--out",
+        png.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("step   3/3") && out.contains("samples/s") && out.contains("device: CPU"),
+        "{out}"
+    );
+    assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+
+    let npy = dir.join("s.npy");
+    let (ok, _, err) = flowmap(&[
+        "sample",
+        "--weights",
+        w.to_str().unwrap(),
+        "--grid",
+        "0,0.5,1",
+        "--n",
+        "5",
+        "--out",
+        npy.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(&npy).unwrap();
+    let header = String::from_utf8_lossy(&bytes[10..128]);
+    assert!(header.contains("'shape': (5, 1, 8, 8)"), "{header}");
+    assert_eq!(bytes.len() - (bytes.len() - 5 * 64 * 4), 5 * 64 * 4);
+
+    let mlp = write_random_model(&dir, "mlp.safetensors", tiny_mlp(), 1);
+    let scatter = dir.join("points.png");
+    let (ok, _, err) = flowmap(&[
+        "sample",
+        "--weights",
+        mlp.to_str().unwrap(),
+        "--n",
+        "300",
+        "--out",
+        scatter.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(&std::fs::read(&scatter).unwrap()[..4], b"\x89PNG");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn info_reports_config_parameters_and_flops() {
+    let dir = temp_dir("cli-info");
+    let w = write_random_model(&dir, "m.safetensors", tiny_unet(), 1);
+    let (ok, out, err) = flowmap(&["info", w.to_str().unwrap(), "--tensors"]);
+    assert!(ok, "{err}");
+    let params: usize = param_specs(&tiny_unet())
+        .unwrap()
+        .iter()
+        .map(|s| s.numel())
+        .sum();
+    assert!(out.contains(&format!("parameters:   {params}")), "{out}");
+    assert!(
+        out.contains("MFLOP per forward")
+            && out.contains("conv_in.weight")
+            && out.contains("\"arch\":\"unet\""),
+        "{out}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_weight_files_are_named_errors() {
+    let dir = temp_dir("cli-bad");
+    let out = dir.join("out.png");
+    let good = write_random_model(&dir, "good.safetensors", tiny_mlp(), 1);
+    let bytes = std::fs::read(&good).unwrap();
+
+    expect_failure(&dir.join("absent.safetensors"), &[], &out, "cannot read");
+
+    let truncated = dir.join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
+    expect_failure(&truncated, &[], &out, "truncated");
+
+    let corrupt = dir.join("corrupt.safetensors");
+    std::fs::write(&corrupt, b"this is not a safetensors file at all").unwrap();
+    expect_failure(&corrupt, &[], &out, "not a valid safetensors file");
+
+    let empty = dir.join("empty.safetensors");
+    std::fs::write(&empty, b"").unwrap();
+    expect_failure(&empty, &[], &out, "too short");
+
+    let mut tensors = valid_tensors();
+    let p = dir.join("no-meta.safetensors");
+    raw_file(&p, &tensors, None);
+    expect_failure(&p, &[], &out, "no flowmap metadata");
+
+    let p = dir.join("bad-meta.safetensors");
+    raw_file(
+        &p,
+        &tensors,
+        Some("{\"format_version\": 1, \"model\": 3}".into()),
+    );
+    expect_failure(&p, &[], &out, "invalid flowmap metadata");
+
+    let p = dir.join("newer.safetensors");
+    raw_file(
+        &p,
+        &tensors,
+        Some(meta_json().replace("\"format_version\":1", "\"format_version\":7")),
+    );
+    expect_failure(&p, &[], &out, "format version 7 is newer");
+
+    let p = dir.join("missing.safetensors");
+    raw_file(&p, &tensors[1..], Some(meta_json()));
+    expect_failure(&p, &[], &out, &format!("missing tensor `{}`", tensors[0].0));
+
+    let p = dir.join("extra.safetensors");
+    let mut extra = tensors.clone();
+    extra.push(("surplus.weight".into(), Dtype::F32, vec![1], vec![0; 4]));
+    raw_file(&p, &extra, Some(meta_json()));
+    expect_failure(&p, &[], &out, "unexpected tensor `surplus.weight`");
+
+    let p = dir.join("shape.safetensors");
+    let mut wrong = tensors.clone();
+    let i = wrong
+        .iter()
+        .position(|t| t.2.len() == 2 && t.2[0] != t.2[1])
+        .unwrap();
+    wrong[i].2.reverse();
+    raw_file(&p, &wrong, Some(meta_json()));
+    expect_failure(&p, &[], &out, &format!("tensor `{}` has shape", wrong[i].0));
+
+    let p = dir.join("dtype.safetensors");
+    let mut wrong = tensors.clone();
+    wrong[0].1 = Dtype::I32;
+    raw_file(&p, &wrong, Some(meta_json()));
+    expect_failure(&p, &[], &out, "dtype I32");
+
+    let p = dir.join("nan.safetensors");
+    tensors[2].3[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+    raw_file(&p, &tensors, Some(meta_json()));
+    expect_failure(&p, &[], &out, "non-finite value");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_arguments_are_named_errors() {
+    let dir = temp_dir("cli-args");
+    let out = dir.join("out.png");
+    let w = write_random_model(&dir, "m.safetensors", tiny_mlp(), 1);
+    expect_failure(&w, &["--steps", "0"], &out, "steps must be at least 1");
+    expect_failure(&w, &["--steps", "1000000"], &out, "more than the limit");
+    expect_failure(&w, &["--n", "0"], &out, "--n must be at least 1");
+    expect_failure(&w, &["--grid", "0,0.7,0.3,1"], &out, "increase strictly");
+    expect_failure(&w, &["--device", "tpu"], &out, "unknown device");
+    expect_failure(&w, &["--integrator", "rk4"], &out, "unknown integrator");
+    expect_failure(&w, &[], &dir.join("out.jpg"), "must end in .png");
+    let unwritable: PathBuf = dir.join("no-such-dir").join("out.png");
+    expect_failure(&w, &[], &unwritable, "not writable");
+    std::fs::create_dir_all(dir.join("adir.png")).unwrap();
+    let (ok, _, err) = flowmap(&[
+        "sample",
+        "--weights",
+        w.to_str().unwrap(),
+        "--out",
+        dir.join("adir.png").to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        !ok && err.contains("is a directory") && !err.contains("panicked"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
