@@ -74,3 +74,27 @@ fn default_configs_build_and_name_their_tensors_uniquely() {
         assert!(costs.total_flops() > 0.0);
     }
 }
+
+#[test]
+fn f16_files_load_and_match_f32_within_half_precision() {
+    use flowmap::weights::{random_tensors, StoreDtype};
+    let meta = common::meta_for(tiny_mlp());
+    let tensors = random_tensors(&flowmap::net::param_specs(&meta.model).unwrap(), 4);
+    let f32_bytes = Weights::to_bytes(&meta, &tensors, StoreDtype::F32).unwrap();
+    let f16_bytes = Weights::to_bytes(&meta, &tensors, StoreDtype::F16).unwrap();
+    assert!(f16_bytes.len() < f32_bytes.len() * 6 / 10);
+    let a = Weights::from_bytes(&f32_bytes).unwrap();
+    let b = Weights::from_bytes(&f16_bytes).unwrap();
+    assert!(b.dtypes.contains("F16"));
+    for (name, t) in &a.tensors {
+        let h = &b.tensors[name];
+        assert_eq!(t.shape, h.shape);
+        for (x, y) in t.data.iter().zip(&h.data) {
+            // f16 keeps 11 significant bits: relative error ≤ 2^-11.
+            assert!(
+                (x - y).abs() <= x.abs() * 4.9e-4 + 1e-7,
+                "{name}: {x} vs {y}"
+            );
+        }
+    }
+}
