@@ -26,6 +26,15 @@ impl Rng {
         }
     }
 
+    /// The full generator state, for checkpoints: `from_state(state())` continues the stream.
+    pub fn state(&self) -> ([u64; 4], Option<f64>) {
+        (self.s, self.spare)
+    }
+
+    pub fn from_state(s: [u64; 4], spare: Option<f64>) -> Self {
+        Rng { s, spare }
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;
         let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);

@@ -1,0 +1,156 @@
+//! `trainer bench`: (1) the same weights and batch through burn (flex, wgpu) and through the
+//! flowmap sampler (CPU, GPU) in one run, forward times and their ratios, so the sampler's
+//! kernels are always measured against burn's; (2) training throughput per objective.
+
+use crate::burn_backend::BurnBackend;
+use crate::config::TrainConfig;
+use crate::objectives::Objective;
+use crate::params::ParamStore;
+use anyhow::Result;
+use burn::tensor::{Device, DeviceKind};
+use flowmap::backend::Backend;
+use flowmap::config::ModelConfig;
+use flowmap::device::{DeviceChoice, Engine};
+use flowmap::net::{param_specs, Network};
+use flowmap::rng::Rng;
+use flowmap::weights::{random_tensors, HostTensor};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+fn time_forward<B: Backend>(
+    b: &B,
+    net: &Network<B>,
+    x: &[f32],
+    shape: &[usize],
+    iters: usize,
+) -> Result<f64> {
+    let n = shape[0];
+    let (s, t) = (vec![0.25; n], vec![0.75; n]);
+    let xt = b.upload(x, shape)?;
+    b.download(&net.velocity(b, &xt, &s, &t)?)?; // warm-up (and kernel compilation)
+    let start = Instant::now();
+    for _ in 0..iters {
+        b.download(&net.velocity(b, &xt, &s, &t)?)?;
+    }
+    Ok(start.elapsed().as_secs_f64() / iters as f64)
+}
+
+fn host_source<'a, B: Backend>(
+    tensors: &'a BTreeMap<String, HostTensor>,
+    b: &'a B,
+) -> impl flowmap::net::ParamSource<B> + 'a {
+    struct S<'a, B: Backend>(&'a BTreeMap<String, HostTensor>, &'a B);
+    impl<B: Backend> flowmap::net::ParamSource<B> for S<'_, B> {
+        fn param(&mut self, name: &str, shape: &[usize]) -> flowmap::Result<B::Tensor> {
+            self.1.upload(&self.0[name].data, shape)
+        }
+    }
+    S(tensors, b)
+}
+
+/// Forward time of one config on every backend available, with ratios to flowmap's.
+pub fn forward(model: &ModelConfig, batch: usize, iters: usize, with_wgpu: bool) -> Result<()> {
+    let tensors = random_tensors(&param_specs(model)?, 0);
+    let mut shape = vec![batch];
+    shape.extend(model.sample_shape());
+    let x = Rng::new(1).normals(shape.iter().product(), 1.0);
+    let flops = flowmap::net::forward_costs(model, batch)?.total_flops();
+    println!(
+        "{} {:?}, batch {batch}: {:.3} GFLOP per forward (read back each time), {iters} iterations",
+        model.arch_name(),
+        model.sample_shape(),
+        flops / 1e9
+    );
+    let mut results: Vec<(String, f64)> = Vec::new();
+    let burn_devices: Vec<(&str, Device)> = if with_wgpu {
+        vec![
+            ("burn flex", Device::flex()),
+            ("burn wgpu", Device::wgpu(DeviceKind::DefaultDevice)),
+        ]
+    } else {
+        vec![("burn flex", Device::flex())]
+    };
+    for (name, dev) in burn_devices {
+        let be = BurnBackend::new(dev.clone());
+        let net = ParamStore::from_host(model, &tensors, &dev)?.network(model)?;
+        results.push((name.into(), time_forward(&be, &net, &x, &shape, iters)?));
+    }
+    for choice in [DeviceChoice::Cpu, DeviceChoice::Gpu] {
+        match flowmap::device::open(choice) {
+            Ok((Engine::Cpu(b), _)) => {
+                let net = Network::build(model, &mut host_source(&tensors, &b))?;
+                results.push((
+                    "flowmap cpu".into(),
+                    time_forward(&b, &net, &x, &shape, iters)?,
+                ));
+            }
+            Ok((Engine::Gpu(g), _)) => {
+                g.warm_up()?;
+                let net = Network::build(model, &mut host_source(&tensors, g.as_ref()))?;
+                results.push((
+                    format!("flowmap gpu ({})", g.context().adapter.name),
+                    time_forward(g.as_ref(), &net, &x, &shape, iters)?,
+                ));
+            }
+            Err(e) => println!("  flowmap gpu: skipped ({e})"),
+        }
+    }
+    let reference = results
+        .iter()
+        .find(|(n, _)| n == "burn flex")
+        .map(|r| r.1)
+        .unwrap_or(1.0);
+    println!(
+        "  {:<40} {:>12} {:>10} {:>14}",
+        "backend", "ms", "GFLOP/s", "× burn flex"
+    );
+    for (name, secs) in &results {
+        println!(
+            "  {:<40} {:>12.3} {:>10.2} {:>14.2}",
+            name,
+            secs * 1e3,
+            flops / secs / 1e9,
+            reference / secs
+        );
+    }
+    Ok(())
+}
+
+/// Training samples/s of each objective for `steps` steps on `device`.
+pub fn training(
+    data: &str,
+    model: Option<ModelConfig>,
+    batch: usize,
+    steps: usize,
+    device: Device,
+    label: &str,
+) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("flowmap-bench-{}", std::process::id()));
+    let mut teacher_cfg = TrainConfig::new(Objective::Fm, data);
+    teacher_cfg.model = model.clone();
+    teacher_cfg.steps = 2;
+    teacher_cfg.batch = batch;
+    let teacher = crate::train::train(
+        &teacher_cfg,
+        device.clone(),
+        &dir.join("teacher"),
+        false,
+        true,
+    )?
+    .model_path;
+    println!("training throughput on {data} ({}), batch {batch}, {} steps (the first, slower one included), {label}:", teacher_cfg.model().arch_name(), steps + 1);
+    for obj in Objective::ALL {
+        let mut cfg = TrainConfig::new(obj, data);
+        cfg.model = model.clone();
+        cfg.batch = batch;
+        cfg.steps = steps + 1;
+        cfg.checkpoint_every = usize::MAX / 2;
+        if obj.needs_teacher() {
+            cfg.teacher = Some(teacher.clone());
+        }
+        let s = crate::train::train(&cfg, device.clone(), &dir.join(obj.name()), false, true)?;
+        println!("  {:<5} {:>10.1} samples/s", obj.name(), s.samples_per_sec);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! The training run's configuration: flags, an optional TOML file, and the defaults below. The
+//! resolved config is saved as `config.toml` beside the checkpoint.
+
+use crate::objectives::Objective;
+use flowmap::config::{Interpolant, ModelConfig};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Where training data comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `mnist` (IDX images) or a 2-D set: `checkerboard`, `eight-gaussians`, `two-moons`, `spiral`.
+    pub name: String,
+    /// IDX image file (default: the bundled train split in `data/`).
+    #[serde(default)]
+    pub images: Option<PathBuf>,
+    /// IDX label file matching `images`.
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub objective: Objective,
+    pub data: DataConfig,
+    /// The architecture; default: `ModelConfig::mnist_default()` for images,
+    /// `ModelConfig::toy2d_default()` for 2-D data.
+    #[serde(default)]
+    pub model: Option<ModelConfig>,
+    /// Optimizer steps. Default 2000.
+    #[serde(default = "d::steps")]
+    pub steps: usize,
+    /// Samples per step. Default 64.
+    #[serde(default = "d::batch")]
+    pub batch: usize,
+    /// Peak Adam learning rate. Default 1e-3.
+    #[serde(default = "d::lr")]
+    pub lr: f64,
+    /// Linear warm-up steps, then cosine decay to `lr · final_lr_ratio`. Default 100.
+    #[serde(default = "d::warmup")]
+    pub warmup: usize,
+    /// Default 0.1.
+    #[serde(default = "d::final_lr_ratio")]
+    pub final_lr_ratio: f64,
+    /// Global gradient-norm clip. Default 10 (METHOD §7's checkerboard runs).
+    #[serde(default = "d::grad_clip")]
+    pub grad_clip: f32,
+    /// EMA decay of the exported weights. Default 0.999.
+    #[serde(default = "d::ema")]
+    pub ema: f32,
+    /// Seed of initialisation, data order, noise and times. Default 0.
+    #[serde(default)]
+    pub seed: u64,
+    /// A flowmap weights file of a trained `fm` teacher (lmd, emd, pfmm).
+    #[serde(default)]
+    pub teacher: Option<PathBuf>,
+    /// pfmm: number of stages; δ_k = 2^(k − stages + 1), so the last stage allows |t − s| ≤ 1.
+    /// Default 4.
+    #[serde(default = "d::pfmm_stages")]
+    pub pfmm_stages: usize,
+    /// psd: γ ~ U[0, 1] (PSD-U) instead of γ = 1/2 (PSD-M).
+    #[serde(default)]
+    pub psd_uniform: bool,
+    /// Base standard deviation; default 1 for images and the data's standard deviation for 2-D
+    /// sets (METHOD §1).
+    #[serde(default)]
+    pub sigma0: Option<f32>,
+    #[serde(default)]
+    pub interpolant: Interpolant,
+    /// Steps between checkpoints. Default 500.
+    #[serde(default = "d::checkpoint_every")]
+    pub checkpoint_every: usize,
+    /// Steps between CSV rows. Default 10.
+    #[serde(default = "d::log_every")]
+    pub log_every: usize,
+}
+
+mod d {
+    pub fn steps() -> usize {
+        2000
+    }
+    pub fn batch() -> usize {
+        64
+    }
+    pub fn lr() -> f64 {
+        1e-3
+    }
+    pub fn warmup() -> usize {
+        100
+    }
+    pub fn final_lr_ratio() -> f64 {
+        0.1
+    }
+    pub fn grad_clip() -> f32 {
+        10.0
+    }
+    pub fn ema() -> f32 {
+        0.999
+    }
+    pub fn pfmm_stages() -> usize {
+        4
+    }
+    pub fn checkpoint_every() -> usize {
+        500
+    }
+    pub fn log_every() -> usize {
+        10
+    }
+}
+
+impl TrainConfig {
+    pub fn new(objective: Objective, data: &str) -> Self {
+        toml::from_str(&format!(
+            "objective = \"{}\"\n[data]\nname = \"{data}\"\n",
+            objective.name()
+        ))
+        .expect("defaults parse")
+    }
+
+    pub fn is_images(&self) -> bool {
+        self.data.name == "mnist"
+    }
+
+    /// The architecture this run trains.
+    pub fn model(&self) -> ModelConfig {
+        self.model.clone().unwrap_or_else(|| {
+            if self.is_images() {
+                ModelConfig::mnist_default()
+            } else {
+                ModelConfig::toy2d_default()
+            }
+        })
+    }
+
+    /// Checks values that would otherwise fail deep inside training.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.steps == 0 || self.batch == 0 {
+            return Err("steps and batch must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(format!("lr must be positive, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.ema) {
+            return Err(format!("ema must be in [0, 1), got {}", self.ema));
+        }
+        if self.objective.needs_teacher() && self.teacher.is_none() {
+            return Err(format!(
+                "{} distills a teacher: pass --teacher FILE (an `fm` model)",
+                self.objective.name()
+            ));
+        }
+        if self.pfmm_stages == 0 {
+            return Err("pfmm_stages must be at least 1".into());
+        }
+        if self.log_every == 0 || self.checkpoint_every == 0 {
+            return Err("log_every and checkpoint_every must be at least 1".into());
+        }
+        self.model().validate().map_err(|e| e.to_string())
+    }
+
+    /// The learning rate at a step: linear warm-up, then cosine decay.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let span = (self.steps - self.warmup.min(self.steps)).max(1) as f64;
+        let p = ((step - self.warmup) as f64 / span).min(1.0);
+        let cos = 0.5 * (1.0 + (std::f64::consts::PI * p).cos());
+        self.lr * (self.final_lr_ratio + (1.0 - self.final_lr_ratio) * cos)
+    }
+
+    /// pfmm: the largest |t − s| at a step (stages of equal length, δ doubling).
+    pub fn pfmm_gap(&self, step: usize) -> (usize, f32) {
+        let stage = (step * self.pfmm_stages / self.steps).min(self.pfmm_stages - 1);
+        (stage, 2f32.powi(stage as i32 + 1 - self.pfmm_stages as i32))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        let mut c = TrainConfig::new(Objective::Pfmm, "checkerboard");
+        c.steps = 1000;
+        c.warmup = 100;
+        assert!((c.lr_at(0) - 1e-5).abs() < 1e-12);
+        assert!((c.lr_at(99) - 1e-3).abs() < 1e-12);
+        assert!((c.lr_at(999) - 1e-4).abs() < 1e-6);
+        assert_eq!(c.pfmm_gap(0), (0, 0.125));
+        assert_eq!(c.pfmm_gap(999), (3, 1.0));
+    }
+
+    #[test]
+    fn toml_round_trip_and_errors() {
+        let c = TrainConfig::new(Objective::Lsd, "mnist");
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<TrainConfig>(&text).unwrap(), c);
+        assert!(toml::from_str::<TrainConfig>(
+            "objective = \"lsd\"\nbogus = 1\n[data]\nname=\"mnist\""
+        )
+        .is_err());
+        let mut d = TrainConfig::new(Objective::Lmd, "mnist");
+        assert!(d.validate().unwrap_err().contains("--teacher"));
+        d.teacher = Some("t.safetensors".into());
+        assert!(d.validate().is_ok());
+    }
+}

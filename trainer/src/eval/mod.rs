@@ -1,0 +1,453 @@
+//! `trainer eval`: the quality table of METHOD §7 for K = 1, 2, 4, 8, 16, beside the teacher's
+//! Euler and Heun at equal network evaluations (NFE). Samples come from the flowmap sampler
+//! itself (what ships is what is measured). Writes Markdown, sample grids and a
+//! quality-versus-NFE plot.
+
+pub mod classifier;
+pub mod metrics;
+mod plot;
+
+use crate::data::idx::{load_images, ImageSet};
+use crate::data::{bundled_dir, toy2d::Toy};
+use anyhow::{bail, Context, Result};
+use burn::tensor::Device;
+use classifier::{Classifier, FEATURES};
+use flowmap::config::{DataKind, ModelMeta};
+use flowmap::device::{DeviceChoice, Engine};
+use flowmap::rng::Rng;
+use flowmap::sampler::{self, Integrator};
+use flowmap::weights::Weights;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+pub struct EvalArgs {
+    pub models: Vec<PathBuf>,
+    pub teacher: Option<PathBuf>,
+    pub out: PathBuf,
+    pub figures: PathBuf,
+    pub samples: Option<usize>,
+    pub ks: Vec<usize>,
+    pub device: String,
+    pub classifier: PathBuf,
+    pub seed: u64,
+}
+
+/// One row of the table: a method and its metric at each K.
+pub struct Row {
+    pub label: String,
+    /// (NFE, metrics) per column; None where the method has no sampler at that NFE.
+    pub cells: Vec<Option<Metrics>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// Checkerboard: KL(data ‖ model); MNIST: Fréchet distance.
+    pub primary: f64,
+    /// Checkerboard: sliced W2; MNIST: the smallest class share × 10 (1 = perfectly balanced).
+    pub secondary: f64,
+    /// MNIST: samples per predicted class.
+    pub classes: Option<[usize; 10]>,
+}
+
+/// Draws `n` samples (data range) with an integrator at `nfe` network evaluations.
+fn draw(
+    engine: &Engine,
+    w: &Weights,
+    integrator: Integrator,
+    nfe: usize,
+    n: usize,
+    seed: u64,
+) -> Result<Option<Vec<f32>>> {
+    let per = integrator.evals_per_step();
+    if !nfe.is_multiple_of(per) {
+        return Ok(None);
+    }
+    let grid = sampler::uniform_grid(nfe / per)?;
+    let noise = sampler::initial_noise(&w.meta, n, seed);
+    let out = match engine {
+        Engine::Cpu(b) => {
+            let net = w.network(b)?;
+            sampler::sample(b, &net, &noise, &grid, integrator, 4096)?.0
+        }
+        Engine::Gpu(g) => {
+            let net = w.network(g.as_ref())?;
+            let chunk = sampler::max_batch(&w.meta, g.context().max_binding_elems())?;
+            sampler::sample(g.as_ref(), &net, &noise, &grid, integrator, chunk)?.0
+        }
+    };
+    Ok(Some(
+        out.into_iter().map(|v| w.meta.data.to_data(v)).collect(),
+    ))
+}
+
+/// Reference data and the metric for one kind of model.
+enum Judge {
+    Points {
+        reference: Vec<f32>,
+        floor: Metrics,
+    },
+    Images {
+        classifier: Box<Classifier>,
+        test_feats: Vec<f32>,
+        floor: Metrics,
+        accuracy: f64,
+    },
+}
+
+impl Judge {
+    fn new(meta: &ModelMeta, n: usize, args: &EvalArgs) -> Result<Self> {
+        match meta.data.kind {
+            DataKind::Points => {
+                let toy = Toy::parse(&meta.data.name).map_err(anyhow::Error::msg)?;
+                let reference = toy.sample(n, &mut Rng::new(args.seed ^ 0xDA7A));
+                let other = toy.sample(n, &mut Rng::new(args.seed ^ 0x0DA7A2));
+                let floor = points_metrics(&reference, &other);
+                Ok(Judge::Points { reference, floor })
+            }
+            DataKind::Image => {
+                let dir = bundled_dir();
+                let train = load_images(
+                    &dir.join("train-images-idx3-ubyte.gz"),
+                    &dir.join("train-labels-idx1-ubyte.gz"),
+                )?;
+                let test = load_images(
+                    &dir.join("test-images-idx3-ubyte.gz"),
+                    &dir.join("test-labels-idx1-ubyte.gz"),
+                )?;
+                let device = Device::flex();
+                let classifier = if args.classifier.exists() {
+                    Classifier::load(&args.classifier, &device)?
+                } else {
+                    eprintln!(
+                        "training the feature classifier (saved to {}) …",
+                        args.classifier.display()
+                    );
+                    let c = Classifier::train(&train, 600, 0, &device)?;
+                    if let Some(dir) = args.classifier.parent() {
+                        std::fs::create_dir_all(dir).ok();
+                    }
+                    c.save(&args.classifier)?;
+                    c
+                };
+                let accuracy = classifier.accuracy(&test)?;
+                let (test_feats, _) = classifier.features(&to_unit(&test))?;
+                // Floor: 1000 train images against the 1000 test images.
+                let idx: Vec<usize> = (0..test.n.min(train.n))
+                    .map(|i| i * train.n / test.n.min(train.n))
+                    .collect();
+                let train_px: Vec<f32> = idx
+                    .iter()
+                    .flat_map(|&i| {
+                        train.pixels[i * 784..(i + 1) * 784]
+                            .iter()
+                            .map(|p| (p + 1.0) / 2.0)
+                    })
+                    .collect();
+                let judge_floor = {
+                    let (f, c) = classifier.features(&to_model(&train_px))?;
+                    image_metrics(&f, &c, &test_feats)
+                };
+                Ok(Judge::Images {
+                    classifier: Box::new(classifier),
+                    test_feats,
+                    floor: judge_floor,
+                    accuracy,
+                })
+            }
+        }
+    }
+
+    fn judge(&self, samples: &[f32]) -> Result<Metrics> {
+        match self {
+            Judge::Points { reference, .. } => Ok(points_metrics(reference, samples)),
+            Judge::Images {
+                classifier,
+                test_feats,
+                ..
+            } => {
+                let (f, c) = classifier.features(&to_model(samples))?;
+                Ok(image_metrics(&f, &c, test_feats))
+            }
+        }
+    }
+
+    fn floor(&self) -> &Metrics {
+        match self {
+            Judge::Points { floor, .. } | Judge::Images { floor, .. } => floor,
+        }
+    }
+}
+
+fn to_unit(set: &ImageSet) -> Vec<f32> {
+    set.pixels.iter().map(|p| (p + 1.0) / 2.0).collect()
+}
+
+/// Data range [0, 1] → the classifier's input range [−1, 1].
+fn to_model(px: &[f32]) -> Vec<f32> {
+    px.iter().map(|p| p.clamp(0.0, 1.0) * 2.0 - 1.0).collect()
+}
+
+fn points_metrics(reference: &[f32], samples: &[f32]) -> Metrics {
+    Metrics {
+        primary: metrics::kl_histogram(reference, samples, 50, [-1.0, 1.0]),
+        secondary: metrics::sliced_wasserstein(reference, samples, 2, 128, 7),
+        classes: None,
+    }
+}
+
+fn image_metrics(feats: &[f32], classes: &[u8], test_feats: &[f32]) -> Metrics {
+    let mut counts = [0usize; 10];
+    classes.iter().for_each(|&c| counts[c as usize] += 1);
+    let min_share = *counts.iter().min().unwrap() as f64 / classes.len().max(1) as f64;
+    Metrics {
+        primary: metrics::frechet_distance(feats, test_feats, FEATURES),
+        secondary: 10.0 * min_share,
+        classes: Some(counts),
+    }
+}
+
+pub fn run(args: &EvalArgs) -> Result<String> {
+    if args.models.is_empty() {
+        bail!("pass at least one --model");
+    }
+    if args.ks.is_empty() || args.ks.contains(&0) {
+        bail!("--ks must list positive step counts");
+    }
+    let models: Vec<(PathBuf, Weights)> = args
+        .models
+        .iter()
+        .map(|p| {
+            Ok((
+                p.clone(),
+                Weights::read(p).with_context(|| format!("loading {}", p.display()))?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let teacher = match &args.teacher {
+        Some(p) => {
+            Some(Weights::read(p).with_context(|| format!("loading teacher {}", p.display()))?)
+        }
+        None => None,
+    };
+    let meta0 = &models[0].1.meta;
+    let others = models.iter().skip(1).map(|(p, w)| (p, w)).chain(
+        teacher
+            .iter()
+            .map(|t| (args.teacher.as_ref().expect("teacher path"), t)),
+    );
+    for (p, w) in others {
+        if w.meta.data.kind != meta0.data.kind || w.meta.data.name != meta0.data.name {
+            bail!(
+                "{} models a different data set ({}) than {} ({})",
+                p.display(),
+                w.meta.data.name,
+                args.models[0].display(),
+                meta0.data.name
+            );
+        }
+    }
+    let images = meta0.data.kind == DataKind::Image;
+    let n = args.samples.unwrap_or(if images { 1000 } else { 100_000 });
+    let (engine, notice) = flowmap::device::open(DeviceChoice::parse(&args.device)?)?;
+    if let Some(msg) = notice {
+        eprintln!("{msg}");
+    }
+    let judge = Judge::new(meta0, n, args)?;
+    std::fs::create_dir_all(&args.figures)
+        .with_context(|| format!("creating {}", args.figures.display()))?;
+
+    let mut rows = Vec::new();
+    for (path, w) in &models {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut cells = Vec::new();
+        for &k in &args.ks {
+            let s = draw(&engine, w, Integrator::FlowMap, k, n, args.seed)?
+                .expect("flow map takes any K");
+            let grid_n = 64.min(n);
+            let png = flowmap::output::encode(
+                &s[..grid_n * w.meta.model.sample_len()],
+                grid_n,
+                &w.meta.data,
+                flowmap::output::OutputFormat::Png,
+            )?;
+            let scatter_png = if images {
+                png
+            } else {
+                flowmap::output::encode(
+                    &s,
+                    n.min(20_000),
+                    &w.meta.data,
+                    flowmap::output::OutputFormat::Png,
+                )?
+            };
+            flowmap::output::write_atomic(
+                &args.figures.join(format!("{stem}-k{k}.png")),
+                &scatter_png,
+            )?;
+            let m = judge.judge(&s)?;
+            eprintln!(
+                "{} ({}) K = {k}: {:.4} / {:.4}",
+                stem, w.meta.method, m.primary, m.secondary
+            );
+            cells.push(Some(m));
+        }
+        rows.push(Row {
+            label: format!("{} `{}` ({stem}), K jumps", w.meta.method, stem),
+            cells,
+        });
+    }
+    let mut best_teacher = None;
+    if let Some(t) = &teacher {
+        for integ in [Integrator::Euler, Integrator::Heun] {
+            let mut cells = Vec::new();
+            for &k in &args.ks {
+                let m = match draw(&engine, t, integ, k, n, args.seed)? {
+                    Some(s) => Some(judge.judge(&s)?),
+                    None => None,
+                };
+                cells.push(m);
+            }
+            rows.push(Row {
+                label: format!("teacher ({}), {:?} at equal NFE", t.meta.method, integ),
+                cells,
+            });
+        }
+        if images {
+            let s = draw(&engine, t, Integrator::Heun, 128, n, args.seed)?.expect("even NFE");
+            best_teacher = Some(judge.judge(&s)?);
+        }
+    }
+    let floor = judge.floor().clone();
+    plot::quality_vs_nfe(
+        &args.figures.join("quality-vs-nfe.png"),
+        &args.ks,
+        &rows,
+        floor.primary,
+    )?;
+    let md = markdown(
+        args,
+        &models,
+        &rows,
+        &floor,
+        &judge,
+        best_teacher.as_ref(),
+        n,
+        &engine,
+    );
+    flowmap::output::write_atomic(&args.out, md.as_bytes())?;
+    Ok(md)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn markdown(
+    args: &EvalArgs,
+    models: &[(PathBuf, Weights)],
+    rows: &[Row],
+    floor: &Metrics,
+    judge: &Judge,
+    best: Option<&Metrics>,
+    n: usize,
+    engine: &Engine,
+) -> String {
+    let mut md = String::new();
+    let images = matches!(judge, Judge::Images { .. });
+    let (p, s) = if images {
+        (
+            "Fréchet distance (LeNet features)",
+            "class balance (10 × smallest class share)",
+        )
+    } else {
+        ("KL(data ‖ model), 50×50 histogram", "sliced W2")
+    };
+    let _ = writeln!(md, "# Quality versus steps\n");
+    let _ = writeln!(
+        md,
+        "Generated by `trainer eval` ({} samples per cell, seed {}, sampled by flowmap on {}). Lower is better for the first number; K is the number of network evaluations (NFE).\n",
+        n,
+        args.seed,
+        engine.describe()
+    );
+    if let Judge::Images { accuracy, .. } = judge {
+        let _ = writeln!(md, "Feature classifier: LeNet-style, trained on the 9,000-image train split, test accuracy {:.2}% on the 1,000 test images.\n", accuracy * 100.0);
+    }
+    let _ = writeln!(
+        md,
+        "Cells: {p} / {s}. Floor ({}): {:.4} / {:.4}.\n",
+        if images {
+            "1,000 train vs 1,000 test images"
+        } else {
+            "two independent data draws"
+        },
+        floor.primary,
+        floor.secondary
+    );
+    let _ = write!(md, "| method |");
+    for k in &args.ks {
+        let _ = write!(md, " K = {k} |");
+    }
+    let _ = writeln!(md);
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(args.ks.len()));
+    for r in rows {
+        let _ = write!(md, "| {} |", r.label);
+        for c in &r.cells {
+            match c {
+                Some(m) => {
+                    let _ = write!(md, " {:.4} / {:.3} |", m.primary, m.secondary);
+                }
+                None => {
+                    let _ = write!(md, " — |");
+                }
+            }
+        }
+        let _ = writeln!(md);
+    }
+    if let Some(b) = best {
+        let _ = writeln!(
+            md,
+            "\nTeacher's best: Heun at 128 NFE: {:.4} / {:.3}.",
+            b.primary, b.secondary
+        );
+    }
+    if images {
+        let _ = writeln!(
+            md,
+            "\nClass histograms (samples per predicted digit 0–9):\n"
+        );
+        for r in rows {
+            for (k, c) in args.ks.iter().zip(&r.cells) {
+                if let Some(Metrics {
+                    classes: Some(h), ..
+                }) = c
+                {
+                    let _ = writeln!(md, "- {} K = {k}: {h:?}", r.label);
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n![quality versus NFE]({}/quality-vs-nfe.png)\n",
+        args.figures.display()
+    );
+    let _ = writeln!(md, "Plot: x = log2(NFE), y = the first metric; one colour per row in table order ({}); the dashed grey line is the floor.\n", plot::COLOR_NAMES.join(", "));
+    for (path, w) in models {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let _ = writeln!(md, "Samples of `{}` ({}):\n", stem, w.meta.method);
+        for k in &args.ks {
+            let _ = write!(
+                md,
+                "K = {k} ![K={k}]({}/{stem}-k{k}.png) ",
+                args.figures.display()
+            );
+        }
+        let _ = writeln!(md, "\n");
+    }
+    let _ = writeln!(md, "Metric definitions: docs/METRICS.md.");
+    md
+}

@@ -1,0 +1,214 @@
+//! The training objectives of METHOD §2 and §4, one file each. A loss is the per-sample squared
+//! norm summed over pixels, averaged over the batch (METHOD §4).
+
+pub mod derivative;
+pub mod emd;
+pub mod esd;
+pub mod fm;
+pub mod lmd;
+pub mod lsd;
+pub mod pfmm;
+pub mod psd;
+
+use crate::burn_backend::{BurnBackend, BurnTensor};
+use crate::flow::FlowModel;
+use crate::interpolant::interpolate;
+use burn::tensor::Tensor;
+use flowmap::config::Interpolant;
+use flowmap::rng::Rng;
+use flowmap::Result;
+
+/// The objective names the CLI uses (METHOD §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    Fm,
+    Lmd,
+    Emd,
+    Pfmm,
+    Lsd,
+    Psd,
+    Esd,
+}
+
+impl Objective {
+    pub const ALL: [Objective; 7] = [
+        Objective::Fm,
+        Objective::Lmd,
+        Objective::Emd,
+        Objective::Pfmm,
+        Objective::Lsd,
+        Objective::Psd,
+        Objective::Esd,
+    ];
+
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| format!("unknown objective `{s}` (fm, lmd, emd, pfmm, lsd, psd, esd)"))
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::Fm => "fm",
+            Objective::Lmd => "lmd",
+            Objective::Emd => "emd",
+            Objective::Pfmm => "pfmm",
+            Objective::Lsd => "lsd",
+            Objective::Psd => "psd",
+            Objective::Esd => "esd",
+        }
+    }
+
+    /// Distillation objectives need a frozen teacher velocity model.
+    pub fn needs_teacher(self) -> bool {
+        matches!(self, Objective::Lmd | Objective::Emd | Objective::Pfmm)
+    }
+}
+
+/// A training batch: noise x0 ~ N(0, σ0² I) and data x1, `n` samples of `shape`.
+pub struct Batch {
+    pub x0: Vec<f32>,
+    pub x1: Vec<f32>,
+    pub shape: Vec<usize>,
+    pub n: usize,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The rows in `idx` as a new batch.
+    pub fn subset(&self, idx: &[usize]) -> Batch {
+        let len = self.len();
+        let pick = |v: &[f32]| {
+            idx.iter()
+                .flat_map(|&i| v[i * len..(i + 1) * len].iter().copied())
+                .collect()
+        };
+        Batch {
+            x0: pick(&self.x0),
+            x1: pick(&self.x1),
+            shape: self.shape.clone(),
+            n: idx.len(),
+        }
+    }
+
+    pub fn full_shape(&self) -> Vec<usize> {
+        let mut s = vec![self.n];
+        s.extend(&self.shape);
+        s
+    }
+}
+
+/// Everything a loss may use.
+pub struct Ctx<'a> {
+    pub be: &'a BurnBackend,
+    /// The network being trained (gradients flow into its parameters).
+    pub student: &'a dyn FlowModel,
+    /// The same network on detached parameters, for stop-gradient targets sg(·).
+    pub student_sg: &'a dyn FlowModel,
+    /// A frozen teacher velocity model, read on its diagonal b̂_t(x) = v(t, t, x).
+    pub teacher: Option<&'a dyn FlowModel>,
+    /// The frozen teacher map of the current progressive stage (`pfmm`); None means the
+    /// teacher's Euler step.
+    pub teacher_map: Option<&'a dyn FlowModel>,
+    pub interpolant: Interpolant,
+    /// Largest |t − s| of the current `pfmm` stage.
+    pub max_gap: f32,
+    /// `psd`: draw γ ~ U[0, 1] (PSD-U) instead of γ = 1/2 (PSD-M).
+    pub psd_uniform: bool,
+}
+
+/// A loss value and its parts (already divided by the batch size), for logging.
+pub struct Loss {
+    pub total: Tensor<1>,
+    pub parts: Vec<(&'static str, Tensor<1>)>,
+}
+
+/// The (s, t) sampler of METHOD §4: with probability η a diagonal pair t = s ~ U[0, 1], else the
+/// min and max of two U[0, 1] draws.
+pub const ETA: f64 = 0.75;
+
+pub struct TimePairs {
+    pub s: Vec<f32>,
+    pub t: Vec<f32>,
+    pub diagonal: Vec<bool>,
+}
+
+pub fn sample_pairs(rng: &mut Rng, n: usize, eta: f64) -> TimePairs {
+    let mut p = TimePairs {
+        s: Vec::with_capacity(n),
+        t: Vec::with_capacity(n),
+        diagonal: Vec::with_capacity(n),
+    };
+    for _ in 0..n {
+        if rng.uniform() < eta {
+            let u = rng.uniform() as f32;
+            p.s.push(u);
+            p.t.push(u);
+            p.diagonal.push(true);
+        } else {
+            let (a, b) = (rng.uniform() as f32, rng.uniform() as f32);
+            p.s.push(a.min(b));
+            p.t.push(a.max(b));
+            p.diagonal.push(false);
+        }
+    }
+    p
+}
+
+/// Σ (a − b)² over every element, divided by `n` (the batch size).
+pub fn sq_err(a: &BurnTensor, b: &BurnTensor, n: usize) -> Tensor<1> {
+    (a.t.clone() - b.t.clone()).square().sum() / n as f32
+}
+
+/// I_t and İ_t as tensors.
+pub fn interpolant(ctx: &Ctx, batch: &Batch, t: &[f32]) -> (BurnTensor, BurnTensor) {
+    let (it, dit) = interpolate(ctx.interpolant, &batch.x0, &batch.x1, t);
+    let shape = batch.full_shape();
+    (ctx.be.tensor(it, &shape), ctx.be.tensor(dit, &shape))
+}
+
+/// The diagonal flow-matching term E_t |v(t, t, I_t) − İ_t|² (METHOD §2, the L_diag of §4) over
+/// `batch`, divided by `n_total`.
+pub fn diagonal_fm(
+    ctx: &Ctx,
+    model: &dyn FlowModel,
+    batch: &Batch,
+    t: &[f32],
+    n_total: usize,
+) -> Result<Tensor<1>> {
+    let (it, dit) = interpolant(ctx, batch, t);
+    let v = model.velocity(ctx.be, &it, t, t)?;
+    Ok(sq_err(&v, &dit, n_total))
+}
+
+/// Splits a batch by the diagonal flags of its time pairs.
+pub fn split_diagonal(pairs: &TimePairs) -> (Vec<usize>, Vec<usize>) {
+    (0..pairs.s.len()).partition(|&i| pairs.diagonal[i])
+}
+
+pub fn pick(v: &[f32], idx: &[usize]) -> Vec<f32> {
+    idx.iter().map(|&i| v[i]).collect()
+}
+
+/// Dispatches to the objective's loss.
+pub fn loss(obj: Objective, ctx: &Ctx, batch: &Batch, rng: &mut Rng) -> Result<Loss> {
+    match obj {
+        Objective::Fm => fm::loss(ctx, batch, rng),
+        Objective::Lmd => lmd::loss(ctx, batch, rng),
+        Objective::Emd => emd::loss(ctx, batch, rng),
+        Objective::Pfmm => pfmm::loss(ctx, batch, rng),
+        Objective::Lsd => lsd::loss(ctx, batch, rng),
+        Objective::Psd => psd::loss(ctx, batch, rng),
+        Objective::Esd => esd::loss(ctx, batch, rng),
+    }
+}
+
+/// The zero loss with the right device, for empty subsets.
+pub fn zero(ctx: &Ctx) -> Tensor<1> {
+    Tensor::<1>::zeros([1], &ctx.be.device)
+}

@@ -1,0 +1,401 @@
+//! Trainer tests: burn-vs-sampler parity, the losses against the exact Gaussian flow map
+//! (METHOD §8), derivatives against independent estimates, and the training loop's promises
+//! (learning, resuming, NaN stop, incompatible checkpoints, export).
+
+use crate::burn_backend::{BurnBackend, BurnTensor};
+use crate::config::TrainConfig;
+use crate::flow::{scale_rows, FlowModel, GaussianOracle};
+use crate::objectives::{self, Batch, Ctx, Objective};
+use crate::params::ParamStore;
+use burn::tensor::Device;
+use flowmap::backend::{Backend, Shaped};
+use flowmap::config::{Interpolant, ModelConfig};
+use flowmap::cpu::CpuBackend;
+use flowmap::rng::Rng;
+use flowmap::weights::random_tensors;
+use flowmap::Result;
+
+fn flex() -> BurnBackend {
+    BurnBackend::new(Device::flex().autodiff())
+}
+
+fn tiny_unet() -> ModelConfig {
+    serde_json::from_str(
+        r#"{"arch":"unet","in_channels":1,"height":8,"width":8,"base_channels":8,"channel_mult":[1,2],
+            "blocks_per_level":1,"attention_levels":[1],"heads":2,"groups":4,"time":{"dim":16,"hidden":32}}"#,
+    )
+    .unwrap()
+}
+
+fn tiny_mlp() -> ModelConfig {
+    serde_json::from_str(r#"{"arch":"mlp","dim":2,"width":32,"depth":3,"activation":"gelu","time":{"dim":16,"hidden":32}}"#).unwrap()
+}
+
+/// The burn network and the flowmap sampler's backends agree on the same weights and inputs.
+#[test]
+fn burn_network_matches_the_sampler_backends() {
+    for (name, cfg) in [("unet", tiny_unet()), ("mlp", tiny_mlp())] {
+        let tensors = random_tensors(&flowmap::net::param_specs(&cfg).unwrap(), 3);
+        let n = 3;
+        let x = Rng::new(9).normals(n * cfg.sample_len(), 1.0);
+        let (s, t) = ([0.0f32, 0.2, 0.7], [1.0f32, 0.5, 0.7]);
+        let mut shape = vec![n];
+        shape.extend(cfg.sample_shape());
+
+        let be = flex();
+        let net = ParamStore::from_host(&cfg, &tensors, &be.device)
+            .unwrap()
+            .network(&cfg)
+            .unwrap();
+        let got = be
+            .download(
+                &net.velocity(&be, &be.tensor(x.clone(), &shape), &s, &t)
+                    .unwrap(),
+            )
+            .unwrap();
+
+        let cpu = CpuBackend;
+        let cnet = flowmap::net::Network::build(&cfg, &mut HostSource(&tensors, &cpu)).unwrap();
+        let want = cpu
+            .download(
+                &cnet
+                    .velocity(&cpu, &cpu.upload(&x, &shape).unwrap(), &s, &t)
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_close(&format!("{name}: burn vs flowmap CPU"), &got, &want, 1e-4);
+
+        match flowmap::gpu::GpuContext::new(true) {
+            Ok(ctx) => {
+                let g = flowmap::gpu::GpuBackend::new(ctx);
+                let gnet =
+                    flowmap::net::Network::build(&cfg, &mut HostSource(&tensors, &g)).unwrap();
+                let gpu = g
+                    .download(
+                        &gnet
+                            .velocity(&g, &g.upload(&x, &shape).unwrap(), &s, &t)
+                            .unwrap(),
+                    )
+                    .unwrap();
+                assert_close(&format!("{name}: burn vs flowmap GPU"), &got, &gpu, 1e-4);
+            }
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("CI is set but no GPU adapter was found: {e}")
+            }
+            Err(e) => eprintln!("\n*** GPU PARITY NOT RUN: {e} ***\n"),
+        }
+    }
+}
+
+struct HostSource<'a, B: Backend>(
+    &'a std::collections::BTreeMap<String, flowmap::weights::HostTensor>,
+    &'a B,
+);
+
+impl<B: Backend> flowmap::net::ParamSource<B> for HostSource<'_, B> {
+    fn param(&mut self, name: &str, shape: &[usize]) -> Result<B::Tensor> {
+        self.1.upload(&self.0[name].data, shape)
+    }
+}
+
+fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let worst = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= tol * scale,
+        "{what}: max abs error {worst} > {tol} × {scale}"
+    );
+}
+
+/// A flow map that is exact on the diagonal but breaks the Lagrangian, Eulerian and semigroup
+/// conditions: v(s, t, x) = v*(s, t, x) + ε (t − s) x.
+struct Perturbed {
+    exact: GaussianOracle,
+    eps: f32,
+}
+
+impl FlowModel for Perturbed {
+    fn velocity(
+        &self,
+        be: &BurnBackend,
+        x: &BurnTensor,
+        s: &[f32],
+        t: &[f32],
+    ) -> Result<BurnTensor> {
+        let v = self.exact.velocity(be, x, s, t)?;
+        let c: Vec<f32> = s.iter().zip(t).map(|(s, t)| self.eps * (t - s)).collect();
+        Ok(BurnTensor::new(v.t + scale_rows(be, x, &c).t, x.shape()))
+    }
+}
+
+const ORACLE: GaussianOracle = GaussianOracle {
+    mu: 0.5,
+    sigma0: 1.0,
+    sigma1: 0.4,
+};
+const DIM: usize = 4;
+
+fn gaussian_batch(n: usize, seed: u64) -> Batch {
+    let mut rng = Rng::new(seed);
+    let x0 = rng.normals(n * DIM, ORACLE.sigma0);
+    let x1 = rng
+        .normals(n * DIM, ORACLE.sigma1)
+        .into_iter()
+        .map(|v| v + ORACLE.mu)
+        .collect();
+    Batch {
+        x0,
+        x1,
+        shape: vec![DIM],
+        n,
+    }
+}
+
+/// Evaluates an objective with `student` (and its own stop-gradient copy) against the exact teacher.
+fn loss_parts(obj: Objective, student: &dyn FlowModel, n: usize) -> Vec<(String, f32)> {
+    let be = flex();
+    let ctx = Ctx {
+        be: &be,
+        student,
+        student_sg: student,
+        teacher: Some(&ORACLE),
+        teacher_map: Some(&ORACLE),
+        interpolant: Interpolant::Linear,
+        max_gap: 1.0,
+        psd_uniform: false,
+    };
+    let l = objectives::loss(obj, &ctx, &gaussian_batch(n, 1), &mut Rng::new(2)).unwrap();
+    let mut out = vec![("total".to_string(), l.total.into_scalar::<f32>())];
+    out.extend(
+        l.parts
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into_scalar::<f32>())),
+    );
+    out
+}
+
+/// The irreducible E|İ_t − b_t(I_t)|² of the diagonal term (METHOD §8), for the η share of a
+/// batch and t ~ U[0, 1]: Var(x1 − x0 | I_t) = σ0² + σ1² − (t σ1² − (1 − t) σ0²)² / s_t² per
+/// coordinate.
+fn irreducible(share: f64) -> f64 {
+    let (a, b) = (
+        (ORACLE.sigma0 as f64).powi(2),
+        (ORACLE.sigma1 as f64).powi(2),
+    );
+    let m = 10_000;
+    let mean: f64 = (0..m)
+        .map(|i| {
+            let t = (i as f64 + 0.5) / m as f64;
+            let st2 = (1.0 - t).powi(2) * a + t * t * b;
+            a + b - (t * b - (1.0 - t) * a).powi(2) / st2
+        })
+        .sum::<f64>()
+        / m as f64;
+    share * DIM as f64 * mean
+}
+
+#[test]
+fn every_loss_vanishes_on_the_exact_flow_map_and_not_on_a_perturbed_one() {
+    let n = 4096;
+    let bad = Perturbed {
+        exact: ORACLE,
+        eps: 1.0,
+    };
+    for obj in [Objective::Lmd, Objective::Emd, Objective::Pfmm] {
+        let exact = loss_parts(obj, &ORACLE, n)[0].1;
+        let wrong = loss_parts(obj, &bad, n)[0].1;
+        assert!(exact < 2e-3, "{}: {exact} on the exact map", obj.name());
+        assert!(
+            wrong > 0.05 && wrong > 50.0 * exact,
+            "{}: {wrong} on the perturbed map (exact {exact})",
+            obj.name()
+        );
+    }
+    // Self-distillation: the off-diagonal term vanishes; the diagonal keeps its irreducible variance.
+    for obj in [Objective::Lsd, Objective::Psd, Objective::Esd] {
+        let exact = loss_parts(obj, &ORACLE, n);
+        let wrong = loss_parts(obj, &bad, n);
+        let (diag, off) = (exact[1].1, exact[2].1);
+        assert!(
+            off < 2e-3,
+            "{}: off-diagonal {off} on the exact map",
+            obj.name()
+        );
+        let want = irreducible(objectives::ETA);
+        assert!(
+            (diag as f64 - want).abs() < 0.1 * want,
+            "{}: diagonal {diag}, irreducible {want:.4}",
+            obj.name()
+        );
+        assert!(
+            wrong[2].1 > 0.01 && wrong[2].1 > 50.0 * off,
+            "{}: perturbed off-diagonal {}",
+            obj.name(),
+            wrong[2].1
+        );
+    }
+    let fm = loss_parts(Objective::Fm, &ORACLE, n)[0].1 as f64;
+    assert!(
+        (fm - irreducible(1.0)).abs() < 0.1 * irreducible(1.0),
+        "fm {fm} vs {}",
+        irreducible(1.0)
+    );
+}
+
+/// The finite-difference ∂_t X used in training, on a real network, against a Richardson
+/// extrapolation from two larger steps (an independent estimate).
+#[test]
+fn network_time_derivative_matches_richardson_estimate() {
+    use crate::objectives::derivative::{time_derivative, Wrt, FD_STEP};
+    let cfg = tiny_mlp();
+    let be = flex();
+    let net = ParamStore::from_host(
+        &cfg,
+        &random_tensors(&flowmap::net::param_specs(&cfg).unwrap(), 5),
+        &be.device,
+    )
+    .unwrap()
+    .network(&cfg)
+    .unwrap();
+    let n = 16;
+    let x = be.tensor(Rng::new(3).normals(n * 2, 1.0), &[n, 2]);
+    let s: Vec<f32> = (0..n).map(|i| 0.05 * i as f32 / n as f32).collect();
+    let t: Vec<f32> = (0..n).map(|i| 0.3 + 0.5 * i as f32 / n as f32).collect();
+    let d = |h| {
+        be.download(&time_derivative(&net, &be, &x, &s, &t, Wrt::T, h).unwrap().0)
+            .unwrap()
+    };
+    let (train, coarse, fine) = (d(FD_STEP), d(4.0 * FD_STEP), d(2.0 * FD_STEP));
+    let richardson: Vec<f32> = coarse
+        .iter()
+        .zip(&fine)
+        .map(|(c, f)| (4.0 * f - c) / 3.0)
+        .collect();
+    assert_close("∂_t X: FD(1e-3) vs Richardson", &train, &richardson, 5e-3);
+}
+
+fn quick(obj: Objective, steps: usize) -> TrainConfig {
+    let mut c = TrainConfig::new(obj, "checkerboard");
+    c.model = Some(tiny_mlp());
+    c.steps = steps;
+    c.batch = 128;
+    c.lr = 3e-3;
+    c.warmup = 5;
+    c.log_every = 5;
+    c.checkpoint_every = 1000;
+    c
+}
+
+fn tmp(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("flowmap-trainer-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn training_lowers_the_loss_and_exports_a_loadable_model() {
+    let dir = tmp("learn");
+    let cfg = quick(Objective::Fm, 60);
+    let s = crate::train::train(&cfg, Device::flex(), &dir, false, true).unwrap();
+    let log = std::fs::read_to_string(dir.join("loss.csv")).unwrap();
+    let losses: Vec<f32> = log
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap().parse().unwrap())
+        .collect();
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    assert!(last < 0.8 * first, "fm loss went {first} → {last}");
+    let w = flowmap::weights::Weights::read(&s.model_path).unwrap();
+    assert_eq!(w.meta.method, "fm");
+    assert_eq!(w.meta.provenance["steps"], "60");
+    assert!(w.meta.provenance.contains_key("git"));
+    // The exported EMA weights sample in flowmap.
+    let cpu = CpuBackend;
+    let net = w.network(&cpu).unwrap();
+    let noise = flowmap::sampler::initial_noise(&w.meta, 8, 0);
+    let (out, _) = flowmap::sampler::sample(
+        &cpu,
+        &net,
+        &noise,
+        &flowmap::sampler::uniform_grid(2).unwrap(),
+        flowmap::sampler::Integrator::FlowMap,
+        8,
+    )
+    .unwrap();
+    assert!(out.iter().all(|v| v.is_finite()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn resuming_continues_the_run_exactly() {
+    let (a, b) = (tmp("straight"), tmp("resumed"));
+    let full = quick(Objective::Lsd, 12);
+    crate::train::train(&full, Device::flex(), &a, false, true).unwrap();
+    let mut half = full.clone();
+    half.steps = 6;
+    crate::train::train(&half, Device::flex(), &b, false, true).unwrap();
+    crate::train::train(&full, Device::flex(), &b, true, true).unwrap();
+    let wa = flowmap::weights::Weights::read(&a.join("model.safetensors")).unwrap();
+    let wb = flowmap::weights::Weights::read(&b.join("model.safetensors")).unwrap();
+    for (name, ta) in &wa.tensors {
+        assert_close(
+            &format!("resumed {name}"),
+            &wb.tensors[name].data,
+            &ta.data,
+            1e-5,
+        );
+    }
+    // A checkpoint of another model is refused by name.
+    let mut other = full.clone();
+    other.model =
+        Some(serde_json::from_str(r#"{"arch":"mlp","dim":2,"width":16,"depth":2}"#).unwrap());
+    let e = crate::train::train(&other, Device::flex(), &b, true, true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("incompatible checkpoint"), "{e}");
+    std::fs::remove_dir_all(a).unwrap();
+    std::fs::remove_dir_all(b).unwrap();
+}
+
+#[test]
+fn non_finite_loss_stops_training_with_a_message() {
+    let dir = tmp("nan");
+    let mut cfg = quick(Objective::Fm, 5);
+    cfg.sigma0 = Some(f32::NAN);
+    let e = crate::train::train(&cfg, Device::flex(), &dir, false, true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("training stopped at step 0") && e.contains("NaN"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn every_objective_trains_a_few_steps() {
+    // A teacher for the distillation objectives: a briefly trained fm model.
+    let tdir = tmp("teacher");
+    let teacher = crate::train::train(&quick(Objective::Fm, 3), Device::flex(), &tdir, false, true)
+        .unwrap()
+        .model_path;
+    for obj in Objective::ALL {
+        let dir = tmp(obj.name());
+        let mut cfg = quick(obj, 4);
+        cfg.pfmm_stages = 2;
+        if obj.needs_teacher() {
+            cfg.teacher = Some(teacher.clone());
+        }
+        let s = crate::train::train(&cfg, Device::flex(), &dir, false, true)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", obj.name()));
+        assert!(s.final_loss.is_finite(), "{}", obj.name());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    std::fs::remove_dir_all(tdir).unwrap();
+}

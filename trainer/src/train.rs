@@ -1,0 +1,396 @@
+//! The training loop: Adam with warm-up and cosine decay, global gradient-norm clipping, EMA
+//! weights, seeded and reproducible, a progress bar, a CSV loss log, atomic resumable
+//! checkpoints, and a clear stop on NaN/Inf. At the end the EMA weights are exported in the
+//! sampler's format.
+
+use crate::burn_backend::BurnBackend;
+use crate::checkpoint::{self, CheckpointMeta, Groups};
+use crate::config::TrainConfig;
+use crate::data::DataSource;
+use crate::export;
+use crate::flow::FlowModel;
+use crate::objectives::{self, Batch, Ctx};
+use crate::optim::{self, Adam};
+use crate::params::{flat, ParamStore};
+use anyhow::{bail, Context, Result};
+use burn::tensor::{Device, Tensor};
+use flowmap::config::{ModelConfig, ModelMeta};
+use flowmap::net::Network;
+use flowmap::rng::Rng;
+use flowmap::weights::Weights;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The files of a run directory.
+pub struct RunPaths {
+    pub dir: PathBuf,
+}
+
+impl RunPaths {
+    pub fn checkpoint(&self) -> PathBuf {
+        self.dir.join("checkpoint.safetensors")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("loss.csv")
+    }
+    pub fn model(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+}
+
+/// Mutable training state.
+struct State {
+    params: ParamStore,
+    ema: Vec<Tensor<1>>,
+    adam: Adam,
+    step: usize,
+    rng: Rng,
+    /// pfmm: the frozen previous-stage student and its stage.
+    stage_teacher: Option<(usize, ParamStore)>,
+}
+
+/// What a finished run reports.
+pub struct Summary {
+    pub steps: usize,
+    pub final_loss: f32,
+    pub samples_per_sec: f64,
+    pub model_path: PathBuf,
+}
+
+pub fn train(
+    cfg: &TrainConfig,
+    device: Device,
+    dir: &Path,
+    resume: bool,
+    quiet: bool,
+) -> Result<Summary> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating run directory {}", dir.display()))?;
+    let paths = RunPaths {
+        dir: dir.to_path_buf(),
+    };
+    let model_cfg = cfg.model();
+    let data = DataSource::load(&cfg.data)?;
+    if data.sample_shape() != model_cfg.sample_shape() {
+        bail!(
+            "the data's samples are {:?} but the model takes {:?}",
+            data.sample_shape(),
+            model_cfg.sample_shape()
+        );
+    }
+    let sigma0 = cfg.sigma0.unwrap_or_else(|| data.default_sigma0());
+    let device = device.autodiff();
+    let be = BurnBackend::new(device.clone());
+
+    let teacher = match &cfg.teacher {
+        Some(p) => {
+            let w = Weights::read(p).with_context(|| format!("loading teacher {}", p.display()))?;
+            if w.meta.model.sample_shape() != model_cfg.sample_shape() {
+                bail!(
+                    "teacher {} generates {:?}, this run {:?}",
+                    p.display(),
+                    w.meta.model.sample_shape(),
+                    model_cfg.sample_shape()
+                );
+            }
+            Some(
+                ParamStore::from_weights(&w, &device)?
+                    .frozen()
+                    .network(&w.meta.model)?,
+            )
+        }
+        None => None,
+    };
+
+    let mut st = if resume && paths.checkpoint().exists() {
+        let (meta, groups) = checkpoint::load(&paths.checkpoint())?;
+        checkpoint::check_compatible(&meta.config, cfg)?;
+        restore(&model_cfg, &meta, &groups, &device)?
+    } else {
+        if resume {
+            eprintln!("note: no checkpoint in {}, starting fresh", dir.display());
+        }
+        fresh(&model_cfg, cfg.seed, &device)?
+    };
+    if !quiet {
+        println!(
+            "{} parameters; run directory {}",
+            st.params.numel(),
+            dir.display()
+        );
+    }
+    std::fs::write(paths.config(), toml::to_string(cfg)?)
+        .with_context(|| format!("writing {}", paths.config().display()))?;
+
+    let mut log = open_log(&paths.log(), st.step > 0)?;
+    let bar = progress_bar(cfg.steps as u64, st.step as u64, quiet);
+    let meta = export::model_meta(cfg, &model_cfg, data.spec(), sigma0);
+    let len = model_cfg.sample_len();
+    let started = Instant::now();
+    let start_step = st.step;
+    let mut last_loss = f32::NAN;
+
+    while st.step < cfg.steps {
+        let step = st.step;
+        let lr = cfg.lr_at(step) as f32;
+        let (stage, max_gap) = cfg.pfmm_gap(step);
+        if cfg.objective == objectives::Objective::Pfmm
+            && stage > 0
+            && st.stage_teacher.as_ref().map(|s| s.0) != Some(stage)
+        {
+            // A new stage distills the previous stage's student (METHOD §4 pfmm).
+            st.stage_teacher = Some((stage, st.params.frozen()));
+        }
+
+        let x1 = data.sample(cfg.batch, &mut st.rng);
+        let x0 = st.rng.normals(cfg.batch * len, sigma0);
+        let batch = Batch {
+            x0,
+            x1,
+            shape: model_cfg.sample_shape(),
+            n: cfg.batch,
+        };
+        let student = st.params.network(&model_cfg)?;
+        let student_sg = st.params.frozen().network(&model_cfg)?;
+        let stage_net: Option<Network<BurnBackend>> = match &st.stage_teacher {
+            Some((_, p)) => Some(p.network(&model_cfg)?),
+            None => None,
+        };
+        let ctx = Ctx {
+            be: &be,
+            student: &student,
+            student_sg: &student_sg,
+            teacher: teacher.as_ref().map(|t| t as &dyn FlowModel),
+            teacher_map: stage_net.as_ref().map(|t| t as &dyn FlowModel),
+            interpolant: cfg.interpolant,
+            max_gap,
+            psd_uniform: cfg.psd_uniform,
+        };
+        let loss = objectives::loss(cfg.objective, &ctx, &batch, &mut st.rng)?;
+        let loss_value: f32 = loss.total.clone().into_scalar::<f32>();
+        if !loss_value.is_finite() {
+            bail!("training stopped at step {step}: the {} loss became {loss_value} (lower --lr or check the data)", cfg.objective.name());
+        }
+        let grads = loss.total.backward();
+        let (g, norm) = optim::gradients(&st.params.values, &grads);
+        if !norm.is_finite() {
+            bail!("training stopped at step {step}: the gradient norm became {norm}");
+        }
+        let updated = st.adam.step(
+            &mut st.params.values,
+            &g,
+            step,
+            lr,
+            optim::clip_factor(norm, cfg.grad_clip),
+        );
+        for (e, p) in st.ema.iter_mut().zip(updated) {
+            *e = e.clone() * cfg.ema + p * (1.0 - cfg.ema);
+        }
+        st.step += 1;
+        last_loss = loss_value;
+
+        if st.step % cfg.log_every == 0 || st.step == cfg.steps {
+            let rate =
+                (st.step - start_step) as f64 * cfg.batch as f64 / started.elapsed().as_secs_f64();
+            let parts: Vec<String> = loss
+                .parts
+                .iter()
+                .map(|(_, t)| format!("{:.6}", t.clone().into_scalar::<f32>()))
+                .collect();
+            writeln!(
+                log,
+                "{},{lr:.6e},{loss_value:.6},{},{norm:.4},{rate:.1}",
+                st.step,
+                parts.join(";")
+            )
+            .context("writing loss.csv")?;
+            bar.set_message(format!("loss {loss_value:.4}  {rate:.0} samples/s"));
+        }
+        bar.set_position(st.step as u64);
+        if st.step % cfg.checkpoint_every == 0 || st.step == cfg.steps {
+            save(&paths.checkpoint(), cfg, &st)?;
+        }
+    }
+    bar.finish();
+    let secs = started.elapsed().as_secs_f64();
+    let rate = (st.step - start_step) as f64 * cfg.batch as f64 / secs.max(1e-9);
+    let ema = ParamStore {
+        specs: st.params.specs.clone(),
+        values: st.ema.clone(),
+    };
+    export::write(
+        &paths.model(),
+        &meta,
+        &ema,
+        st.step,
+        flowmap::weights::StoreDtype::F32,
+    )?;
+    Ok(Summary {
+        steps: st.step,
+        final_loss: last_loss,
+        samples_per_sec: rate,
+        model_path: paths.model(),
+    })
+}
+
+fn fresh(model: &ModelConfig, seed: u64, device: &Device) -> Result<State> {
+    let params = ParamStore::init(model, seed, device)?.require_grad();
+    Ok(State {
+        ema: params
+            .values
+            .iter()
+            .map(|v| v.clone().without_autodiff())
+            .collect(),
+        adam: Adam::new(&params.values),
+        params,
+        step: 0,
+        rng: Rng::new(seed),
+        stage_teacher: None,
+    })
+}
+
+fn groups_of(st: &State) -> Result<Groups> {
+    let names: Vec<String> = st.params.specs.iter().map(|s| s.name.clone()).collect();
+    let read = |ts: &[Tensor<1>]| -> Result<BTreeMap<String, Vec<f32>>> {
+        names
+            .iter()
+            .zip(ts)
+            .map(|(n, t)| {
+                Ok((
+                    n.clone(),
+                    t.clone()
+                        .without_autodiff()
+                        .try_into_vec_as::<f32>()
+                        .map_err(|e| anyhow::anyhow!("reading {n}: {e:?}"))?,
+                ))
+            })
+            .collect()
+    };
+    let mut g = Groups::new();
+    g.insert("param".into(), read(&st.params.values)?);
+    g.insert("ema".into(), read(&st.ema)?);
+    g.insert("adam_m".into(), read(&st.adam.m)?);
+    g.insert("adam_v".into(), read(&st.adam.v)?);
+    if let Some((_, p)) = &st.stage_teacher {
+        g.insert("stage_teacher".into(), read(&p.values)?);
+    }
+    Ok(g)
+}
+
+fn save(path: &Path, cfg: &TrainConfig, st: &State) -> Result<()> {
+    let meta = CheckpointMeta {
+        version: 1,
+        config: cfg.clone(),
+        step: st.step,
+        rng: st.rng.state(),
+        teacher_stage: st.stage_teacher.as_ref().map(|s| s.0),
+    };
+    checkpoint::save(path, &meta, &groups_of(st)?)
+}
+
+fn restore(
+    model: &ModelConfig,
+    meta: &CheckpointMeta,
+    groups: &Groups,
+    device: &Device,
+) -> Result<State> {
+    let specs = flowmap::net::param_specs(model)?;
+    let take = |group: &str| -> Result<Vec<Tensor<1>>> {
+        let g = groups
+            .get(group)
+            .with_context(|| format!("checkpoint has no `{group}` tensors"))?;
+        specs
+            .iter()
+            .map(|s| {
+                let v = g
+                    .get(&s.name)
+                    .with_context(|| format!("checkpoint lacks {group}/{}", s.name))?;
+                if v.len() != s.numel() {
+                    bail!(
+                        "checkpoint tensor {group}/{} has {} values, the model needs {}",
+                        s.name,
+                        v.len(),
+                        s.numel()
+                    );
+                }
+                Ok(flat(v.clone(), device))
+            })
+            .collect()
+    };
+    let inner = |ts: Vec<Tensor<1>>| {
+        ts.into_iter()
+            .map(|t| t.without_autodiff())
+            .collect::<Vec<_>>()
+    };
+    let params = ParamStore {
+        specs: specs.clone(),
+        values: take("param")?,
+    }
+    .require_grad();
+    let stage_teacher = match meta.teacher_stage {
+        Some(stage) => Some((
+            stage,
+            ParamStore {
+                specs: specs.clone(),
+                values: take("stage_teacher")?,
+            }
+            .frozen(),
+        )),
+        None => None,
+    };
+    Ok(State {
+        params,
+        ema: inner(take("ema")?),
+        adam: Adam {
+            m: inner(take("adam_m")?),
+            v: inner(take("adam_v")?),
+        },
+        step: meta.step,
+        rng: Rng::from_state(meta.rng.0, meta.rng.1),
+        stage_teacher,
+    })
+}
+
+fn open_log(path: &Path, append: bool) -> Result<std::fs::File> {
+    let exists = path.exists();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if !append || !exists {
+        writeln!(f, "step,lr,loss,parts,grad_norm,samples_per_s")?;
+    }
+    Ok(f)
+}
+
+fn progress_bar(len: u64, pos: u64, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    bar.set_position(pos);
+    bar
+}
+
+/// The metadata a finished run exports with (re-exported for `trainer export`).
+pub fn run_meta(cfg: &TrainConfig) -> Result<ModelMeta> {
+    let data = DataSource::load(&cfg.data)?;
+    let sigma0 = cfg.sigma0.unwrap_or_else(|| data.default_sigma0());
+    Ok(export::model_meta(cfg, &cfg.model(), data.spec(), sigma0))
+}
