@@ -90,7 +90,8 @@ pub struct UnetConfig {
     pub in_channels: usize,
     pub height: usize,
     pub width: usize,
-    /// Channels at level 0. Default 32.
+    /// Channels at level 0. Default 16: the shipped MNIST model must train in ≤ 2 h on a 2-core
+    /// CPU (docs/BENCHMARKS.md has the throughput that sized it).
     #[serde(default = "defaults::base_channels")]
     pub base_channels: usize,
     /// Channel multiplier per level; its length is the number of levels. Default [1, 2, 2].
@@ -471,7 +472,7 @@ mod defaults {
         100.0
     }
     pub fn base_channels() -> usize {
-        32
+        16
     }
     pub fn channel_mult() -> Vec<usize> {
         vec![1, 2, 2]
