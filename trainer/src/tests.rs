@@ -399,3 +399,66 @@ fn every_objective_trains_a_few_steps() {
     }
     std::fs::remove_dir_all(tdir).unwrap();
 }
+
+#[test]
+fn eval_writes_the_quality_table_for_points() {
+    let dir = tmp("eval");
+    let model = crate::train::train(
+        &quick(Objective::Lsd, 30),
+        Device::flex(),
+        &dir.join("run"),
+        false,
+        true,
+    )
+    .unwrap()
+    .model_path;
+    let args = crate::eval::EvalArgs {
+        models: vec![model.clone()],
+        teacher: Some(model),
+        out: dir.join("RESULTS.md"),
+        figures: dir.join("fig"),
+        samples: Some(4000),
+        ks: vec![1, 2, 4],
+        device: "cpu".into(),
+        classifier: dir.join("unused.safetensors"),
+        seed: 0,
+    };
+    let md = crate::eval::run(&args).unwrap();
+    assert!(md.contains("| method | K = 1 | K = 2 | K = 4 |"), "{md}");
+    assert!(
+        md.contains("Euler at equal NFE") && md.contains("Heun at equal NFE"),
+        "{md}"
+    );
+    // Heun has no 1-evaluation sampler: its K = 1 cell is empty.
+    let heun = md.lines().find(|l| l.contains("Heun")).unwrap();
+    assert!(heun.contains("| — |"), "{heun}");
+    assert!(dir.join("fig/quality-vs-nfe.png").exists() && dir.join("fig/model-k4.png").exists());
+    assert_eq!(std::fs::read_to_string(dir.join("RESULTS.md")).unwrap(), md);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn feature_classifier_learns_digits_and_round_trips() {
+    use crate::data::idx::load_images;
+    use crate::eval::classifier::Classifier;
+    let root = crate::data::bundled_dir();
+    let train = load_images(
+        &root.join("train-images-idx3-ubyte.gz"),
+        &root.join("train-labels-idx1-ubyte.gz"),
+    )
+    .unwrap();
+    let test = load_images(
+        &root.join("test-images-idx3-ubyte.gz"),
+        &root.join("test-labels-idx1-ubyte.gz"),
+    )
+    .unwrap();
+    let c = Classifier::train(&train, 120, 0, &Device::flex()).unwrap();
+    let acc = c.accuracy(&test).unwrap();
+    assert!(acc > 0.85, "test accuracy {acc}");
+    let dir = tmp("classifier");
+    std::fs::create_dir_all(&dir).unwrap();
+    c.save(&dir.join("c.safetensors")).unwrap();
+    let back = Classifier::load(&dir.join("c.safetensors"), &Device::flex()).unwrap();
+    assert_eq!(back.accuracy(&test).unwrap(), acc);
+    std::fs::remove_dir_all(dir).unwrap();
+}

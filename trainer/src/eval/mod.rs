@@ -7,7 +7,7 @@ pub mod classifier;
 pub mod metrics;
 mod plot;
 
-use crate::data::idx::{load_images, ImageSet};
+use crate::data::idx::load_images;
 use crate::data::{bundled_dir, toy2d::Toy};
 use anyhow::{bail, Context, Result};
 use burn::tensor::Device;
@@ -130,7 +130,8 @@ impl Judge {
                     c
                 };
                 let accuracy = classifier.accuracy(&test)?;
-                let (test_feats, _) = classifier.features(&to_unit(&test))?;
+                // The classifier reads model space [−1, 1], as the IDX loader returns it.
+                let (test_feats, _) = classifier.features(&test.pixels)?;
                 // Floor: 1000 train images against the 1000 test images.
                 let idx: Vec<usize> = (0..test.n.min(train.n))
                     .map(|i| i * train.n / test.n.min(train.n))
@@ -176,10 +177,6 @@ impl Judge {
             Judge::Points { floor, .. } | Judge::Images { floor, .. } => floor,
         }
     }
-}
-
-fn to_unit(set: &ImageSet) -> Vec<f32> {
-    set.pixels.iter().map(|p| (p + 1.0) / 2.0).collect()
 }
 
 /// Data range [0, 1] → the classifier's input range [−1, 1].

@@ -186,6 +186,45 @@ pub fn diagonal_fm(
     Ok(sq_err(&v, &dit, n_total))
 }
 
+/// The self-distillation split (METHOD §4): the η-sampler's diagonal pairs get the
+/// flow-matching term L_diag, the others the objective's own `off` term, both divided by the full
+/// batch size. `off` receives the off-diagonal sub-batch and its (s, t).
+pub fn self_distillation(
+    ctx: &Ctx,
+    batch: &Batch,
+    rng: &mut Rng,
+    off: impl FnOnce(&Ctx, &Batch, &[f32], &[f32], &mut Rng) -> Result<Tensor<1>>,
+) -> Result<Loss> {
+    let p = sample_pairs(rng, batch.n, ETA);
+    let (diag_idx, off_idx) = split_diagonal(&p);
+    let l_diag = if diag_idx.is_empty() {
+        zero(ctx)
+    } else {
+        diagonal_fm(
+            ctx,
+            ctx.student,
+            &batch.subset(&diag_idx),
+            &pick(&p.t, &diag_idx),
+            batch.n,
+        )?
+    };
+    let l_off = if off_idx.is_empty() {
+        zero(ctx)
+    } else {
+        off(
+            ctx,
+            &batch.subset(&off_idx),
+            &pick(&p.s, &off_idx),
+            &pick(&p.t, &off_idx),
+            rng,
+        )?
+    };
+    Ok(Loss {
+        total: l_diag.clone() + l_off.clone(),
+        parts: vec![("diag", l_diag), ("off", l_off)],
+    })
+}
+
 /// Splits a batch by the diagonal flags of its time pairs.
 pub fn split_diagonal(pairs: &TimePairs) -> (Vec<usize>, Vec<usize>) {
     (0..pairs.s.len()).partition(|&i| pairs.diagonal[i])

@@ -2,10 +2,7 @@
 //! E |v(s, t, I_s) − sg((1 − γ) v(s, u, I_s) + γ v(u, t, X_{s,u}(I_s)))|² with u = γ s + (1 − γ) t,
 //! γ = 1/2 (PSD-M) or γ ~ U[0, 1] (PSD-U, `--psd-uniform`).
 
-use super::{
-    diagonal_fm, interpolant, pick, sample_pairs, split_diagonal, sq_err, zero, Batch, Ctx, Loss,
-    ETA,
-};
+use super::{interpolant, self_distillation, sq_err, Batch, Ctx, Loss};
 use crate::burn_backend::BurnTensor;
 use crate::flow::scale_rows;
 use flowmap::backend::Shaped;
@@ -13,24 +10,8 @@ use flowmap::rng::Rng;
 use flowmap::Result;
 
 pub fn loss(ctx: &Ctx, batch: &Batch, rng: &mut Rng) -> Result<Loss> {
-    let p = sample_pairs(rng, batch.n, ETA);
-    let (diag, off) = split_diagonal(&p);
-    let l_diag = if diag.is_empty() {
-        zero(ctx)
-    } else {
-        diagonal_fm(
-            ctx,
-            ctx.student,
-            &batch.subset(&diag),
-            &pick(&p.t, &diag),
-            batch.n,
-        )?
-    };
-    let l_off = if off.is_empty() {
-        zero(ctx)
-    } else {
-        let (s, t) = (pick(&p.s, &off), pick(&p.t, &off));
-        let gamma: Vec<f32> = (0..off.len())
+    self_distillation(ctx, batch, rng, |ctx, off, s, t, rng| {
+        let gamma: Vec<f32> = (0..off.n)
             .map(|_| {
                 if ctx.psd_uniform {
                     rng.uniform() as f32
@@ -41,24 +22,19 @@ pub fn loss(ctx: &Ctx, batch: &Batch, rng: &mut Rng) -> Result<Loss> {
             .collect();
         let u: Vec<f32> = s
             .iter()
-            .zip(&t)
+            .zip(t)
             .zip(&gamma)
             .map(|((s, t), g)| g * s + (1.0 - g) * t)
             .collect();
-        let sub = batch.subset(&off);
-        let (is, _) = interpolant(ctx, &sub, &s);
-        let v_st = ctx.student.velocity(ctx.be, &is, &s, &t)?;
+        let (is, _) = interpolant(ctx, off, s);
+        let v_st = ctx.student.velocity(ctx.be, &is, s, t)?;
         let sg = ctx.student_sg;
-        let v_su = sg.velocity(ctx.be, &is, &s, &u)?;
-        let x_su = sg.flow_map(ctx.be, &is, &s, &u)?;
-        let v_ut = sg.velocity(ctx.be, &x_su, &u, &t)?;
+        let v_su = sg.velocity(ctx.be, &is, s, &u)?;
+        let x_su = sg.flow_map(ctx.be, &is, s, &u)?;
+        let v_ut = sg.velocity(ctx.be, &x_su, &u, t)?;
         let one_minus: Vec<f32> = gamma.iter().map(|g| 1.0 - g).collect();
         let target = scale_rows(ctx.be, &v_su, &one_minus).t + scale_rows(ctx.be, &v_ut, &gamma).t;
-        let target = BurnTensor::new(target.detach(), v_st.shape());
-        sq_err(&v_st, &target, batch.n)
-    };
-    Ok(Loss {
-        total: l_diag.clone() + l_off.clone(),
-        parts: vec![("diag", l_diag), ("off", l_off)],
+        let target = BurnTensor::new(target, v_st.shape()).detached();
+        Ok(sq_err(&v_st, &target, batch.n))
     })
 }
