@@ -4,7 +4,9 @@
 
 use crate::cpu::CpuBackend;
 use crate::error::{Error, Result};
-use crate::gpu::{GpuBackend, GpuContext};
+use crate::gpu::GpuBackend;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::gpu::GpuContext;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChoice {

@@ -3,6 +3,7 @@
 //! runs on hand-written WGSL kernels through wgpu or on a plain-Rust CPU backend.
 
 pub mod backend;
+pub mod clock;
 pub mod config;
 pub mod cpu;
 pub mod error;
@@ -17,4 +18,6 @@ pub mod gpu;
 pub mod output;
 pub mod rng;
 pub mod sampler;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 pub mod weights;

@@ -3,11 +3,12 @@
 //! network's diagonal velocity v(t, t, ·) with Euler or Heun at equal network evaluations.
 
 use crate::backend::{Backend, Shaped};
+use crate::clock::Stopwatch;
 use crate::config::ModelMeta;
 use crate::error::{Error, Result};
 use crate::net::{forward_costs, Network};
 use crate::rng::Rng;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// More steps than this is a mistake, not a request (the grid would be finer than f32 resolves
 /// usefully and the run would take hours).
@@ -192,14 +193,14 @@ pub fn sample<B: Backend>(
         chunk_size: chunk,
         ..Default::default()
     };
-    let start = Instant::now();
+    let start = Stopwatch::start();
     let mut out = Vec::with_capacity(noise.len());
     for part in noise.chunks(chunk * len) {
         let mut shape = vec![part.len() / len];
         shape.extend(net.sample_shape());
         let mut x = b.upload(part, &shape)?;
         for (k, w) in grid.windows(2).enumerate() {
-            let t0 = Instant::now();
+            let t0 = Stopwatch::start();
             x = step(b, net, &x, w[0], w[1], integrator)?;
             b.sync()?;
             report.step_times[k] += t0.elapsed();
