@@ -1,7 +1,7 @@
 // The demo page: glue and drawing only. Sampling is flowmap's Rust sampler compiled to wasm
 // (web/pkg, built by web/build.sh), running the WGSL kernels on WebGPU or, without WebGPU, the
-// CPU backend. Query parameters (used by the tests): ?model=URL picks a model file, ?gpu=off
-// forces the CPU fallback.
+// CPU backend. Query parameters (used by the tests, handy for links): ?model=URL, ?k=, ?seed=,
+// ?n= set the starting state; ?gpu=off forces the CPU fallback.
 import init, { WebSampler } from './pkg/flowmap.js';
 
 const $ = (id) => document.getElementById(id);
@@ -46,7 +46,7 @@ async function loadModel(url) {
 }
 
 function counts() {
-  return meta.data.kind === 'image' ? [16, 64, 144] : [2000, 10000, 50000];
+  return meta.data.kind === 'image' ? [16, 64, 144] : [1000, 5000, 20000];
 }
 
 async function selectModel(url) {
@@ -61,9 +61,13 @@ async function selectModel(url) {
   meta = JSON.parse(sampler.meta_json);
   const count = $('count');
   const before = Number(count.value);
-  count.innerHTML = counts().map((c) => `<option value="${c}">${c}</option>`).join('');
-  if (counts().includes(before)) count.value = String(before);
-  else count.value = String(counts()[1]);
+  const options = counts();
+  const asked = Number(params.get('n'));
+  if (asked > 0 && !options.includes(asked)) options.unshift(asked); // ?n= (tests, links)
+  count.innerHTML = options.map((c) => `<option value="${c}">${c}</option>`).join('');
+  if (asked > 0) count.value = String(asked);
+  else if (options.includes(before)) count.value = String(before);
+  else count.value = String(options[0]);
   const dev = $('device');
   if (sampler.is_gpu) {
     dev.textContent = `Adapter: ${sampler.device}`;
@@ -193,6 +197,9 @@ async function main() {
       return;
     }
   }
+  if (params.get('k')) $('steps').value = params.get('k');
+  if (params.get('seed')) $('seed').value = params.get('seed');
+  $('steps-out').textContent = $('steps').value;
   const select = $('model');
   select.innerHTML = models.map((m) => `<option value="${m.url}">${m.name}</option>`).join('');
   select.addEventListener('change', () => selectModel(select.value));
