@@ -53,16 +53,24 @@ pub fn flow_step(x: &[f32], v: &[f32], dt: f32) -> Vec<f32> {
 /// there and time_scale · t reaches 1000.
 pub fn timestep_embedding(times: &[f32], dim: usize, max_period: f32, time_scale: f32) -> Vec<f32> {
     let half = dim / 2;
+    let freqs = embedding_frequencies(half, max_period);
     let mut out = vec![0.0f32; times.len() * dim];
     for (row, &t) in out.chunks_mut(dim).zip(times) {
-        for i in 0..half {
-            let freq = (-(max_period.ln()) * i as f32 / half as f32).exp();
+        for (i, &freq) in freqs.iter().enumerate() {
             let r = reduce_angle(t * time_scale * freq);
             row[i] = r.cos();
             row[half + i] = r.sin();
         }
     }
     out
+}
+
+/// ω_i = max_period^(−i/half), computed once on the host for every backend: GPU exp/log are
+/// approximations whose error, multiplied by τ up to `time_scale`, would exceed 1e-4.
+pub fn embedding_frequencies(half: usize, max_period: f32) -> Vec<f32> {
+    (0..half)
+        .map(|i| (-(max_period.ln()) * i as f32 / half as f32).exp())
+        .collect()
 }
 
 /// a mod 2π, into [−π, π].

@@ -11,7 +11,8 @@ mod norm;
 pub use attention::attention;
 pub use conv::conv2d;
 pub use elementwise::{
-    activate, add, concat_channels, flow_step, timestep_embedding, upsample_nearest2x,
+    activate, add, concat_channels, embedding_frequencies, flow_step, timestep_embedding,
+    upsample_nearest2x,
 };
 pub use linear::linear;
 pub use norm::group_norm;

@@ -492,14 +492,20 @@ impl Backend for GpuBackend {
         time_scale: f32,
     ) -> GpuTensor {
         let n = times.shape[0];
+        let half = dim / 2;
         let y = self.alloc(&[n, dim]);
-        let params = [u(n), u(dim / 2), P::F(max_period), P::F(time_scale)];
+        let freqs = crate::cpu::embedding_frequencies(half, max_period);
+        let freqs = self
+            .upload(&freqs, &[half])
+            .expect("a small frequency table fits any adapter");
+        let params = [u(n), u(half), P::F(max_period), P::F(time_scale)];
+        let bufs = [(0, times.buffer()), (1, freqs.buffer()), (2, y.buffer())];
         self.dispatch(
             "embedding.wgsl",
             "main",
-            &[(0, times.buffer()), (1, y.buffer())],
+            &bufs,
             &params,
-            (n * dim / 2).div_ceil(64),
+            (n * half).div_ceil(64),
         );
         y
     }

@@ -203,8 +203,9 @@ impl Backend for BurnBackend {
     ) -> BurnTensor {
         let n = times.shape[0];
         let half = dim / 2;
-        let freqs: Vec<f32> = (0..half)
-            .map(|i| (-(max_period.ln()) * i as f32 / half as f32).exp() * time_scale)
+        let freqs: Vec<f32> = flowmap::cpu::embedding_frequencies(half, max_period)
+            .into_iter()
+            .map(|f| f * time_scale)
             .collect();
         let freqs =
             Tensor::<1>::from_data(TensorData::new(freqs, [half]), &self.device).reshape([1, half]);

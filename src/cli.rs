@@ -1,0 +1,440 @@
+//! The `flowmap` command line: `sample`, `info`, `bench` (native only).
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use flowmap::backend::{Backend, OpFamily};
+use flowmap::bench::Profiled;
+use flowmap::config::{DataSpec, Interpolant, ModelConfig, ModelMeta, FORMAT_VERSION};
+use flowmap::device::{self, DeviceChoice, Engine};
+use flowmap::net::{forward_costs, param_specs, Network};
+use flowmap::output::{encode, write_atomic, OutputFormat};
+use flowmap::sampler::{self, Integrator};
+use flowmap::weights::{random_tensors, Weights};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "flowmap",
+    version,
+    about = "Few-step generative sampling with learned flow maps"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Draw samples by composing K flow-map jumps from noise (t = 0) to data (t = 1).
+    Sample {
+        /// A flowmap weights file (.safetensors).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Number of jumps K on a uniform grid (ignored when --grid is given).
+        #[arg(long, default_value_t = 4)]
+        steps: usize,
+        /// Number of samples.
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        /// Seed of the starting noise (the same seed gives the same samples on every device).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output: .png (image grid or 2-D scatter plot) or .npy (raw float32 samples in data range).
+        #[arg(long, default_value = "samples.png")]
+        out: PathBuf,
+        /// auto (a hardware GPU if present, else CPU), gpu (any adapter), cpu.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// A custom time grid, e.g. 0,0.1,0.5,1 (overrides --steps).
+        #[arg(long)]
+        grid: Option<String>,
+        /// flowmap (the learned jumps), or euler / heun on the diagonal velocity v(t, t, ·).
+        #[arg(long, default_value = "flowmap")]
+        integrator: String,
+    },
+    /// Print a weights file's config, parameter count, FLOPs per forward and provenance.
+    Info {
+        file: PathBuf,
+        /// Also list every tensor with its shape.
+        #[arg(long)]
+        tensors: bool,
+    },
+    /// Time the forward pass and sampling on the GPU and the CPU backend, per op family.
+    Bench {
+        /// A weights file; without it, random weights for --preset (timing only).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// mnist (the default U-Net) or toy2d (the default MLP), used without --weights.
+        #[arg(long, default_value = "mnist")]
+        preset: String,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// all (GPU adapter and CPU), gpu or cpu.
+        #[arg(long, default_value = "all")]
+        device: String,
+        /// Timed repetitions of each measurement.
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sample {
+            weights,
+            steps,
+            n,
+            seed,
+            out,
+            device,
+            grid,
+            integrator,
+        } => run_sample(
+            &weights,
+            steps,
+            n,
+            seed,
+            &out,
+            &device,
+            grid.as_deref(),
+            &integrator,
+        ),
+        Command::Info { file, tensors } => run_info(&file, tensors),
+        Command::Bench {
+            weights,
+            preset,
+            batch,
+            device,
+            iters,
+        } => run_bench(weights.as_deref(), &preset, batch, &device, iters),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Weights> {
+    Weights::read(path).with_context(|| format!("loading weights {}", path.display()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_sample(
+    weights: &Path,
+    steps: usize,
+    n: usize,
+    seed: u64,
+    out: &Path,
+    device: &str,
+    grid: Option<&str>,
+    integrator: &str,
+) -> Result<()> {
+    // Check every argument before any work, so that bad input costs nothing.
+    if n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let grid = match grid {
+        Some(g) => sampler::parse_grid(g)?,
+        None => sampler::uniform_grid(steps)?,
+    };
+    let integrator = Integrator::parse(integrator)?;
+    let format = OutputFormat::from_path(out)?;
+    let choice = DeviceChoice::parse(device)?;
+    check_writable(out)?;
+    let w = load(weights)?;
+    let meta = &w.meta;
+    println!(
+        "model: {} ({} {:?}, method {}, {} parameters)",
+        weights.display(),
+        meta.model.arch_name(),
+        meta.data.shape,
+        meta.method,
+        w.parameter_count()
+    );
+    let (engine, notice) = device::open(choice)?;
+    if let Some(msg) = notice {
+        eprintln!("{msg}");
+    }
+    println!("device: {}", engine.describe());
+    let noise = sampler::initial_noise(meta, n, seed);
+    let (samples, report) = match &engine {
+        Engine::Cpu(b) => {
+            let net = w.network(b)?;
+            sampler::sample(
+                b,
+                &net,
+                &noise,
+                &grid,
+                integrator,
+                sampler::max_batch(meta, 1 << 28)?,
+            )?
+        }
+        Engine::Gpu(b) => {
+            b.warm_up()?;
+            let net = w.network(b.as_ref())?;
+            let chunk = sampler::max_batch(meta, b.context().max_binding_elems())?;
+            sampler::sample(b.as_ref(), &net, &noise, &grid, integrator, chunk)?
+        }
+    };
+    let k = grid.len() - 1;
+    println!(
+        "sampled {n} with {k} step(s) ({:?}, {} network evaluations each){}",
+        integrator,
+        k * integrator.evals_per_step(),
+        if report.chunks > 1 {
+            format!(", in {} chunks of ≤ {}", report.chunks, report.chunk_size)
+        } else {
+            String::new()
+        }
+    );
+    for (i, (w, t)) in grid.windows(2).zip(&report.step_times).enumerate() {
+        println!(
+            "  step {:>3}/{k}  t {:.4} → {:.4}  {:>9.2} ms",
+            i + 1,
+            w[0],
+            w[1],
+            t.as_secs_f64() * 1e3
+        );
+    }
+    let secs = report.total.as_secs_f64();
+    println!(
+        "total {:.2} ms, {:.1} samples/s",
+        secs * 1e3,
+        n as f64 / secs
+    );
+    let data: Vec<f32> = samples.iter().map(|&v| meta.data.to_data(v)).collect();
+    let bytes = encode(&data, n, &meta.data, format)?;
+    write_atomic(out, &bytes)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Fails early (before sampling) when the output's directory does not exist or is not writable.
+fn check_writable(out: &Path) -> Result<()> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let probe = dir.join(format!(".flowmap-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("output directory {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    if out.is_dir() {
+        bail!("output {} is a directory", out.display());
+    }
+    Ok(())
+}
+
+fn run_info(file: &Path, list_tensors: bool) -> Result<()> {
+    let w = load(file)?;
+    let m = &w.meta;
+    println!(
+        "file:         {} ({} bytes, {})",
+        file.display(),
+        w.file_bytes,
+        w.dtypes.iter().cloned().collect::<Vec<_>>().join(", ")
+    );
+    println!("format:       version {}", m.format_version);
+    println!("method:       {}", m.method);
+    println!("architecture: {}", m.model.arch_name());
+    println!("config:       {}", serde_json::to_string(&m.model)?);
+    println!(
+        "data:         {} {:?} {:?}, data = model × {} + {}, range {:?}",
+        m.data.name, m.data.kind, m.data.shape, m.data.scale, m.data.offset, m.data.range
+    );
+    println!(
+        "base:         N(0, {}²), {:?} interpolant",
+        m.sigma0, m.interpolant
+    );
+    println!("parameters:   {}", w.parameter_count());
+    let costs = forward_costs(&m.model, 1)?;
+    println!(
+        "FLOPs:        {:.3} MFLOP per forward per sample",
+        costs.total_flops() / 1e6
+    );
+    for fam in OpFamily::ALL {
+        let f: f64 = costs
+            .ops()
+            .iter()
+            .filter(|o| o.family == fam)
+            .map(|o| o.flops)
+            .sum();
+        if f > 0.0 {
+            println!("              {:<12} {:>10.3} MFLOP", fam.name(), f / 1e6);
+        }
+    }
+    if m.provenance.is_empty() {
+        println!("provenance:   (none)");
+    } else {
+        println!("provenance:");
+        for (k, v) in &m.provenance {
+            println!("              {k}: {v}");
+        }
+    }
+    if list_tensors {
+        println!("tensors:");
+        for spec in param_specs(&m.model)? {
+            println!("  {:<40} {:?}", spec.name, spec.shape);
+        }
+    }
+    Ok(())
+}
+
+fn preset_meta(preset: &str) -> Result<ModelMeta> {
+    let (model, data) = match preset {
+        "mnist" => (
+            ModelConfig::mnist_default(),
+            DataSpec::image([1, 28, 28], "mnist"),
+        ),
+        "toy2d" => (
+            ModelConfig::toy2d_default(),
+            DataSpec::points(2, [-1.5, 1.5], "checkerboard"),
+        ),
+        _ => bail!("unknown preset `{preset}` (mnist, toy2d)"),
+    };
+    Ok(ModelMeta {
+        format_version: FORMAT_VERSION,
+        model,
+        data,
+        sigma0: 1.0,
+        interpolant: Interpolant::Linear,
+        method: "random".into(),
+        provenance: Default::default(),
+    })
+}
+
+fn run_bench(
+    weights: Option<&Path>,
+    preset: &str,
+    batch: usize,
+    device: &str,
+    iters: usize,
+) -> Result<()> {
+    if batch == 0 || iters == 0 {
+        bail!("--batch and --iters must be at least 1");
+    }
+    let w = match weights {
+        Some(p) => load(p)?,
+        None => {
+            let meta = preset_meta(preset)?;
+            let tensors = random_tensors(&param_specs(&meta.model)?, 0);
+            Weights::from_bytes(&Weights::to_bytes(
+                &meta,
+                &tensors,
+                flowmap::weights::StoreDtype::F32,
+            )?)?
+        }
+    };
+    let source = weights
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| format!("preset {preset}, random weights"));
+    let flops = forward_costs(&w.meta.model, batch)?.total_flops();
+    println!(
+        "model: {source}: {} {:?}, {} parameters",
+        w.meta.model.arch_name(),
+        w.meta.data.shape,
+        w.parameter_count()
+    );
+    println!(
+        "batch {batch}: {:.3} GFLOP per forward; {iters} timed iterations after one warm-up",
+        flops / 1e9
+    );
+    let mut engines = Vec::new();
+    if device == "all" || device == "gpu" {
+        match device::open(DeviceChoice::Gpu) {
+            Ok((e, _)) => engines.push(e),
+            Err(e) if device == "all" => println!("\nGPU: skipped ({e})"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if device == "all" || device == "cpu" {
+        engines.push(device::open(DeviceChoice::Cpu)?.0);
+    }
+    if engines.is_empty() {
+        bail!("unknown device `{device}` (all, gpu, cpu)");
+    }
+    for engine in &engines {
+        println!("\n== {} ==", engine.describe());
+        match engine {
+            Engine::Cpu(b) => bench_backend(b, &w, batch, iters, flops)?,
+            Engine::Gpu(b) => {
+                b.warm_up()?;
+                bench_backend(b.as_ref(), &w, batch, iters, flops)?
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bench_backend<B: Backend>(
+    b: &B,
+    w: &Weights,
+    batch: usize,
+    iters: usize,
+    flops: f64,
+) -> Result<()> {
+    let meta = &w.meta;
+    let net: Network<B> = w.network(b)?;
+    let noise = sampler::initial_noise(meta, batch, 0);
+    let mut shape = vec![batch];
+    shape.extend(meta.model.sample_shape());
+    let x = b.upload(&noise, &shape)?;
+    let (s, t) = (vec![0.25; batch], vec![0.75; batch]);
+    // Warm-up, then the unsynchronised-per-op forward time.
+    b.download(&net.velocity(b, &x, &s, &t)?)?;
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        let v = net.velocity(b, &x, &s, &t)?;
+        b.sync()?;
+        drop(v);
+    }
+    let fwd = t0.elapsed().as_secs_f64() / iters as f64;
+    println!(
+        "forward: {:.3} ms, {:.2} GFLOP/s, {:.1} samples/s",
+        fwd * 1e3,
+        flops / fwd / 1e9,
+        batch as f64 / fwd
+    );
+
+    let prof = Profiled::new(b);
+    let pnet: Network<Profiled<B>> = w.network(&prof)?;
+    prof.reset();
+    for _ in 0..iters {
+        prof.download(&pnet.velocity(&prof, &x, &s, &t)?)?;
+    }
+    println!("per op family (synchronised after every op, per forward):");
+    println!(
+        "  {:<12} {:>6} {:>10} {:>10} {:>9}",
+        "family", "calls", "ms", "GFLOP/s", "GB/s"
+    );
+    for (fam, st) in prof.stats() {
+        let secs = st.time.as_secs_f64() / iters as f64;
+        println!(
+            "  {:<12} {:>6} {:>10.3} {:>10.2} {:>9.2}",
+            fam.name(),
+            st.calls / iters,
+            secs * 1e3,
+            st.flops / iters as f64 / secs / 1e9,
+            st.bytes / iters as f64 / secs / 1e9
+        );
+    }
+    drop(pnet);
+
+    let chunk = batch;
+    for k in [1usize, 4, 16] {
+        let grid = sampler::uniform_grid(k)?;
+        let (_, rep) = sampler::sample(b, &net, &noise, &grid, Integrator::FlowMap, chunk)?;
+        println!(
+            "sampling K = {k:>2}: {:>9.2} ms, {:>9.1} samples/s",
+            rep.total.as_secs_f64() * 1e3,
+            batch as f64 / rep.total.as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! The kernels and the sampler in the browser: wasm-bindgen-test in headless Chromium, WebGPU on
+//! SwiftShader. Run by `.ci/run` as
+//! `CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=.ci/wasm-test-runner cargo test --target wasm32-unknown-unknown --test web`.
+#![cfg(target_arch = "wasm32")]
+
+use flowmap::backend::{Backend, Conv2d};
+use flowmap::config::{Activation, DataSpec, Interpolant, ModelConfig, ModelMeta, FORMAT_VERSION};
+use flowmap::cpu::CpuBackend;
+use flowmap::gpu::{GpuBackend, GpuContext, GpuTensor};
+use flowmap::net::param_specs;
+use flowmap::rng::Rng;
+use flowmap::sampler::{self, Integrator};
+use flowmap::web::WebSampler;
+use flowmap::weights::{random_tensors, StoreDtype, Weights};
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+async fn gpu() -> GpuBackend {
+    GpuBackend::new(
+        GpuContext::new_async(true)
+            .await
+            .expect("headless Chromium grants a WebGPU adapter"),
+    )
+}
+
+async fn read(g: &GpuBackend, t: &GpuTensor) -> Vec<f32> {
+    g.download_async(t).await.unwrap()
+}
+
+fn close(what: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let worst = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= 1e-4 * scale,
+        "{what}: max abs error {worst} > 1e-4 × {scale}"
+    );
+}
+
+#[wasm_bindgen_test]
+async fn every_kernel_matches_the_cpu_on_webgpu() {
+    let g = gpu().await;
+    let c = CpuBackend;
+    let mut rng = Rng::new(1);
+    let mut both = |shape: &[usize]| {
+        let d = rng.normals(shape.iter().product(), 1.0);
+        (g.upload(&d, shape).unwrap(), c.upload(&d, shape).unwrap())
+    };
+    let (xg, xc) = both(&[2, 5, 9, 7]);
+    let (wg, wc) = both(&[67, 5, 3, 3]);
+    let (bg, bc) = both(&[67]);
+    let yg = g.conv2d(&xg, &wg, &bg, Conv2d::SAME, None);
+    close(
+        "conv2d 3x3",
+        &read(&g, &yg).await,
+        &c.download(&c.conv2d(&xc, &wc, &bc, Conv2d::SAME, None))
+            .unwrap(),
+    );
+    let (w2g, w2c) = both(&[6, 5, 3, 3]);
+    let (b2g, b2c) = both(&[6]);
+    let sg = g.conv2d(&xg, &w2g, &b2g, Conv2d::DOWN, None);
+    close(
+        "conv2d stride 2",
+        &read(&g, &sg).await,
+        &c.download(&c.conv2d(&xc, &w2c, &b2c, Conv2d::DOWN, None))
+            .unwrap(),
+    );
+
+    let (gag, gac) = both(&[5]);
+    let (beg, bec) = both(&[5]);
+    let (mg, mc) = both(&[2, 10]);
+    let ng = g.group_norm(&xg, &gag, &beg, 5, 1e-5, Some(&mg), true);
+    close(
+        "group_norm",
+        &read(&g, &ng).await,
+        &c.download(&c.group_norm(&xc, &gac, &bec, 5, 1e-5, Some(&mc), true))
+            .unwrap(),
+    );
+
+    let (lxg, lxc) = both(&[70, 37]);
+    let (lwg, lwc) = both(&[65, 37]);
+    let (lbg, lbc) = both(&[65]);
+    let (lmg, lmc) = both(&[70, 130]);
+    let lg = g.linear(&lxg, &lwg, &lbg, Some(&lmg), Activation::Gelu);
+    close(
+        "linear",
+        &read(&g, &lg).await,
+        &c.download(&c.linear(&lxc, &lwc, &lbc, Some(&lmc), Activation::Gelu))
+            .unwrap(),
+    );
+
+    let (qg, qc) = both(&[2, 48, 49]);
+    close(
+        "attention",
+        &read(&g, &g.attention(&qg, 2)).await,
+        &c.download(&c.attention(&qc, 2)).unwrap(),
+    );
+
+    let times: Vec<f32> = (0..9).map(|i| i as f32 / 8.0).collect();
+    let (tg, tc) = (
+        g.upload(&times, &[9]).unwrap(),
+        c.upload(&times, &[9]).unwrap(),
+    );
+    close(
+        "embedding",
+        &read(&g, &g.timestep_embedding(&tg, 32, 1e4, 100.0)).await,
+        &c.download(&c.timestep_embedding(&tc, 32, 1e4, 100.0))
+            .unwrap(),
+    );
+    close(
+        "upsample",
+        &read(&g, &g.upsample_nearest2x(&xg)).await,
+        &c.download(&c.upsample_nearest2x(&xc)).unwrap(),
+    );
+    close(
+        "concat",
+        &read(&g, &g.concat_channels(&xg, &xg)).await,
+        &c.download(&c.concat_channels(&xc, &xc)).unwrap(),
+    );
+    close(
+        "flow_step",
+        &read(&g, &g.flow_step(&xg, &xg, 0.3)).await,
+        &c.download(&c.flow_step(&xc, &xc, 0.3)).unwrap(),
+    );
+    close(
+        "activation",
+        &read(&g, &g.activation(&xg, Activation::Silu)).await,
+        &c.download(&c.activation(&xc, Activation::Silu)).unwrap(),
+    );
+}
+
+fn model_bytes(model: ModelConfig) -> Vec<u8> {
+    let data = match &model {
+        ModelConfig::Unet(c) => DataSpec::image([c.in_channels, c.height, c.width], "test"),
+        ModelConfig::Mlp(c) => DataSpec::points(c.dim, [-1.5, 1.5], "test"),
+    };
+    let meta = ModelMeta {
+        format_version: FORMAT_VERSION,
+        model,
+        data,
+        sigma0: 1.0,
+        interpolant: Interpolant::Linear,
+        method: "random".into(),
+        provenance: Default::default(),
+    };
+    let tensors = random_tensors(&param_specs(&meta.model).unwrap(), 2);
+    Weights::to_bytes(&meta, &tensors, StoreDtype::F32).unwrap()
+}
+
+#[wasm_bindgen_test]
+async fn the_web_sampler_matches_the_cpu_sampler_on_gpu_and_on_the_fallback() {
+    let unet: ModelConfig = serde_json::from_str(
+        r#"{"arch":"unet","in_channels":1,"height":8,"width":8,"base_channels":8,"channel_mult":[1,2],
+            "blocks_per_level":1,"attention_levels":[1],"heads":2,"groups":4,"time":{"dim":16,"hidden":32}}"#,
+    )
+    .unwrap();
+    let bytes = model_bytes(unet);
+    let w = Weights::from_bytes(&bytes).unwrap();
+    let (n, k, seed) = (3, 3, 7);
+    // The reference: the CPU sampler, run directly.
+    let noise = sampler::initial_noise(&w.meta, n, seed);
+    let cpu = CpuBackend;
+    let (want, _) = sampler::sample(
+        &cpu,
+        &w.network(&cpu).unwrap(),
+        &noise,
+        &sampler::uniform_grid(k).unwrap(),
+        Integrator::FlowMap,
+        n,
+    )
+    .unwrap();
+    let want: Vec<f32> = want.into_iter().map(|v| w.meta.data.to_data(v)).collect();
+    for use_gpu in [true, false] {
+        let s = WebSampler::create(bytes.clone(), use_gpu)
+            .await
+            .map_err(|_| "create")
+            .unwrap();
+        assert_eq!(s.is_gpu(), use_gpu);
+        let run = s
+            .sample(n, k, seed as u32, "flowmap".into(), 2)
+            .await
+            .map_err(|_| "sample")
+            .unwrap();
+        close(
+            &format!("web sampler (gpu = {use_gpu})"),
+            &run.samples().to_vec(),
+            &want,
+        );
+        assert_eq!(run.step_ms().length() as usize, k);
+        assert_eq!(run.states().length() as usize, k * 2 * 64);
+    }
+}
