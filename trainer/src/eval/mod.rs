@@ -292,7 +292,7 @@ pub fn run(args: &EvalArgs) -> Result<String> {
             cells.push(Some(m));
         }
         rows.push(Row {
-            label: format!("{} `{}` ({stem}), K jumps", w.meta.method, stem),
+            label: format!("{} ({stem}), K jumps", w.meta.method),
             cells,
         });
     }
@@ -424,11 +424,8 @@ fn markdown(
             }
         }
     }
-    let _ = writeln!(
-        md,
-        "\n![quality versus NFE]({}/quality-vs-nfe.png)\n",
-        args.figures.display()
-    );
+    let fig = relative_to_report(&args.figures, &args.out);
+    let _ = writeln!(md, "\n![quality versus NFE]({fig}/quality-vs-nfe.png)\n");
     let _ = writeln!(md, "Plot: x = log2(NFE), y = the first metric; one colour per row in table order ({}); the dashed grey line is the floor.\n", plot::COLOR_NAMES.join(", "));
     for (path, w) in models {
         let stem = path
@@ -437,14 +434,21 @@ fn markdown(
             .unwrap_or_default();
         let _ = writeln!(md, "Samples of `{}` ({}):\n", stem, w.meta.method);
         for k in &args.ks {
-            let _ = write!(
-                md,
-                "K = {k} ![K={k}]({}/{stem}-k{k}.png) ",
-                args.figures.display()
-            );
+            let _ = write!(md, "K = {k} ![K={k}]({fig}/{stem}-k{k}.png) ");
         }
         let _ = writeln!(md, "\n");
     }
     let _ = writeln!(md, "Metric definitions: docs/METRICS.md.");
     md
+}
+
+/// The figure folder as a link from the report's own folder (docs/results from docs/RESULTS.md is
+/// `results`), or as given when it lies elsewhere.
+fn relative_to_report(figures: &std::path::Path, report: &std::path::Path) -> String {
+    let dir = report.parent().unwrap_or(std::path::Path::new(""));
+    figures
+        .strip_prefix(dir)
+        .unwrap_or(figures)
+        .display()
+        .to_string()
 }
