@@ -118,11 +118,7 @@ impl Weights {
 
     /// Uploads the parameters to a backend and builds the network.
     pub fn network<B: Backend>(&self, backend: &B) -> Result<Network<B>> {
-        let mut src = Upload {
-            weights: self,
-            backend,
-        };
-        Network::build(&self.meta.model, &mut src)
+        network_from_tensors(&self.meta.model, &self.tensors, backend)
     }
 
     /// Serializes a model; `tensors` must match the config's parameter list.
@@ -209,15 +205,23 @@ pub fn random_tensors(specs: &[ParamSpec], seed: u64) -> BTreeMap<String, HostTe
         .collect()
 }
 
+/// Builds a network from named host tensors (a loaded file, or weights made in memory).
+pub fn network_from_tensors<B: Backend>(
+    config: &crate::config::ModelConfig,
+    tensors: &BTreeMap<String, HostTensor>,
+    backend: &B,
+) -> Result<Network<B>> {
+    Network::build(config, &mut Upload { tensors, backend })
+}
+
 struct Upload<'a, B: Backend> {
-    weights: &'a Weights,
+    tensors: &'a BTreeMap<String, HostTensor>,
     backend: &'a B,
 }
 
 impl<B: Backend> ParamSource<B> for Upload<'_, B> {
     fn param(&mut self, name: &str, shape: &[usize]) -> Result<B::Tensor> {
         let t = self
-            .weights
             .tensors
             .get(name)
             .ok_or_else(|| Error::MissingTensor(name.into()))?;

@@ -13,8 +13,7 @@ use flowmap::config::ModelConfig;
 use flowmap::device::{DeviceChoice, Engine};
 use flowmap::net::{param_specs, Network};
 use flowmap::rng::Rng;
-use flowmap::weights::{random_tensors, HostTensor};
-use std::collections::BTreeMap;
+use flowmap::weights::{network_from_tensors, random_tensors};
 use std::time::Instant;
 
 fn time_forward<B: Backend>(
@@ -33,19 +32,6 @@ fn time_forward<B: Backend>(
         b.download(&net.velocity(b, &xt, &s, &t)?)?;
     }
     Ok(start.elapsed().as_secs_f64() / iters as f64)
-}
-
-fn host_source<'a, B: Backend>(
-    tensors: &'a BTreeMap<String, HostTensor>,
-    b: &'a B,
-) -> impl flowmap::net::ParamSource<B> + 'a {
-    struct S<'a, B: Backend>(&'a BTreeMap<String, HostTensor>, &'a B);
-    impl<B: Backend> flowmap::net::ParamSource<B> for S<'_, B> {
-        fn param(&mut self, name: &str, shape: &[usize]) -> flowmap::Result<B::Tensor> {
-            self.1.upload(&self.0[name].data, shape)
-        }
-    }
-    S(tensors, b)
 }
 
 /// Forward time of one config on every backend available, with ratios to flowmap's.
@@ -78,7 +64,7 @@ pub fn forward(model: &ModelConfig, batch: usize, iters: usize, with_wgpu: bool)
     for choice in [DeviceChoice::Cpu, DeviceChoice::Gpu] {
         match flowmap::device::open(choice) {
             Ok((Engine::Cpu(b), _)) => {
-                let net = Network::build(model, &mut host_source(&tensors, &b))?;
+                let net = network_from_tensors(model, &tensors, &b)?;
                 results.push((
                     "flowmap cpu".into(),
                     time_forward(&b, &net, &x, &shape, iters)?,
@@ -86,7 +72,7 @@ pub fn forward(model: &ModelConfig, batch: usize, iters: usize, with_wgpu: bool)
             }
             Ok((Engine::Gpu(g), _)) => {
                 g.warm_up()?;
-                let net = Network::build(model, &mut host_source(&tensors, g.as_ref()))?;
+                let net = network_from_tensors(model, &tensors, g.as_ref())?;
                 results.push((
                     format!("flowmap gpu ({})", g.context().adapter.name),
                     time_forward(g.as_ref(), &net, &x, &shape, iters)?,

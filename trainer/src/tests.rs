@@ -55,7 +55,7 @@ fn burn_network_matches_the_sampler_backends() {
             .unwrap();
 
         let cpu = CpuBackend;
-        let cnet = flowmap::net::Network::build(&cfg, &mut HostSource(&tensors, &cpu)).unwrap();
+        let cnet = flowmap::weights::network_from_tensors(&cfg, &tensors, &cpu).unwrap();
         let want = cpu
             .download(
                 &cnet
@@ -68,8 +68,7 @@ fn burn_network_matches_the_sampler_backends() {
         match flowmap::gpu::GpuContext::new(true) {
             Ok(ctx) => {
                 let g = flowmap::gpu::GpuBackend::new(ctx);
-                let gnet =
-                    flowmap::net::Network::build(&cfg, &mut HostSource(&tensors, &g)).unwrap();
+                let gnet = flowmap::weights::network_from_tensors(&cfg, &tensors, &g).unwrap();
                 let gpu = g
                     .download(
                         &gnet
@@ -84,17 +83,6 @@ fn burn_network_matches_the_sampler_backends() {
             }
             Err(e) => eprintln!("\n*** GPU PARITY NOT RUN: {e} ***\n"),
         }
-    }
-}
-
-struct HostSource<'a, B: Backend>(
-    &'a std::collections::BTreeMap<String, flowmap::weights::HostTensor>,
-    &'a B,
-);
-
-impl<B: Backend> flowmap::net::ParamSource<B> for HostSource<'_, B> {
-    fn param(&mut self, name: &str, shape: &[usize]) -> Result<B::Tensor> {
-        self.1.upload(&self.0[name].data, shape)
     }
 }
 
