@@ -184,7 +184,7 @@ fn run_sample(
     };
     let k = grid.len() - 1;
     println!(
-        "sampled {n} with {k} step(s) ({:?}, {} network evaluations each){}",
+        "sampled {n} with {k} step(s) ({:?}, {} network evaluations per sample){}",
         integrator,
         k * integrator.evals_per_step(),
         if report.chunks > 1 {

@@ -122,19 +122,21 @@ pub struct SampleReport {
     pub chunk_size: usize,
 }
 
-/// The largest batch whose every buffer fits in `max_elems` f32 values.
+/// The largest batch whose every buffer fits in `max_elems` f32 values: activations grow with the
+/// batch, parameters do not (a parameter over the limit is an error whatever the batch).
 pub fn max_batch(meta: &ModelMeta, max_elems: usize) -> Result<usize> {
-    let per_sample = forward_costs(&meta.model, 1)?
-        .ops()
-        .iter()
-        .map(|o| o.max_elems)
-        .max()
-        .unwrap_or(1);
+    let ops = forward_costs(&meta.model, 1)?.ops();
+    let per_sample = ops.iter().map(|o| o.max_elems).max().unwrap_or(1);
+    let largest_param = ops.iter().map(|o| o.param_elems).max().unwrap_or(0);
+    if largest_param > max_elems {
+        return Err(Error::Argument(format!(
+            "a parameter tensor of {largest_param} elements exceeds the device's buffer limit ({max_elems})"
+        )));
+    }
     let batch = max_elems / per_sample.max(1);
     if batch == 0 {
         return Err(Error::Argument(format!(
-            "one sample needs a {}-element buffer, more than the device allows ({max_elems})",
-            per_sample
+            "one sample needs a {per_sample}-element buffer, more than the device allows ({max_elems})"
         )));
     }
     Ok(batch)

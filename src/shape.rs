@@ -23,9 +23,11 @@ pub struct OpCost {
     pub flops: f64,
     /// Bytes read and written (f32), counting each operand once.
     pub bytes: f64,
-    /// Elements in the largest buffer the op binds (operand or output): the quantity that meets
-    /// the adapter's storage-binding limit.
+    /// Elements in the largest batch-sized buffer the op binds (activation operand or output):
+    /// the quantity that grows with the batch and meets the adapter's storage-binding limit.
     pub max_elems: usize,
+    /// Elements in the largest parameter tensor the op binds (independent of the batch).
+    pub param_elems: usize,
 }
 
 /// Records the cost of every op it is asked to run.
@@ -53,6 +55,7 @@ impl ShapeBackend {
         family: OpFamily,
         flops: f64,
         operands: &[&[usize]],
+        params: &[&[usize]],
         out: Vec<usize>,
     ) -> ShapeTensor {
         let numel = |s: &[usize]| s.iter().product::<usize>();
@@ -62,11 +65,14 @@ impl ShapeBackend {
             max_elems = max_elems.max(numel(s));
             elems += numel(s);
         }
+        let param_elems = params.iter().map(|s| numel(s)).max().unwrap_or(0);
+        elems += params.iter().map(|s| numel(s)).sum::<usize>();
         self.ops.borrow_mut().push(OpCost {
             family,
             flops,
             bytes: 4.0 * elems as f64,
             max_elems,
+            param_elems,
         });
         ShapeTensor(out)
     }
@@ -112,12 +118,12 @@ impl Backend for ShapeBackend {
         );
         let out = conv2d_out_shape(&x.0, &w.0, geom);
         let macs = numel(&out) * (w.0[1] * w.0[2] * w.0[3]) as f64;
-        let mut ops: Vec<&[usize]> = vec![&x.0, &w.0, &b.0];
+        let mut ops: Vec<&[usize]> = vec![&x.0];
         if let Some(r) = residual {
             assert_eq!(r.0, out, "conv2d residual shape");
             ops.push(&r.0);
         }
-        self.record(OpFamily::Conv2d, 2.0 * macs, &ops, out)
+        self.record(OpFamily::Conv2d, 2.0 * macs, &ops, &[&w.0, &b.0], out)
     }
 
     fn group_norm(
@@ -138,12 +144,19 @@ impl Backend for ShapeBackend {
         );
         assert_eq!(gamma.0, [x.0[1]], "group_norm gamma");
         let per = 7.0 + if modulation.is_some() { 2.0 } else { 0.0 } + if silu { 4.0 } else { 0.0 };
-        let mut ops: Vec<&[usize]> = vec![&x.0, &gamma.0, &beta.0];
+        let mut ops: Vec<&[usize]> = vec![&x.0];
         if let Some(m) = modulation {
             assert_eq!(m.0, [x.0[0], 2 * x.0[1]], "group_norm modulation");
             ops.push(&m.0);
         }
-        self.record(OpFamily::GroupNorm, per * numel(&x.0), &ops, x.0.clone())
+        let params: [&[usize]; 2] = [&gamma.0, &beta.0];
+        self.record(
+            OpFamily::GroupNorm,
+            per * numel(&x.0),
+            &ops,
+            &params,
+            x.0.clone(),
+        )
     }
 
     fn linear(
@@ -160,17 +173,13 @@ impl Backend for ShapeBackend {
             x.0, w.0
         );
         let out = vec![x.0[0], w.0[0]];
-        let mut ops: Vec<&[usize]> = vec![&x.0, &w.0, &b.0];
+        let mut ops: Vec<&[usize]> = vec![&x.0];
         if let Some(m) = modulation {
             assert_eq!(m.0, [x.0[0], 2 * w.0[0]], "linear modulation");
             ops.push(&m.0);
         }
-        self.record(
-            OpFamily::Linear,
-            2.0 * numel(&out) * x.0[1] as f64,
-            &ops,
-            out,
-        )
+        let flops = 2.0 * numel(&out) * x.0[1] as f64;
+        self.record(OpFamily::Linear, flops, &ops, &[&w.0, &b.0], out)
     }
 
     fn timestep_embedding(
@@ -181,7 +190,13 @@ impl Backend for ShapeBackend {
         _ts: f32,
     ) -> ShapeTensor {
         let out = vec![times.0[0], dim];
-        self.record(OpFamily::Embedding, 8.0 * numel(&out), &[&times.0], out)
+        self.record(
+            OpFamily::Embedding,
+            8.0 * numel(&out),
+            &[&times.0],
+            &[],
+            out,
+        )
     }
 
     fn attention(&self, qkv: &ShapeTensor, heads: usize) -> ShapeTensor {
@@ -190,7 +205,7 @@ impl Backend for ShapeBackend {
         let out = vec![n, c, l];
         // qᵀk and p·v: 2·L·L·C each; the softmax about 5 per score.
         let flops = (n * l * l) as f64 * (4.0 * c as f64 + 5.0 * heads as f64);
-        self.record(OpFamily::Attention, flops, &[&qkv.0], out)
+        self.record(OpFamily::Attention, flops, &[&qkv.0], &[], out)
     }
 
     fn upsample_nearest2x(&self, x: &ShapeTensor) -> ShapeTensor {
@@ -199,6 +214,7 @@ impl Backend for ShapeBackend {
             OpFamily::Upsample,
             0.0,
             &[s],
+            &[],
             vec![s[0], s[1], 2 * s[2], 2 * s[3]],
         )
     }
@@ -207,7 +223,7 @@ impl Backend for ShapeBackend {
         assert_eq!((a.0[0], &a.0[2..]), (b.0[0], &b.0[2..]), "concat shapes");
         let mut out = a.0.clone();
         out[1] += b.0[1];
-        self.record(OpFamily::Concat, 0.0, &[&a.0, &b.0], out)
+        self.record(OpFamily::Concat, 0.0, &[&a.0, &b.0], &[], out)
     }
 
     fn reshape(&self, t: &ShapeTensor, shape: &[usize]) -> ShapeTensor {
@@ -226,6 +242,7 @@ impl Backend for ShapeBackend {
             OpFamily::Elementwise,
             numel(&a.0),
             &[&a.0, &b.0],
+            &[],
             a.0.clone(),
         )
     }
@@ -235,6 +252,7 @@ impl Backend for ShapeBackend {
             OpFamily::Elementwise,
             4.0 * numel(&x.0),
             &[&x.0],
+            &[],
             x.0.clone(),
         )
     }
@@ -245,6 +263,7 @@ impl Backend for ShapeBackend {
             OpFamily::Elementwise,
             2.0 * numel(&x.0),
             &[&x.0, &v.0],
+            &[],
             x.0.clone(),
         )
     }

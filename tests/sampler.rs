@@ -121,6 +121,12 @@ fn splitting_the_batch_does_not_change_samples() {
     let per_sample = sampler::max_batch(&meta, usize::MAX / 2).unwrap();
     assert!(per_sample > 1000);
     assert!(sampler::max_batch(&meta, 10).is_err());
+    // Parameters do not grow with the batch: the tiny MLP's largest per-sample buffer is its
+    // [2 · width] modulation (64 values), not its [width, width] weights.
+    assert_eq!(
+        sampler::max_batch(&meta_for(tiny_mlp()), 1 << 20).unwrap(),
+        (1 << 20) / 64
+    );
 }
 
 #[test]
