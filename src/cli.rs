@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use flowmap::backend::{Backend, OpFamily};
 use flowmap::bench::Profiled;
-use flowmap::config::{DataSpec, Interpolant, ModelConfig, ModelMeta, FORMAT_VERSION};
+use flowmap::config::{DataSpec, ModelConfig, ModelMeta};
 use flowmap::device::{self, DeviceChoice, Engine};
 use flowmap::net::{forward_costs, param_specs, Network};
 use flowmap::output::{encode, write_atomic, OutputFormat};
@@ -287,26 +287,13 @@ fn run_info(file: &Path, list_tensors: bool) -> Result<()> {
 }
 
 fn preset_meta(preset: &str) -> Result<ModelMeta> {
-    let (model, data) = match preset {
-        "mnist" => (
-            ModelConfig::mnist_default(),
-            DataSpec::image([1, 28, 28], "mnist"),
-        ),
-        "toy2d" => (
-            ModelConfig::toy2d_default(),
-            DataSpec::points(2, [-1.5, 1.5], "checkerboard"),
-        ),
+    let (model, name) = match preset {
+        "mnist" => (ModelConfig::mnist_default(), "mnist"),
+        "toy2d" => (ModelConfig::toy2d_default(), "checkerboard"),
         _ => bail!("unknown preset `{preset}` (mnist, toy2d)"),
     };
-    Ok(ModelMeta {
-        format_version: FORMAT_VERSION,
-        model,
-        data,
-        sigma0: 1.0,
-        interpolant: Interpolant::Linear,
-        method: "random".into(),
-        provenance: Default::default(),
-    })
+    let data = DataSpec::for_model(&model, name);
+    Ok(ModelMeta::untrained(model, data))
 }
 
 fn run_bench(

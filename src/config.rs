@@ -199,6 +199,20 @@ pub struct ModelMeta {
 }
 
 impl ModelMeta {
+    /// Metadata for weights that no training produced (random initialisations for tests and
+    /// benchmarks): the current format, σ0 = 1, the linear interpolant, method `random`.
+    pub fn untrained(model: ModelConfig, data: DataSpec) -> Self {
+        ModelMeta {
+            format_version: FORMAT_VERSION,
+            model,
+            data,
+            sigma0: 1.0,
+            interpolant: Interpolant::Linear,
+            method: "random".into(),
+            provenance: BTreeMap::new(),
+        }
+    }
+
     /// Parses and validates the metadata JSON of a weights file.
     pub fn from_json(text: &str) -> Result<Self> {
         // Read the version first, so that a newer file is reported as such and not as a
@@ -428,6 +442,15 @@ impl ModelConfig {
 }
 
 impl DataSpec {
+    /// The default data description for a model: images in [0, 1] for a `unet`, points plotted
+    /// over [−1.5, 1.5]² for an `mlp`.
+    pub fn for_model(model: &ModelConfig, name: &str) -> Self {
+        match model {
+            ModelConfig::Unet(c) => DataSpec::image([c.in_channels, c.height, c.width], name),
+            ModelConfig::Mlp(c) => DataSpec::points(c.dim, [-1.5, 1.5], name),
+        }
+    }
+
     /// MNIST-like grayscale images trained in [−1, 1], stored in [0, 1].
     pub fn image(shape: [usize; 3], name: &str) -> Self {
         DataSpec {

@@ -4,7 +4,7 @@
 #![cfg(target_arch = "wasm32")]
 
 use flowmap::backend::{Backend, Conv2d};
-use flowmap::config::{Activation, DataSpec, Interpolant, ModelConfig, ModelMeta, FORMAT_VERSION};
+use flowmap::config::{Activation, DataSpec, ModelConfig, ModelMeta};
 use flowmap::cpu::CpuBackend;
 use flowmap::gpu::{GpuBackend, GpuContext, GpuTensor};
 use flowmap::net::param_specs;
@@ -135,19 +135,8 @@ async fn every_kernel_matches_the_cpu_on_webgpu() {
 }
 
 fn model_bytes(model: ModelConfig) -> Vec<u8> {
-    let data = match &model {
-        ModelConfig::Unet(c) => DataSpec::image([c.in_channels, c.height, c.width], "test"),
-        ModelConfig::Mlp(c) => DataSpec::points(c.dim, [-1.5, 1.5], "test"),
-    };
-    let meta = ModelMeta {
-        format_version: FORMAT_VERSION,
-        model,
-        data,
-        sigma0: 1.0,
-        interpolant: Interpolant::Linear,
-        method: "random".into(),
-        provenance: Default::default(),
-    };
+    let data = DataSpec::for_model(&model, "test");
+    let meta = ModelMeta::untrained(model, data);
     let tensors = random_tensors(&param_specs(&meta.model).unwrap(), 2);
     Weights::to_bytes(&meta, &tensors, StoreDtype::F32).unwrap()
 }

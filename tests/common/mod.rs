@@ -2,7 +2,7 @@
 //! and random-weight model files in the real format.
 #![allow(dead_code)]
 
-use flowmap::config::{DataSpec, Interpolant, ModelConfig, ModelMeta, FORMAT_VERSION};
+use flowmap::config::{DataSpec, ModelConfig, ModelMeta};
 use flowmap::gpu::{GpuBackend, GpuContext};
 use flowmap::net::param_specs;
 use flowmap::rng::Rng;
@@ -66,19 +66,8 @@ pub fn tiny_mlp() -> ModelConfig {
 }
 
 pub fn meta_for(model: ModelConfig) -> ModelMeta {
-    let data = match &model {
-        ModelConfig::Unet(c) => DataSpec::image([c.in_channels, c.height, c.width], "test"),
-        ModelConfig::Mlp(c) => DataSpec::points(c.dim, [-1.5, 1.5], "test"),
-    };
-    ModelMeta {
-        format_version: FORMAT_VERSION,
-        model,
-        data,
-        sigma0: 1.0,
-        interpolant: Interpolant::Linear,
-        method: "random".into(),
-        provenance: Default::default(),
-    }
+    let data = DataSpec::for_model(&model, "test");
+    ModelMeta::untrained(model, data)
 }
 
 /// Writes a random-weight model in the real format and returns its path.
