@@ -128,11 +128,8 @@ mod oracle {
                 .zip(t)
                 .map(|(&s, &t)| self.coefficients(s, t))
                 .unzip();
-            let ax = scale_rows(be, x, &a);
-            let n = x.shape()[0];
-            let ones = be.tensor(vec![self.mu; x.len()], x.shape());
-            let _ = n;
-            Ok(be.add(&ax, &scale_rows(be, &ones, &b)))
+            let mu = be.tensor(vec![self.mu; x.len()], x.shape());
+            Ok(be.add(&scale_rows(be, x, &a), &scale_rows(be, &mu, &b)))
         }
     }
 }
