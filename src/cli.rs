@@ -6,6 +6,7 @@ use flowmap::backend::{Backend, OpFamily};
 use flowmap::bench::Profiled;
 use flowmap::config::{DataSpec, ModelConfig, ModelMeta};
 use flowmap::device::{self, DeviceChoice, Engine};
+use flowmap::models;
 use flowmap::net::{forward_costs, param_specs, Network};
 use flowmap::output::{encode, write_atomic, OutputFormat};
 use flowmap::sampler::{self, Integrator};
@@ -13,6 +14,14 @@ use flowmap::weights::{random_tensors, Weights};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
+
+/// `println!` that ignores a closed stdout (`flowmap info … | head`) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(
@@ -29,9 +38,12 @@ struct Cli {
 enum Command {
     /// Draw samples by composing K flow-map jumps from noise (t = 0) to data (t = 1).
     Sample {
-        /// A flowmap weights file (.safetensors).
+        /// A shipped model compiled into this binary: mnist (the default) or checkerboard.
+        #[arg(long, conflicts_with = "weights")]
+        model: Option<String>,
+        /// A flowmap weights file (.safetensors) instead of a shipped model.
         #[arg(long)]
-        weights: PathBuf,
+        weights: Option<PathBuf>,
         /// Number of jumps K on a uniform grid (ignored when --grid is given).
         #[arg(long, default_value_t = 4)]
         steps: usize,
@@ -56,6 +68,7 @@ enum Command {
     },
     /// Print a weights file's config, parameter count, FLOPs per forward and provenance.
     Info {
+        /// A weights file, or the name of a shipped model (mnist, checkerboard).
         file: PathBuf,
         /// Also list every tensor with its shape.
         #[arg(long)]
@@ -84,6 +97,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sample {
+            model,
             weights,
             steps,
             n,
@@ -93,7 +107,8 @@ pub fn main() -> ExitCode {
             grid,
             integrator,
         } => run_sample(
-            &weights,
+            model.as_deref(),
+            weights.as_deref(),
             steps,
             n,
             seed,
@@ -124,9 +139,25 @@ fn load(path: &Path) -> Result<Weights> {
     Weights::read(path).with_context(|| format!("loading weights {}", path.display()))
 }
 
+/// The weights `sample` uses and how to name them: `--weights FILE`, else the shipped
+/// `--model` (default mnist).
+fn choose(model: Option<&str>, weights: Option<&Path>) -> Result<(Weights, String)> {
+    match weights {
+        Some(p) => Ok((load(p)?, p.display().to_string())),
+        None => {
+            let m = models::find(model.unwrap_or(models::DEFAULT))?;
+            let w = m
+                .load()
+                .with_context(|| format!("loading the shipped model {}", m.name))?;
+            Ok((w, format!("{} (shipped, {})", m.name, m.file)))
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_sample(
-    weights: &Path,
+    model: Option<&str>,
+    weights: Option<&Path>,
     steps: usize,
     n: usize,
     seed: u64,
@@ -147,11 +178,11 @@ fn run_sample(
     let format = OutputFormat::from_path(out)?;
     let choice = DeviceChoice::parse(device)?;
     check_writable(out)?;
-    let w = load(weights)?;
+    let (w, label) = choose(model, weights)?;
     let meta = &w.meta;
-    println!(
+    say!(
         "model: {} ({} {:?}, method {}, {} parameters)",
-        weights.display(),
+        label,
         meta.model.arch_name(),
         meta.data.shape,
         meta.method,
@@ -161,7 +192,7 @@ fn run_sample(
     if let Some(msg) = notice {
         eprintln!("{msg}");
     }
-    println!("device: {}", engine.describe());
+    say!("device: {}", engine.describe());
     let noise = sampler::initial_noise(meta, n, seed);
     let (samples, report) = match &engine {
         Engine::Cpu(b) => {
@@ -183,7 +214,7 @@ fn run_sample(
         }
     };
     let k = grid.len() - 1;
-    println!(
+    say!(
         "sampled {n} with {k} step(s) ({:?}, {} network evaluations per sample){}",
         integrator,
         k * integrator.evals_per_step(),
@@ -194,7 +225,7 @@ fn run_sample(
         }
     );
     for (i, (w, t)) in grid.windows(2).zip(&report.step_times).enumerate() {
-        println!(
+        say!(
             "  step {:>3}/{k}  t {:.4} → {:.4}  {:>9.2} ms",
             i + 1,
             w[0],
@@ -203,7 +234,7 @@ fn run_sample(
         );
     }
     let secs = report.total.as_secs_f64();
-    println!(
+    say!(
         "total {:.2} ms, {:.1} samples/s",
         secs * 1e3,
         n as f64 / secs
@@ -211,7 +242,7 @@ fn run_sample(
     let data: Vec<f32> = samples.iter().map(|&v| meta.data.to_data(v)).collect();
     let bytes = encode(&data, n, &meta.data, format)?;
     write_atomic(out, &bytes)?;
-    println!("wrote {}", out.display());
+    say!("wrote {}", out.display());
     Ok(())
 }
 
@@ -232,29 +263,43 @@ fn check_writable(out: &Path) -> Result<()> {
 }
 
 fn run_info(file: &Path, list_tensors: bool) -> Result<()> {
-    let w = load(file)?;
+    // A bare name that is not a file names a shipped model.
+    let shipped = match file.to_str() {
+        Some(name) if !file.exists() && models::names().contains(&name) => Some(name),
+        _ => None,
+    };
+    let w = match shipped {
+        Some(name) => models::find(name)?.load()?,
+        None => load(file)?,
+    };
     let m = &w.meta;
-    println!(
+    say!(
         "file:         {} ({} bytes, {})",
         file.display(),
         w.file_bytes,
         w.dtypes.iter().cloned().collect::<Vec<_>>().join(", ")
     );
-    println!("format:       version {}", m.format_version);
-    println!("method:       {}", m.method);
-    println!("architecture: {}", m.model.arch_name());
-    println!("config:       {}", serde_json::to_string(&m.model)?);
-    println!(
+    say!("format:       version {}", m.format_version);
+    say!("method:       {}", m.method);
+    say!("architecture: {}", m.model.arch_name());
+    say!("config:       {}", serde_json::to_string(&m.model)?);
+    say!(
         "data:         {} {:?} {:?}, data = model × {} + {}, range {:?}",
-        m.data.name, m.data.kind, m.data.shape, m.data.scale, m.data.offset, m.data.range
+        m.data.name,
+        m.data.kind,
+        m.data.shape,
+        m.data.scale,
+        m.data.offset,
+        m.data.range
     );
-    println!(
+    say!(
         "base:         N(0, {}²), {:?} interpolant",
-        m.sigma0, m.interpolant
+        m.sigma0,
+        m.interpolant
     );
-    println!("parameters:   {}", w.parameter_count());
+    say!("parameters:   {}", w.parameter_count());
     let costs = forward_costs(&m.model, 1)?;
-    println!(
+    say!(
         "FLOPs:        {:.3} MFLOP per forward per sample",
         costs.total_flops() / 1e6
     );
@@ -266,21 +311,21 @@ fn run_info(file: &Path, list_tensors: bool) -> Result<()> {
             .map(|o| o.flops)
             .sum();
         if f > 0.0 {
-            println!("              {:<12} {:>10.3} MFLOP", fam.name(), f / 1e6);
+            say!("              {:<12} {:>10.3} MFLOP", fam.name(), f / 1e6);
         }
     }
     if m.provenance.is_empty() {
-        println!("provenance:   (none)");
+        say!("provenance:   (none)");
     } else {
-        println!("provenance:");
+        say!("provenance:");
         for (k, v) in &m.provenance {
-            println!("              {k}: {v}");
+            say!("              {k}: {v}");
         }
     }
     if list_tensors {
-        println!("tensors:");
+        say!("tensors:");
         for spec in param_specs(&m.model)? {
-            println!("  {:<40} {:?}", spec.name, spec.shape);
+            say!("  {:<40} {:?}", spec.name, spec.shape);
         }
     }
     Ok(())
@@ -322,13 +367,13 @@ fn run_bench(
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| format!("preset {preset}, random weights"));
     let flops = forward_costs(&w.meta.model, batch)?.total_flops();
-    println!(
+    say!(
         "model: {source}: {} {:?}, {} parameters",
         w.meta.model.arch_name(),
         w.meta.data.shape,
         w.parameter_count()
     );
-    println!(
+    say!(
         "batch {batch}: {:.3} GFLOP per forward; {iters} timed iterations after one warm-up",
         flops / 1e9
     );
@@ -336,7 +381,7 @@ fn run_bench(
     if device == "all" || device == "gpu" {
         match device::open(DeviceChoice::Gpu) {
             Ok((e, _)) => engines.push(e),
-            Err(e) if device == "all" => println!("\nGPU: skipped ({e})"),
+            Err(e) if device == "all" => say!("\nGPU: skipped ({e})"),
             Err(e) => return Err(e.into()),
         }
     }
@@ -347,7 +392,7 @@ fn run_bench(
         bail!("unknown device `{device}` (all, gpu, cpu)");
     }
     for engine in &engines {
-        println!("\n== {} ==", engine.describe());
+        say!("\n== {} ==", engine.describe());
         match engine {
             Engine::Cpu(b) => bench_backend(b, &w, batch, iters, flops)?,
             Engine::Gpu(b) => {
@@ -382,7 +427,7 @@ fn bench_backend<B: Backend>(
         drop(v);
     }
     let fwd = t0.elapsed().as_secs_f64() / iters as f64;
-    println!(
+    say!(
         "forward: {:.3} ms, {:.2} GFLOP/s, {:.1} samples/s",
         fwd * 1e3,
         flops / fwd / 1e9,
@@ -395,14 +440,18 @@ fn bench_backend<B: Backend>(
     for _ in 0..iters {
         prof.download(&pnet.velocity(&prof, &x, &s, &t)?)?;
     }
-    println!("per op family (synchronised after every op, per forward):");
-    println!(
+    say!("per op family (synchronised after every op, per forward):");
+    say!(
         "  {:<12} {:>6} {:>10} {:>10} {:>9}",
-        "family", "calls", "ms", "GFLOP/s", "GB/s"
+        "family",
+        "calls",
+        "ms",
+        "GFLOP/s",
+        "GB/s"
     );
     for (fam, st) in prof.stats() {
         let secs = st.time.as_secs_f64() / iters as f64;
-        println!(
+        say!(
             "  {:<12} {:>6} {:>10.3} {:>10.2} {:>9.2}",
             fam.name(),
             st.calls / iters,
@@ -417,7 +466,7 @@ fn bench_backend<B: Backend>(
     for k in [1usize, 4, 16] {
         let grid = sampler::uniform_grid(k)?;
         let (_, rep) = sampler::sample(b, &net, &noise, &grid, Integrator::FlowMap, chunk)?;
-        println!(
+        say!(
             "sampling K = {k:>2}: {:>9.2} ms, {:>9.1} samples/s",
             rep.total.as_secs_f64() * 1e3,
             batch as f64 / rep.total.as_secs_f64()

@@ -15,6 +15,8 @@ pub use error::{Error, Result};
 pub mod bench;
 pub mod device;
 pub mod gpu;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod models;
 pub mod output;
 pub mod rng;
 pub mod sampler;

@@ -120,7 +120,19 @@ fn encode_png(
 
 /// Images tiled in a near-square grid with a 2-pixel gutter, each pixel scaled ×2.
 pub fn image_grid(samples: &[f32], n: usize, shape: &[usize], range: [f32; 2]) -> Result<Vec<u8>> {
+    image_rows(samples, n, (n as f64).sqrt().ceil() as usize, shape, range)
+}
+
+/// Images tiled `cols` to a row (row-major), with a 2-pixel gutter, each pixel scaled ×2.
+pub fn image_rows(
+    samples: &[f32],
+    n: usize,
+    cols: usize,
+    shape: &[usize],
+    range: [f32; 2],
+) -> Result<Vec<u8>> {
     let (c, h, w) = (shape[0], shape[1], shape[2]);
+    let cols = cols.clamp(1, n.max(1));
     if c != 1 && c != 3 {
         return Err(Error::Output(format!(
             "cannot draw {c}-channel images as PNG; use .npy"
@@ -128,7 +140,6 @@ pub fn image_grid(samples: &[f32], n: usize, shape: &[usize], range: [f32; 2]) -
     }
     const ZOOM: usize = 2;
     const GAP: usize = 2;
-    let cols = (n as f64).sqrt().ceil() as usize;
     let rows = n.div_ceil(cols);
     let (cw, ch) = (w * ZOOM + GAP, h * ZOOM + GAP);
     let (width, height) = (cols * cw + GAP, rows * ch + GAP);

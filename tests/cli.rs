@@ -267,3 +267,44 @@ fn bad_arguments_are_named_errors() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn sample_without_weights_draws_from_the_shipped_models() {
+    let dir = temp_dir("shipped");
+    let out = dir.join("digits.npy");
+    let o = out.to_str().unwrap();
+    // No --weights: the default shipped model, MNIST.
+    let (ok, stdout, err) = flowmap(&[
+        "sample", "--steps", "1", "--n", "2", "--out", o, "--device", "cpu",
+    ]);
+    assert!(ok, "{stdout}{err}");
+    assert!(stdout.contains("mnist (shipped"), "{stdout}");
+    // 2 × 1 × 28 × 28 float32 after the .npy header.
+    assert!(std::fs::metadata(&out).unwrap().len() > 2 * 784 * 4);
+    let out = dir.join("board.npy");
+    let (ok, stdout, err) = flowmap(&[
+        "sample",
+        "--model",
+        "checkerboard",
+        "--steps",
+        "2",
+        "--n",
+        "10",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{stdout}{err}");
+    assert!(stdout.contains("checkerboard (shipped"), "{stdout}");
+    let (ok, _, err) = flowmap(&["sample", "--model", "cifar", "--out", o]);
+    assert!(!ok && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("no shipped model `cifar`") && err.contains("mnist"),
+        "{err}"
+    );
+    let (ok, stdout, err) = flowmap(&["info", "checkerboard"]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("method:"), "{stdout}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

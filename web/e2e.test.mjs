@@ -13,6 +13,7 @@ import { chromium } from 'playwright-core';
 
 const root = new URL('..', import.meta.url).pathname;
 const MODEL = 'weights/checkerboard.safetensors';
+const DIGITS = 'weights/mnist.safetensors';
 const N = 200;
 const SEED = 3;
 // SwiftShader and the CPU may round differently in exp/sin/fma; samples live in [-1.5, 1.5].
@@ -53,10 +54,10 @@ after(async () => {
 });
 
 /// The native sampler's output for the same weights, seed and K, read from its .npy.
-function native(k) {
-  const out = join(scratch, `k${k}.npy`);
+function native(k, model = MODEL, n = N) {
+  const out = join(scratch, `k${k}-${n}.npy`);
   const bin = join(root, 'target/release/flowmap');
-  execFileSync(bin, ['sample', '--weights', join(root, MODEL), '--steps', String(k), '--n', String(N), '--seed', String(SEED), '--out', out, '--device', 'cpu'], { stdio: 'pipe' });
+  execFileSync(bin, ['sample', '--weights', join(root, model), '--steps', String(k), '--n', String(n), '--seed', String(SEED), '--out', out, '--device', 'cpu'], { stdio: 'pipe' });
   return readFile(out).then((b) => {
     const hlen = b.readUInt16LE(8);
     const data = b.subarray(10 + hlen);
@@ -84,7 +85,7 @@ async function result(page, k) {
 }
 
 test('WebGPU page matches the native sampler and resamples when the slider moves', { timeout: 600_000 }, async () => {
-  const { page, errors } = await openPage(`n=${N}&seed=${SEED}&k=2`);
+  const { page, errors } = await openPage(`model=${MODEL}&n=${N}&seed=${SEED}&k=2`);
   const first = await result(page, 2);
   assert.ok(first.gpu, `expected WebGPU, got ${first.device}`);
   const d2 = maxDiff(first.samples, await native(2));
@@ -100,13 +101,29 @@ test('WebGPU page matches the native sampler and resamples when the slider moves
 });
 
 test('without WebGPU the page says so and falls back to the wasm CPU backend', { timeout: 600_000 }, async () => {
-  const { page, errors } = await openPage(`n=${N}&seed=${SEED}&k=2&gpu=off`);
+  const { page, errors } = await openPage(`model=${MODEL}&n=${N}&seed=${SEED}&k=2&gpu=off`);
   const r = await result(page, 2);
   assert.equal(r.gpu, false);
   assert.match(await page.textContent('#device'), /WebGPU unavailable.*CPU backend compiled to wasm/);
   assert.match(await page.textContent('#status'), /CPU fallback/);
   const d = maxDiff(r.samples, await native(2));
   assert.ok(d <= CPU_TOL, `CPU fallback: max |page − native| = ${d}`);
+  assert.deepEqual(errors, [], `console errors: ${errors.join('; ')}`);
+  await page.close();
+});
+
+test('the picker offers the shipped models and the default MNIST model draws the native digits', { timeout: 600_000 }, async () => {
+  // No ?model=: the page reads web/models.json and starts on its first entry, the digits.
+  const n = 4;
+  const { page, errors } = await openPage(`n=${n}&seed=${SEED}&k=2`);
+  const r = await result(page, 2);
+  assert.ok(r.gpu, `expected WebGPU, got ${r.device}`);
+  const names = await page.$$eval('#model option', (os) => os.map((o) => o.value));
+  assert.deepEqual(names, [DIGITS, MODEL]);
+  assert.equal(r.samples.length, n * 28 * 28, 'four 28×28 digits');
+  const d = maxDiff(r.samples, await native(2, DIGITS, n));
+  // Pixels live in [0, 1]; a deeper network than the MLP, so rounding differences add up more.
+  assert.ok(d <= GPU_TOL, `MNIST K = 2: max |page − native| = ${d}`);
   assert.deepEqual(errors, [], `console errors: ${errors.join('; ')}`);
   await page.close();
 });

@@ -47,7 +47,7 @@ pub struct TrainConfig {
     /// Global gradient-norm clip. Default 10 (METHOD §7's checkerboard runs).
     #[serde(default = "d::grad_clip")]
     pub grad_clip: f32,
-    /// EMA decay of the exported weights. Default 0.999.
+    /// EMA decay of the exported weights, reached after a ramp (1 + step) / (10 + step). Default 0.999.
     #[serde(default = "d::ema")]
     pub ema: f32,
     /// Seed of initialisation, data order, noise and times. Default 0.
@@ -56,6 +56,11 @@ pub struct TrainConfig {
     /// A flowmap weights file of a trained `fm` teacher (lmd, emd, pfmm).
     #[serde(default)]
     pub teacher: Option<PathBuf>,
+    /// A flowmap weights file of the same architecture whose weights start the run instead of a
+    /// random initialisation; distillation usually starts the student from its `fm` teacher,
+    /// whose diagonal v(t, t, ·) is already right (METHOD §4), so only the off-diagonal is learnt.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
     /// pfmm: number of stages; δ_k = 2^(k − stages + 1), so the last stage allows |t − s| ≤ 1.
     /// Default 4.
     #[serde(default = "d::pfmm_stages")]

@@ -45,6 +45,9 @@ pub fn model_meta(
     if let Some(t) = &cfg.teacher {
         provenance.insert("teacher".into(), t.display().to_string());
     }
+    if let Some(i) = &cfg.init {
+        provenance.insert("init".into(), i.display().to_string());
+    }
     ModelMeta {
         format_version: FORMAT_VERSION,
         model: model.clone(),

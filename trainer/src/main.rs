@@ -71,6 +71,9 @@ struct TrainArgs {
     /// The frozen `fm` teacher (lmd, emd, pfmm).
     #[arg(long)]
     teacher: Option<PathBuf>,
+    /// Start from these weights (same architecture) instead of a random initialisation.
+    #[arg(long)]
+    init: Option<PathBuf>,
     #[arg(long)]
     pfmm_stages: Option<usize>,
     /// psd with γ ~ U[0, 1] (PSD-U) instead of γ = 1/2 (PSD-M).
@@ -121,9 +124,9 @@ enum Command {
         /// The Markdown report.
         #[arg(long, default_value = "docs/RESULTS.md")]
         out: PathBuf,
-        /// Where sample grids and the plot go.
-        #[arg(long, default_value = "docs/results")]
-        figures: PathBuf,
+        /// Where sample grids and the plot go [default: results/<data set> beside the report].
+        #[arg(long)]
+        figures: Option<PathBuf>,
         /// Samples per cell (default 100000 for 2-D data, 1000 for images).
         #[arg(long)]
         samples: Option<usize>,
@@ -137,6 +140,9 @@ enum Command {
         classifier: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Network evaluations of the teacher's reference Heun sampler (images; even).
+        #[arg(long, default_value_t = 128)]
+        teacher_nfe: usize,
     },
     /// Benchmarks: burn vs the flowmap sampler on one forward pass, and training throughput.
     Bench {
@@ -249,6 +255,9 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         checkpoint_every,
         log_every
     );
+    if a.init.is_some() {
+        cfg.init = a.init.clone();
+    }
     if a.teacher.is_some() {
         cfg.teacher = a.teacher.clone();
     }
@@ -322,6 +331,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
             classifier,
             seed,
+            teacher_nfe,
         } => {
             let md = eval::run(&eval::EvalArgs {
                 models,
@@ -333,6 +343,7 @@ fn run(cli: Cli) -> Result<()> {
                 device,
                 classifier,
                 seed,
+                teacher_nfe,
             })?;
             println!("{md}");
             println!("wrote {}", out.display());

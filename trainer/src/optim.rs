@@ -76,3 +76,26 @@ pub fn clip_factor(norm: f32, max: f32) -> f32 {
         1.0
     }
 }
+
+/// The EMA decay at `step`: min(ema, (1 + step) / (10 + step)). The ramp keeps the average over
+/// roughly the last tenth of the run early on; a fixed 0.999 would still hold 0.999^1500 ≈ 22%
+/// of the random initialisation after 1,500 steps, which made short runs export noise.
+pub fn ema_decay(ema: f32, step: usize) -> f32 {
+    let ramp = (1.0 + step as f32) / (10.0 + step as f32);
+    ema.min(ramp)
+}
+
+#[cfg(test)]
+mod ema_tests {
+    use super::ema_decay;
+
+    #[test]
+    fn the_ema_ramp_forgets_the_initialisation_in_short_runs() {
+        assert!(ema_decay(0.999, 0) < 0.11);
+        assert_eq!(ema_decay(0.999, 100_000), 0.999);
+        // The weight left on the starting point after n steps.
+        let left = |n: usize| (0..n).map(|t| ema_decay(0.999, t) as f64).product::<f64>();
+        assert!(left(1500) < 1e-6, "{}", left(1500));
+        assert!(left(300) < 1e-4, "{}", left(300));
+    }
+}

@@ -389,6 +389,47 @@ fn every_objective_trains_a_few_steps() {
 }
 
 #[test]
+fn init_starts_the_run_from_the_given_weights_and_refuses_another_architecture() {
+    let tdir = tmp("init-teacher");
+    let teacher = crate::train::train(&quick(Objective::Fm, 3), Device::flex(), &tdir, false, true)
+        .unwrap()
+        .model_path;
+    let dir = tmp("init-student");
+    let mut cfg = quick(Objective::Lmd, 1);
+    cfg.teacher = Some(teacher.clone());
+    cfg.init = Some(teacher.clone());
+    // A vanishing learning rate: the exported EMA weights are the starting weights.
+    cfg.lr = 1e-9;
+    let s = crate::train::train(&cfg, Device::flex(), &dir, false, true).unwrap();
+    let a = flowmap::weights::Weights::read(&teacher).unwrap();
+    let b = flowmap::weights::Weights::read(&s.model_path).unwrap();
+    assert_eq!(
+        b.meta.provenance.get("init"),
+        Some(&teacher.display().to_string())
+    );
+    for (name, t) in &a.tensors {
+        let u = &b.tensors[name];
+        let diff = t
+            .data
+            .iter()
+            .zip(&u.data)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-6, "{name} moved by {diff}");
+    }
+    let mut other = quick(Objective::Lsd, 1);
+    other.init = Some(teacher);
+    other.model = Some(ModelConfig::toy2d_default());
+    let e = crate::train::train(&other, Device::flex(), &tmp("init-bad"), false, true)
+        .err()
+        .expect("a different architecture is refused")
+        .to_string();
+    assert!(e.contains("--init") && e.contains("this run trains"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(tdir);
+}
+
+#[test]
 fn eval_writes_the_quality_table_for_points() {
     let dir = tmp("eval");
     let model = crate::train::train(
@@ -404,12 +445,13 @@ fn eval_writes_the_quality_table_for_points() {
         models: vec![model.clone()],
         teacher: Some(model),
         out: dir.join("RESULTS.md"),
-        figures: dir.join("fig"),
+        figures: Some(dir.join("fig")),
         samples: Some(4000),
         ks: vec![1, 2, 4],
         device: "cpu".into(),
         classifier: dir.join("unused.safetensors"),
         seed: 0,
+        teacher_nfe: 8,
     };
     let md = crate::eval::run(&args).unwrap();
     assert!(md.contains("| method | K = 1 | K = 2 | K = 4 |"), "{md}");

@@ -116,7 +116,11 @@ pub fn train(
         if resume {
             eprintln!("note: no checkpoint in {}, starting fresh", dir.display());
         }
-        fresh(&model_cfg, cfg.seed, &device)?
+        let init = match &cfg.init {
+            Some(p) => Some(load_init(p, &model_cfg, &device)?),
+            None => None,
+        };
+        fresh(&model_cfg, cfg.seed, init, &device)?
     };
     if !quiet {
         println!(
@@ -189,8 +193,9 @@ pub fn train(
             lr,
             optim::clip_factor(norm, cfg.grad_clip),
         );
+        let decay = optim::ema_decay(cfg.ema, step);
         for (e, p) in st.ema.iter_mut().zip(updated) {
-            *e = e.clone() * cfg.ema + p * (1.0 - cfg.ema);
+            *e = e.clone() * decay + p * (1.0 - decay);
         }
         st.step += 1;
         last_loss = loss_value;
@@ -239,8 +244,32 @@ pub fn train(
     })
 }
 
-fn fresh(model: &ModelConfig, seed: u64, device: &Device) -> Result<State> {
-    let params = ParamStore::init(model, seed, device)?.require_grad();
+/// The starting weights of `--init`; the file must hold exactly this run's architecture.
+fn load_init(path: &Path, model: &ModelConfig, device: &Device) -> Result<ParamStore> {
+    let w = Weights::read(path).with_context(|| format!("loading --init {}", path.display()))?;
+    if &w.meta.model != model {
+        bail!(
+            "--init {} holds a {} model {}, this run trains {}",
+            path.display(),
+            w.meta.model.arch_name(),
+            serde_json::to_string(&w.meta.model)?,
+            serde_json::to_string(model)?
+        );
+    }
+    Ok(ParamStore::from_weights(&w, device)?)
+}
+
+fn fresh(
+    model: &ModelConfig,
+    seed: u64,
+    init: Option<ParamStore>,
+    device: &Device,
+) -> Result<State> {
+    let params = match init {
+        Some(p) => p,
+        None => ParamStore::init(model, seed, device)?,
+    }
+    .require_grad();
     Ok(State {
         ema: params
             .values

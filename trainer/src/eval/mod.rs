@@ -24,12 +24,15 @@ pub struct EvalArgs {
     pub models: Vec<PathBuf>,
     pub teacher: Option<PathBuf>,
     pub out: PathBuf,
-    pub figures: PathBuf,
+    /// Where sample grids and the plot go; default `results/<data set>` beside the report.
+    pub figures: Option<PathBuf>,
     pub samples: Option<usize>,
     pub ks: Vec<usize>,
     pub device: String,
     pub classifier: PathBuf,
     pub seed: u64,
+    /// NFE of the teacher's reference Heun run (images).
+    pub teacher_nfe: usize,
 }
 
 /// One row of the table: a method and its metric at each K.
@@ -48,6 +51,24 @@ pub struct Metrics {
     /// MNIST: samples per predicted class.
     pub classes: Option<[usize; 10]>,
 }
+
+/// A model's name in the report and its figures' file names: the file stem, or the run
+/// directory's name for a run's `model.safetensors`.
+fn model_label(path: &std::path::Path) -> String {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    match stem.as_deref() {
+        Some("model") => path
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into()),
+        Some(s) => s.to_string(),
+        None => String::new(),
+    }
+}
+
+/// Samples per row of the across-K picture of an image model.
+const STRIP: usize = 12;
 
 /// Draws `n` samples (data range) with an integrator at `nfe` network evaluations.
 fn draw(
@@ -132,10 +153,10 @@ impl Judge {
                 let accuracy = classifier.accuracy(&test)?;
                 // The classifier reads model space [−1, 1], as the IDX loader returns it.
                 let (test_feats, _) = classifier.features(&test.pixels)?;
-                // Floor: 1000 train images against the 1000 test images.
-                let idx: Vec<usize> = (0..test.n.min(train.n))
-                    .map(|i| i * train.n / test.n.min(train.n))
-                    .collect();
+                // Floor: as many train images as each cell has samples, against the test
+                // images, so the floor carries the same small-sample bias as the cells.
+                let m = n.min(test.n).min(train.n);
+                let idx: Vec<usize> = (0..m).map(|i| i * train.n / m).collect();
                 let train_px: Vec<f32> = idx
                     .iter()
                     .flat_map(|&i| {
@@ -250,19 +271,27 @@ pub fn run(args: &EvalArgs) -> Result<String> {
         eprintln!("{msg}");
     }
     let judge = Judge::new(meta0, n, args)?;
-    std::fs::create_dir_all(&args.figures)
-        .with_context(|| format!("creating {}", args.figures.display()))?;
+    let figures = match &args.figures {
+        Some(f) => f.clone(),
+        None => args
+            .out
+            .parent()
+            .unwrap_or(std::path::Path::new(""))
+            .join("results")
+            .join(&meta0.data.name),
+    };
+    std::fs::create_dir_all(&figures).with_context(|| format!("creating {}", figures.display()))?;
 
     let mut rows = Vec::new();
     for (path, w) in &models {
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let stem = model_label(path);
         let mut cells = Vec::new();
+        let mut strip = Vec::new();
         for &k in &args.ks {
             let s = draw(&engine, w, Integrator::FlowMap, k, n, args.seed)?
                 .expect("flow map takes any K");
+            let len = w.meta.model.sample_len();
+            strip.extend_from_slice(&s[..STRIP.min(n) * len]);
             let grid_n = 64.min(n);
             let png = flowmap::output::encode(
                 &s[..grid_n * w.meta.model.sample_len()],
@@ -280,16 +309,24 @@ pub fn run(args: &EvalArgs) -> Result<String> {
                     flowmap::output::OutputFormat::Png,
                 )?
             };
-            flowmap::output::write_atomic(
-                &args.figures.join(format!("{stem}-k{k}.png")),
-                &scatter_png,
-            )?;
+            flowmap::output::write_atomic(&figures.join(format!("{stem}-k{k}.png")), &scatter_png)?;
             let m = judge.judge(&s)?;
             eprintln!(
                 "{} ({}) K = {k}: {:.4} / {:.4}",
                 stem, w.meta.method, m.primary, m.secondary
             );
             cells.push(Some(m));
+        }
+        if images {
+            // One row per K from the same noise: the README's picture of quality against K.
+            let png = flowmap::output::image_rows(
+                &strip,
+                STRIP.min(n) * args.ks.len(),
+                STRIP.min(n),
+                &w.meta.data.shape,
+                w.meta.data.range,
+            )?;
+            flowmap::output::write_atomic(&figures.join(format!("{stem}-across-k.png")), &png)?;
         }
         rows.push(Row {
             label: format!("{} ({stem}), K jumps", w.meta.method),
@@ -313,20 +350,23 @@ pub fn run(args: &EvalArgs) -> Result<String> {
             });
         }
         if images {
-            let s = draw(&engine, t, Integrator::Heun, 128, n, args.seed)?.expect("even NFE");
+            let s = draw(&engine, t, Integrator::Heun, args.teacher_nfe, n, args.seed)?
+                .context("--teacher-nfe must be even (Heun takes 2 evaluations a step)")?;
             best_teacher = Some(judge.judge(&s)?);
         }
     }
     let floor = judge.floor().clone();
     plot::quality_vs_nfe(
-        &args.figures.join("quality-vs-nfe.png"),
+        &figures.join("quality-vs-nfe.png"),
         &args.ks,
         &rows,
         floor.primary,
     )?;
     let md = markdown(
         args,
+        &figures,
         &models,
+        args.teacher.as_deref().zip(teacher.as_ref()),
         &rows,
         &floor,
         &judge,
@@ -334,14 +374,50 @@ pub fn run(args: &EvalArgs) -> Result<String> {
         n,
         &engine,
     );
-    flowmap::output::write_atomic(&args.out, md.as_bytes())?;
+    let existing = std::fs::read_to_string(&args.out).ok();
+    let report = merge_section(existing.as_deref(), &meta0.data.name, &md);
+    flowmap::output::write_atomic(&args.out, report.as_bytes())?;
     Ok(md)
+}
+
+const REPORT_HEADER: &str = "# Quality versus steps\n\nGenerated by `trainer eval`: each data set's section below is rewritten by the eval of that data set and the others are kept. The commands that trained and evaluated each model are in the README.\n";
+
+/// The report with `name`'s section replaced by `body` (or appended when new); other sections
+/// are kept, so one report collects the evals of several data sets.
+fn merge_section(existing: Option<&str>, name: &str, body: &str) -> String {
+    let (open, close) = (
+        format!("<!-- trainer eval: {name} -->"),
+        format!("<!-- end trainer eval: {name} -->"),
+    );
+    let section = format!("{open}\n{body}{close}\n");
+    let old = existing.unwrap_or("");
+    match (old.find(&open), old.find(&close)) {
+        (Some(a), Some(b)) if b > a => {
+            format!(
+                "{}{section}{}",
+                &old[..a],
+                old[b + close.len()..].trim_start_matches('\n')
+            )
+        }
+        _ => {
+            let mut out = if old.trim().is_empty() {
+                REPORT_HEADER.to_string()
+            } else {
+                old.trim_end().to_string() + "\n"
+            };
+            out.push('\n');
+            out.push_str(&section);
+            out
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn markdown(
     args: &EvalArgs,
+    figures: &std::path::Path,
     models: &[(PathBuf, Weights)],
+    teacher: Option<(&std::path::Path, &Weights)>,
     rows: &[Row],
     floor: &Metrics,
     judge: &Judge,
@@ -359,7 +435,7 @@ fn markdown(
     } else {
         ("KL(data ‖ model), 50×50 histogram", "sliced W2")
     };
-    let _ = writeln!(md, "# Quality versus steps\n");
+    let _ = writeln!(md, "## {}\n", models[0].1.meta.data.name);
     let _ = writeln!(
         md,
         "Generated by `trainer eval` ({} samples per cell, seed {}, sampled by flowmap on {}). Lower is better for the first number; K is the number of network evaluations (NFE).\n",
@@ -374,13 +450,37 @@ fn markdown(
         md,
         "Cells: {p} / {s}. Floor ({}): {:.4} / {:.4}.\n",
         if images {
-            "1,000 train vs 1,000 test images"
+            "as many train images as samples per cell, vs the 1,000 test images"
         } else {
             "two independent data draws"
         },
         floor.primary,
         floor.secondary
     );
+    let _ = writeln!(md, "Models (from their provenance metadata):\n");
+    for (path, w) in models.iter().map(|(p, w)| (p.as_path(), w)).chain(teacher) {
+        let pv = &w.meta.provenance;
+        let get = |k: &str| pv.get(k).map(String::as_str).unwrap_or("?");
+        let _ = write!(
+            md,
+            "- `{}`: {} {}, {} steps × batch {}, lr {}, seed {}",
+            path.display(),
+            w.meta.method,
+            w.meta.model.arch_name(),
+            get("steps"),
+            get("batch"),
+            get("lr"),
+            get("seed")
+        );
+        if let Some(t) = pv.get("teacher") {
+            let _ = write!(md, ", teacher {t}");
+        }
+        if let Some(i) = pv.get("init") {
+            let _ = write!(md, ", initialised from {i}");
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md);
     let _ = write!(md, "| method |");
     for k in &args.ks {
         let _ = write!(md, " K = {k} |");
@@ -404,8 +504,8 @@ fn markdown(
     if let Some(b) = best {
         let _ = writeln!(
             md,
-            "\nTeacher's best: Heun at 128 NFE: {:.4} / {:.3}.",
-            b.primary, b.secondary
+            "\nTeacher's best: Heun at {} NFE: {:.4} / {:.3}.",
+            args.teacher_nfe, b.primary, b.secondary
         );
     }
     if images {
@@ -424,15 +524,15 @@ fn markdown(
             }
         }
     }
-    let fig = relative_to_report(&args.figures, &args.out);
+    let fig = relative_to_report(figures, &args.out);
     let _ = writeln!(md, "\n![quality versus NFE]({fig}/quality-vs-nfe.png)\n");
     let _ = writeln!(md, "Plot: x = log2(NFE), y = the first metric; one colour per row in table order ({}); the dashed grey line is the floor.\n", plot::COLOR_NAMES.join(", "));
     for (path, w) in models {
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let stem = model_label(path);
         let _ = writeln!(md, "Samples of `{}` ({}):\n", stem, w.meta.method);
+        if images {
+            let _ = writeln!(md, "![{stem} across K]({fig}/{stem}-across-k.png)\n\nOne row per K = {}, top to bottom, from the same noise; {} samples per K below.\n", args.ks.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "), 64.min(n));
+        }
         for k in &args.ks {
             let _ = write!(md, "K = {k} ![K={k}]({fig}/{stem}-k{k}.png) ");
         }
@@ -451,4 +551,22 @@ fn relative_to_report(figures: &std::path::Path, report: &std::path::Path) -> St
         .unwrap_or(figures)
         .display()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_section;
+
+    #[test]
+    fn a_data_sets_section_is_replaced_and_the_others_kept() {
+        let one = merge_section(None, "mnist", "## mnist\nold\n");
+        assert!(one.starts_with("# Quality versus steps"), "{one}");
+        let two = merge_section(Some(&one), "checkerboard", "## checkerboard\nboard\n");
+        let three = merge_section(Some(&two), "mnist", "## mnist\nnew\n");
+        assert!(three.contains("new") && !three.contains("old"), "{three}");
+        assert!(three.contains("board"), "{three}");
+        assert_eq!(three.matches("<!-- trainer eval: mnist -->").count(), 1);
+        // mnist stays where it was: before checkerboard.
+        assert!(three.find("## mnist").unwrap() < three.find("## checkerboard").unwrap());
+    }
 }
