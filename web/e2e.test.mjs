@@ -12,8 +12,8 @@ import { join, extname, normalize } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const root = new URL('..', import.meta.url).pathname;
-const MODEL = 'weights/checkerboard.safetensors';
-const DIGITS = 'weights/mnist.safetensors';
+const MODEL = 'weights/checkerboard-f16.safetensors';
+const DIGITS = 'weights/mnist-f16.safetensors';
 const N = 200;
 const SEED = 3;
 // SwiftShader and the CPU may round differently in exp/sin/fma; samples live in [-1.5, 1.5].
