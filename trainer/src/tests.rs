@@ -462,8 +462,14 @@ fn eval_writes_the_quality_table_for_points() {
     // Heun has no 1-evaluation sampler: its K = 1 cell is empty.
     let heun = md.lines().find(|l| l.contains("Heun")).unwrap();
     assert!(heun.contains("| — |"), "{heun}");
-    assert!(dir.join("fig/quality-vs-nfe.png").exists() && dir.join("fig/model-k4.png").exists());
-    assert_eq!(std::fs::read_to_string(dir.join("RESULTS.md")).unwrap(), md);
+    // A run's model.safetensors is named after its run directory (`run`).
+    assert!(dir.join("fig/quality-vs-nfe.png").exists() && dir.join("fig/run-k4.png").exists());
+    let report = std::fs::read_to_string(dir.join("RESULTS.md")).unwrap();
+    assert!(report.starts_with("# Quality versus steps"), "{report}");
+    assert!(
+        report.contains(&format!("<!-- trainer eval: checkerboard -->\n{md}")),
+        "{report}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
