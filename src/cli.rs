@@ -265,11 +265,11 @@ fn check_writable(out: &Path) -> Result<()> {
 fn run_info(file: &Path, list_tensors: bool) -> Result<()> {
     // A bare name that is not a file names a shipped model.
     let shipped = match file.to_str() {
-        Some(name) if !file.exists() && models::names().contains(&name) => Some(name),
+        Some(name) if !file.exists() => models::find(name).ok(),
         _ => None,
     };
     let w = match shipped {
-        Some(name) => models::find(name)?.load()?,
+        Some(m) => m.load()?,
         None => load(file)?,
     };
     let m = &w.meta;

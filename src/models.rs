@@ -11,7 +11,6 @@ pub struct Shipped {
     pub name: &'static str,
     /// Its file in the repository.
     pub file: &'static str,
-    pub about: &'static str,
     bytes: &'static [u8],
 }
 
@@ -28,13 +27,11 @@ pub const SHIPPED: [Shipped; 2] = [
     Shipped {
         name: "mnist",
         file: "weights/mnist.safetensors",
-        about: "MNIST digits, a U-Net flow map",
         bytes: include_bytes!("../weights/mnist.safetensors"),
     },
     Shipped {
         name: "checkerboard",
         file: "weights/checkerboard.safetensors",
-        about: "the 2-D checkerboard, an MLP flow map",
         bytes: include_bytes!("../weights/checkerboard.safetensors"),
     },
 ];

@@ -278,6 +278,15 @@ fn quick(obj: Objective, steps: usize) -> TrainConfig {
     c
 }
 
+/// A teacher for the distillation objectives: a briefly trained fm model (run directory, weights).
+fn quick_teacher(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = tmp(tag);
+    let model = crate::train::train(&quick(Objective::Fm, 3), Device::flex(), &dir, false, true)
+        .unwrap()
+        .model_path;
+    (dir, model)
+}
+
 fn tmp(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("flowmap-trainer-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -368,11 +377,7 @@ fn non_finite_loss_stops_training_with_a_message() {
 
 #[test]
 fn every_objective_trains_a_few_steps() {
-    // A teacher for the distillation objectives: a briefly trained fm model.
-    let tdir = tmp("teacher");
-    let teacher = crate::train::train(&quick(Objective::Fm, 3), Device::flex(), &tdir, false, true)
-        .unwrap()
-        .model_path;
+    let (tdir, teacher) = quick_teacher("teacher");
     for obj in Objective::ALL {
         let dir = tmp(obj.name());
         let mut cfg = quick(obj, 4);
@@ -390,10 +395,7 @@ fn every_objective_trains_a_few_steps() {
 
 #[test]
 fn init_starts_the_run_from_the_given_weights_and_refuses_another_architecture() {
-    let tdir = tmp("init-teacher");
-    let teacher = crate::train::train(&quick(Objective::Fm, 3), Device::flex(), &tdir, false, true)
-        .unwrap()
-        .model_path;
+    let (tdir, teacher) = quick_teacher("init-teacher");
     let dir = tmp("init-student");
     let mut cfg = quick(Objective::Lmd, 1);
     cfg.teacher = Some(teacher.clone());
