@@ -83,7 +83,8 @@ impl Default for TimeEmbedConfig {
 /// self-attention at the levels in `attention_levels`) and a stride-2 conv except at the last
 /// level. Middle: res, attention, res. Up path: per level (deepest first) `blocks_per_level + 1`
 /// residual blocks on the concatenation with the matching skip, then nearest ×2 upsampling and a
-/// 3×3 conv except at level 0. Out: GroupNorm, SiLU, 3×3 conv.
+/// 3×3 conv except at level 0. Out: GroupNorm, SiLU, (nearest ×2 upsampling when
+/// `stem_stride` = 2), 3×3 conv.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnetConfig {
@@ -112,12 +113,32 @@ pub struct UnetConfig {
     /// GroupNorm epsilon. Default 1e-5.
     #[serde(default = "defaults::eps")]
     pub eps: f32,
+    /// Stride of `conv_in`: 1, or 2 to run the first level at half resolution (14×14 for MNIST),
+    /// in which case the output is brought back by nearest ×2 upsampling before `out.conv`.
+    /// Fewer, wider levels cost fewer FLOPs per sample and run at a higher rate on the CPU
+    /// (docs/BENCHMARKS.md). Default 1.
+    #[serde(default = "defaults::stem_stride")]
+    pub stem_stride: usize,
     #[serde(default)]
     pub time: TimeEmbedConfig,
 }
 
-/// Time-conditioned MLP for points in R^dim: `input` linear, `depth` hidden layers each
-/// followed by a time scale-shift and the activation, `output` linear.
+/// How an `mlp` reads the times s and t.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Conditioning {
+    /// Sinusoidal embeddings of s and t − s through the time MLPs (METHOD §3), read by every
+    /// layer as a per-unit scale-shift.
+    #[default]
+    Embed,
+    /// The raw times as two extra inputs: the first layer sees [s, t, x] and no layer is
+    /// modulated; no time MLPs. The authors' checkerboard network (RECIPES.md); about 2.5× fewer
+    /// FLOPs than `embed` at width 256.
+    Raw,
+}
+
+/// Time-conditioned MLP for points in R^dim: `depth` hidden layers, each linear then (with
+/// `embed` conditioning) a time scale-shift, then the activation; an `output` linear.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MlpConfig {
@@ -132,6 +153,10 @@ pub struct MlpConfig {
     pub depth: usize,
     #[serde(default)]
     pub activation: Activation,
+    /// How the times enter. Default `embed`.
+    #[serde(default)]
+    pub conditioning: Conditioning,
+    /// The time embedding (unused with `raw` conditioning).
     #[serde(default)]
     pub time: TimeEmbedConfig,
 }
@@ -357,13 +382,19 @@ impl ModelConfig {
                 if c.blocks_per_level == 0 {
                     return bad("unet blocks_per_level must be positive".into());
                 }
-                let div = 1usize << (levels - 1);
+                if c.stem_stride != 1 && c.stem_stride != 2 {
+                    return bad(format!(
+                        "unet stem_stride must be 1 or 2, got {}",
+                        c.stem_stride
+                    ));
+                }
+                let halvings = levels - 1 + usize::from(c.stem_stride == 2);
+                let div = 1usize << halvings;
                 if c.height % div != 0 || c.width % div != 0 {
                     return bad(format!(
-                        "{}x{} images cannot be halved {} times (height and width must be divisible by {div})",
+                        "{}x{} images cannot be halved {halvings} times (height and width must be divisible by {div})",
                         c.height,
                         c.width,
-                        levels - 1
                     ));
                 }
                 if c.groups == 0 || c.heads == 0 {
@@ -425,8 +456,22 @@ impl ModelConfig {
             heads: defaults::heads(),
             groups: defaults::groups(),
             eps: defaults::eps(),
+            stem_stride: defaults::stem_stride(),
             time: TimeEmbedConfig::default(),
         })
+    }
+
+    /// The MNIST U-Net with a stride-2 stem: two levels at 14×14 (24 channels) and 7×7 (48,
+    /// with attention), about half the FLOPs of `mnist_default` per sample.
+    pub fn mnist_stem() -> Self {
+        let ModelConfig::Unet(mut c) = Self::mnist_default() else {
+            unreachable!("mnist_default is a unet")
+        };
+        c.base_channels = 24;
+        c.channel_mult = vec![1, 2];
+        c.attention_levels = vec![1];
+        c.stem_stride = 2;
+        ModelConfig::Unet(c)
     }
 
     /// The MLP the shipped 2-D models use.
@@ -436,8 +481,33 @@ impl ModelConfig {
             width: defaults::mlp_width(),
             depth: defaults::mlp_depth(),
             activation: Activation::Silu,
+            conditioning: Conditioning::Embed,
             time: TimeEmbedConfig::default(),
         })
+    }
+
+    /// The authors' checkerboard MLP shape (RECIPES.md) at our width: raw [s, t, x] input, GELU,
+    /// 4 × 256 (the paper's 4 × 512 costs 4× the FLOPs per sample).
+    pub fn toy2d_raw() -> Self {
+        ModelConfig::Mlp(MlpConfig {
+            dim: defaults::point_dim(),
+            width: defaults::mlp_width(),
+            depth: defaults::mlp_depth(),
+            activation: Activation::Gelu,
+            conditioning: Conditioning::Raw,
+            time: TimeEmbedConfig::default(),
+        })
+    }
+
+    /// Whether the network has the time-embedding MLPs (`time.s`, `time.d`).
+    pub fn has_time_embedding(&self) -> bool {
+        !matches!(
+            self,
+            ModelConfig::Mlp(MlpConfig {
+                conditioning: Conditioning::Raw,
+                ..
+            })
+        )
     }
 }
 
@@ -515,6 +585,9 @@ mod defaults {
     pub fn eps() -> f32 {
         1e-5
     }
+    pub fn stem_stride() -> usize {
+        1
+    }
     pub fn point_dim() -> usize {
         2
     }
@@ -571,6 +644,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("does not match"));
+    }
+
+    #[test]
+    fn stem_stride_is_validated_against_the_image_size() {
+        assert!(ModelConfig::mnist_stem().validate().is_ok());
+        let ModelConfig::Unet(mut c) = ModelConfig::mnist_default() else {
+            panic!("a unet")
+        };
+        c.stem_stride = 2; // 28 → 14 → 7 → 3.5 with three levels
+        let e = ModelConfig::Unet(c.clone())
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("halved 3 times"), "{e}");
+        c.stem_stride = 3;
+        let e = ModelConfig::Unet(c).validate().unwrap_err().to_string();
+        assert!(e.contains("stem_stride must be 1 or 2"), "{e}");
+        // Files written before the field existed read as stride 1.
+        let old: ModelConfig =
+            serde_json::from_str(r#"{"arch":"unet","in_channels":1,"height":28,"width":28}"#)
+                .unwrap();
+        assert_eq!(old, ModelConfig::mnist_default());
     }
 
     #[test]

@@ -59,11 +59,23 @@ fn mlp_gpu_matches_cpu() {
     parity("mlp", tiny_mlp());
 }
 
+/// The authors' raw-time MLP ([s, t, x] input, no time embedding): the times reach the first
+/// layer through the channel concatenation on every backend.
+#[test]
+fn raw_time_mlp_gpu_matches_cpu() {
+    let mut cfg = tiny_mlp();
+    if let flowmap::config::ModelConfig::Mlp(c) = &mut cfg {
+        c.conditioning = flowmap::config::Conditioning::Raw;
+    }
+    parity("mlp-raw", cfg);
+}
+
 #[test]
 fn default_configs_build_and_name_their_tensors_uniquely() {
     for model in [
         flowmap::config::ModelConfig::mnist_default(),
         flowmap::config::ModelConfig::toy2d_default(),
+        flowmap::config::ModelConfig::toy2d_raw(),
     ] {
         let specs = flowmap::net::param_specs(&model).unwrap();
         let mut names: Vec<_> = specs.iter().map(|s| s.name.clone()).collect();

@@ -21,7 +21,7 @@ mod unet;
 pub use embed::TimeEmbed;
 
 use crate::backend::Backend;
-use crate::config::{ModelConfig, ModelMeta};
+use crate::config::{Conditioning, ModelConfig, ModelMeta};
 use crate::error::{Error, Result};
 use crate::shape::{ShapeBackend, ShapeTensor};
 
@@ -85,7 +85,8 @@ enum Body<B: Backend> {
 
 /// v_θ(s, t, x): the network of METHOD §3, for either architecture.
 pub struct Network<B: Backend> {
-    time: TimeEmbed<B>,
+    /// The time embedding; None for an `mlp` with `raw` conditioning.
+    time: Option<TimeEmbed<B>>,
     body: Body<B>,
     sample_shape: Vec<usize>,
 }
@@ -93,7 +94,11 @@ pub struct Network<B: Backend> {
 impl<B: Backend> Network<B> {
     pub fn build(config: &ModelConfig, src: &mut dyn ParamSource<B>) -> Result<Self> {
         config.validate()?;
-        let time = TimeEmbed::build(config.time(), src)?;
+        let time = if config.has_time_embedding() {
+            Some(TimeEmbed::build(config.time(), src)?)
+        } else {
+            None
+        };
         let body = match config {
             ModelConfig::Unet(c) => Body::Unet(Box::new(unet::Unet::build(c, src)?)),
             ModelConfig::Mlp(c) => Body::Mlp(mlp::Mlp::build(c, src)?),
@@ -131,14 +136,23 @@ impl<B: Backend> Network<B> {
                 "{n} samples need {n} times s and t"
             )));
         }
-        let dt: Vec<f32> = s.iter().zip(t).map(|(s, t)| t - s).collect();
-        let s_t = b.upload(s, &[n])?;
-        let dt_t = b.upload(&dt, &[n])?;
-        let cond = self.time.forward(b, &s_t, &dt_t);
-        Ok(match &self.body {
-            Body::Unet(u) => u.forward(b, x, &cond),
-            Body::Mlp(m) => m.forward(b, x, &cond),
-        })
+        let cond = match &self.time {
+            Some(time) => {
+                let dt: Vec<f32> = s.iter().zip(t).map(|(s, t)| t - s).collect();
+                let s_t = b.upload(s, &[n])?;
+                let dt_t = b.upload(&dt, &[n])?;
+                Some(time.forward(b, &s_t, &dt_t))
+            }
+            None => None,
+        };
+        match (&self.body, cond) {
+            (Body::Unet(u), Some(cond)) => Ok(u.forward(b, x, &cond)),
+            (Body::Mlp(m), cond) if m.conditioning() == Conditioning::Embed => {
+                Ok(m.forward(b, x, cond.as_ref()))
+            }
+            (Body::Mlp(m), _) => Ok(m.forward(b, &mlp::raw_input(b, x, s, t)?, None)),
+            (Body::Unet(_), None) => Err(Error::Config("a unet needs its time embedding".into())),
+        }
     }
 
     /// One flow-map jump X_{s,t}(x) = x + (t − s) v_θ(s, t, x) for the whole batch (METHOD §3).

@@ -34,6 +34,8 @@ pub struct Unet<B: Backend> {
     up: Vec<Level<B>>,
     out_norm: Norm<B>,
     out_conv: Conv<B>,
+    /// `conv_in` had stride 2: upsample before `out_conv`.
+    stem: bool,
 }
 
 impl<B: Backend> Unet<B> {
@@ -64,13 +66,14 @@ impl<B: Backend> Unet<B> {
             })
         };
 
+        let stem = c.stem_stride == 2;
         let conv_in = Conv::build(
             src,
             "conv_in",
             c.in_channels,
             c.base_channels,
             3,
-            Conv2d::SAME,
+            if stem { Conv2d::DOWN } else { Conv2d::SAME },
         )?;
         // Channels of each skip connection, in push order.
         let mut skips = vec![c.base_channels];
@@ -145,6 +148,7 @@ impl<B: Backend> Unet<B> {
             up,
             out_norm: Norm::build(src, "out.norm", ch, g, eps)?,
             out_conv: Conv::build(src, "out.conv", ch, c.in_channels, 3, Conv2d::SAME)?,
+            stem,
         })
     }
 
@@ -174,6 +178,11 @@ impl<B: Backend> Unet<B> {
             }
         }
         let h = self.out_norm.forward(be, &h, None, true);
+        let h = if self.stem {
+            be.upsample_nearest2x(&h)
+        } else {
+            h
+        };
         self.out_conv.forward(be, &h, None)
     }
 }

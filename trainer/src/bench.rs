@@ -102,7 +102,20 @@ pub fn forward(model: &ModelConfig, batch: usize, iters: usize, with_wgpu: bool)
     Ok(())
 }
 
-/// Training samples/s of each objective for `steps` steps on `device`.
+/// The architectures `trainer bench --preset` knows, with the data set each trains on.
+pub fn preset(name: &str) -> Result<(ModelConfig, &'static str), String> {
+    match name {
+        "mnist" => Ok((ModelConfig::mnist_default(), "mnist")),
+        "toy2d" => Ok((ModelConfig::toy2d_default(), "checkerboard")),
+        "toy2d-raw" => Ok((ModelConfig::toy2d_raw(), "checkerboard")),
+        "mnist-s2" => Ok((ModelConfig::mnist_stem(), "mnist")),
+        other => Err(format!(
+            "unknown preset `{other}` (mnist, mnist-s2, toy2d, toy2d-raw)"
+        )),
+    }
+}
+
+/// Training samples/s of each objective (all when `only` is empty) for `steps` steps on `device`.
 pub fn training(
     data: &str,
     model: Option<ModelConfig>,
@@ -110,6 +123,7 @@ pub fn training(
     steps: usize,
     device: Device,
     label: &str,
+    only: &[Objective],
 ) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("flowmap-bench-{}", std::process::id()));
     let mut teacher_cfg = TrainConfig::new(Objective::Fm, data);
@@ -126,6 +140,9 @@ pub fn training(
     .model_path;
     println!("training throughput on {data} ({}), batch {batch}, {} steps (the first, slower one included), {label}:", teacher_cfg.model().arch_name(), steps + 1);
     for obj in Objective::ALL {
+        if !only.is_empty() && !only.contains(&obj) {
+            continue;
+        }
         let mut cfg = TrainConfig::new(obj, data);
         cfg.model = model.clone();
         cfg.batch = batch;

@@ -10,9 +10,12 @@ use burn::tensor::activation::{gelu, relu, silu, softmax};
 use burn::tensor::module::{conv2d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData};
-use flowmap::backend::{conv2d_out_shape, Backend, Conv2d, Shaped};
+use flowmap::backend::{conv2d_out_shape, Backend, Conv2d, OpFamily, Shaped};
 use flowmap::config::Activation;
 use flowmap::{Error, Result};
+use std::time::Instant;
+
+pub use crate::profile::{Op, OpCall, OpLog};
 
 /// A burn tensor with its flowmap shape.
 #[derive(Clone, Debug)]
@@ -27,7 +30,7 @@ impl Shaped for BurnTensor {
     }
 }
 
-fn pad4(shape: &[usize]) -> [usize; 4] {
+pub(crate) fn pad4(shape: &[usize]) -> [usize; 4] {
     assert!(
         shape.len() <= 4,
         "flowmap tensors have rank ≤ 4, got {shape:?}"
@@ -82,11 +85,40 @@ impl BurnTensor {
 #[derive(Clone, Debug)]
 pub struct BurnBackend {
     pub device: Device,
+    /// When set, every op's wall time, FLOPs and shapes are recorded (`trainer bench --profile`).
+    /// Meaningful on `flex`, which executes each op eagerly.
+    pub profile: Option<OpLog>,
+    /// Convolutions and GroupNorm through [`crate::flex_ops`] (flex devices) instead of burn's ops.
+    pub fast_ops: bool,
 }
 
 impl BurnBackend {
     pub fn new(device: Device) -> Self {
-        BurnBackend { device }
+        let fast_ops = matches!(
+            device.clone().inner().as_dispatch(),
+            burn::backend::DispatchDevice::Flex(_)
+        );
+        BurnBackend {
+            device,
+            profile: None,
+            fast_ops,
+        }
+    }
+
+    /// Starts a clock if profiling.
+    fn tick(&self) -> Option<Instant> {
+        self.profile.as_ref().map(|_| Instant::now())
+    }
+
+    /// Records an op that started at `start` and produced `y`.
+    fn note(&self, start: Option<Instant>, op: Op, y: &BurnTensor) {
+        if let (Some(log), Some(start)) = (&self.profile, start) {
+            log.record(OpCall {
+                op,
+                secs: start.elapsed().as_secs_f64(),
+                grad: y.t.is_tracked(),
+            });
+        }
     }
 
     pub fn tensor(&self, data: Vec<f32>, shape: &[usize]) -> BurnTensor {
@@ -135,13 +167,35 @@ impl Backend for BurnBackend {
         geom: Conv2d,
         residual: Option<&BurnTensor>,
     ) -> BurnTensor {
+        let start = self.tick();
         let out = conv2d_out_shape(&x.shape, &w.shape, geom);
-        let opts = ConvOptions::new([geom.stride; 2], [geom.padding; 2], [1, 1], 1);
-        let mut y = conv2d(x.t.clone(), w.t.clone(), Some(bias.r1()), opts);
+        let mut y = if self.fast_ops {
+            crate::flex_ops::conv2d(
+                x.t.clone(),
+                w.t.clone(),
+                bias.r1(),
+                geom.stride,
+                geom.padding,
+            )
+        } else {
+            let opts = ConvOptions::new([geom.stride; 2], [geom.padding; 2], [1, 1], 1);
+            conv2d(x.t.clone(), w.t.clone(), Some(bias.r1()), opts)
+        };
         if let Some(r) = residual {
             y = y + r.t.clone();
         }
-        wrap(y, out)
+        let y = wrap(y, out);
+        self.note(
+            start,
+            Op::Conv2d {
+                x: pad4(&x.shape),
+                w: pad4(&w.shape),
+                geom,
+                residual: residual.is_some(),
+            },
+            &y,
+        );
+        y
     }
 
     fn group_norm(
@@ -154,23 +208,56 @@ impl Backend for BurnBackend {
         modulation: Option<&BurnTensor>,
         silu_after: bool,
     ) -> BurnTensor {
+        let start = self.tick();
         let [n, c, h, w] = pad4(&x.shape);
-        let g = x.t.clone().reshape([n, groups, (c / groups) * h * w]);
-        let mean = g.clone().mean_dim(2);
-        let centred = g - mean;
-        let var = centred.clone().square().mean_dim(2);
-        let normed = (centred / (var + eps).sqrt()).reshape([n, c, h, w]);
-        let mut y = normed * gamma.r1().reshape([1, c, 1, 1]) + beta.r1().reshape([1, c, 1, 1]);
-        if let Some(m) = modulation {
-            let m = m.r2();
-            let scale = m.clone().slice([0..n, 0..c]).reshape([n, c, 1, 1]);
-            let shift = m.slice([0..n, c..2 * c]).reshape([n, c, 1, 1]);
-            y = y * (scale + 1.0) + shift;
-        }
-        if silu_after {
-            y = silu(y);
-        }
-        wrap(y, x.shape.clone())
+        let gamma = gamma.r1().reshape([1, c]);
+        let beta = beta.r1().reshape([1, c]);
+        // The affine and the time scale-shift folded into one per-(sample, channel) factor and
+        // offset on [N, C]: y = x̂ · a + b with a = γ · (1 + scale), b = β · (1 + scale) + shift.
+        let (a, b) = match modulation {
+            Some(m) => {
+                let m = m.r2();
+                let scale = m.clone().slice([0..n, 0..c]) + 1.0;
+                let shift = m.slice([0..n, c..2 * c]);
+                (gamma * scale.clone(), beta * scale + shift)
+            }
+            None => (gamma.expand([n, c]), beta.expand([n, c])),
+        };
+        let y = if self.fast_ops {
+            crate::flex_ops::group_norm(x.t.clone(), a, b, groups, eps, silu_after)
+        } else {
+            // Two full-size passes after the statistics; the profile (docs/BENCHMARKS.md) found
+            // GroupNorm memory-bound.
+            let cg = c / groups;
+            let g = x.t.clone().reshape([n, groups, cg * h * w]);
+            let mean = g.clone().mean_dim(2);
+            let centred = g - mean;
+            let var = centred.clone().square().mean_dim(2);
+            let rstd = (var + eps)
+                .sqrt()
+                .recip()
+                .expand([n, groups, cg])
+                .reshape([n, c]);
+            let y = centred.reshape([n, c, h, w]) * (rstd * a).reshape([n, c, 1, 1])
+                + b.reshape([n, c, 1, 1]);
+            if silu_after {
+                silu(y)
+            } else {
+                y
+            }
+        };
+        let y = wrap(y, x.shape.clone());
+        self.note(
+            start,
+            Op::GroupNorm {
+                x: pad4(&x.shape),
+                groups,
+                modulation: modulation.is_some(),
+                silu: silu_after,
+            },
+            &y,
+        );
+        y
     }
 
     fn linear(
@@ -181,6 +268,7 @@ impl Backend for BurnBackend {
         modulation: Option<&BurnTensor>,
         act: Activation,
     ) -> BurnTensor {
+        let start = self.tick();
         let (n, out) = (x.shape[0], w.shape[0]);
         // flowmap stores linear weights [out, in]: y = x wᵀ + b.
         let mut y = x.r2().matmul(w.r2().transpose()) + bias.r1().reshape([1, out]);
@@ -191,7 +279,19 @@ impl Backend for BurnBackend {
             y = y * (scale + 1.0) + shift;
         }
         let y = apply_act(y, act);
-        wrap(y.reshape([n, out, 1, 1]), vec![n, out])
+        let y = wrap(y.reshape([n, out, 1, 1]), vec![n, out]);
+        self.note(
+            start,
+            Op::Linear {
+                n,
+                inp: w.shape[1],
+                out,
+                modulation: modulation.is_some(),
+                act,
+            },
+            &y,
+        );
+        y
     }
 
     fn timestep_embedding(
@@ -201,6 +301,7 @@ impl Backend for BurnBackend {
         max_period: f32,
         time_scale: f32,
     ) -> BurnTensor {
+        let start = self.tick();
         let n = times.shape[0];
         let half = dim / 2;
         let freqs: Vec<f32> = flowmap::cpu::embedding_frequencies(half, max_period)
@@ -211,10 +312,13 @@ impl Backend for BurnBackend {
             Tensor::<1>::from_data(TensorData::new(freqs, [half]), &self.device).reshape([1, half]);
         let args = times.r1().reshape([n, 1]) * freqs;
         let y = Tensor::cat(vec![args.clone().cos(), args.sin()], 1);
-        wrap(y.reshape([n, dim, 1, 1]), vec![n, dim])
+        let y = wrap(y.reshape([n, dim, 1, 1]), vec![n, dim]);
+        self.note(start, Op::Other(OpFamily::Embedding), &y);
+        y
     }
 
     fn attention(&self, qkv: &BurnTensor, heads: usize) -> BurnTensor {
+        let start = self.tick();
         let (n, c, l) = (qkv.shape[0], qkv.shape[1] / 3, qkv.shape[2]);
         let d = c / heads;
         let all = qkv.r3();
@@ -227,22 +331,30 @@ impl Backend for BurnBackend {
         let scores = q.swap_dims(2, 3).matmul(k) * (1.0 / (d as f32).sqrt()); // [n, h, l, l]
         let p = softmax(scores, 3);
         let o = v.matmul(p.swap_dims(2, 3)); // [n, h, d, l]
-        wrap(o.reshape([n, c, l, 1]), vec![n, c, l])
+        let y = wrap(o.reshape([n, c, l, 1]), vec![n, c, l]);
+        self.note(start, Op::Attention { n, c, l, heads }, &y);
+        y
     }
 
     fn upsample_nearest2x(&self, x: &BurnTensor) -> BurnTensor {
+        let start = self.tick();
         let s = &x.shape;
         let y = interpolate(
             x.t.clone(),
             InterpolateOptions::new(InterpolateMode::Nearest).with_scale_factor([2.0, 2.0]),
         );
-        wrap(y, vec![s[0], s[1], 2 * s[2], 2 * s[3]])
+        let y = wrap(y, vec![s[0], s[1], 2 * s[2], 2 * s[3]]);
+        self.note(start, Op::Other(OpFamily::Upsample), &y);
+        y
     }
 
     fn concat_channels(&self, a: &BurnTensor, b: &BurnTensor) -> BurnTensor {
+        let start = self.tick();
         let mut shape = a.shape.clone();
         shape[1] += b.shape[1];
-        wrap(Tensor::cat(vec![a.t.clone(), b.t.clone()], 1), shape)
+        let y = wrap(Tensor::cat(vec![a.t.clone(), b.t.clone()], 1), shape);
+        self.note(start, Op::Other(OpFamily::Concat), &y);
+        y
     }
 
     fn reshape(&self, t: &BurnTensor, shape: &[usize]) -> BurnTensor {
@@ -250,15 +362,24 @@ impl Backend for BurnBackend {
     }
 
     fn add(&self, a: &BurnTensor, b: &BurnTensor) -> BurnTensor {
-        wrap(a.t.clone() + b.t.clone(), a.shape.clone())
+        let start = self.tick();
+        let y = wrap(a.t.clone() + b.t.clone(), a.shape.clone());
+        self.note(start, Op::Other(OpFamily::Elementwise), &y);
+        y
     }
 
     fn activation(&self, x: &BurnTensor, act: Activation) -> BurnTensor {
-        wrap(apply_act(x.t.clone(), act), x.shape.clone())
+        let start = self.tick();
+        let y = wrap(apply_act(x.t.clone(), act), x.shape.clone());
+        self.note(start, Op::Other(OpFamily::Elementwise), &y);
+        y
     }
 
     fn flow_step(&self, x: &BurnTensor, v: &BurnTensor, dt: f32) -> BurnTensor {
-        wrap(x.t.clone() + v.t.clone() * dt, x.shape.clone())
+        let start = self.tick();
+        let y = wrap(x.t.clone() + v.t.clone() * dt, x.shape.clone());
+        self.note(start, Op::Other(OpFamily::Elementwise), &y);
+        y
     }
 }
 

@@ -2,6 +2,7 @@
 //! resolved config is saved as `config.toml` beside the checkpoint.
 
 use crate::objectives::Objective;
+use crate::optim::Optimizer;
 use flowmap::config::{Interpolant, ModelConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -38,12 +39,24 @@ pub struct TrainConfig {
     /// Peak Adam learning rate. Default 1e-3.
     #[serde(default = "d::lr")]
     pub lr: f64,
-    /// Linear warm-up steps, then cosine decay to `lr · final_lr_ratio`. Default 100.
+    /// Linear warm-up steps, then the `schedule`. Default 100.
     #[serde(default = "d::warmup")]
     pub warmup: usize,
-    /// Default 0.1.
+    /// After warm-up: `cosine` decay to `lr · final_lr_ratio` at `steps`, or `rsqrt`: flat until
+    /// `decay_start`, then lr · √(decay_start / step), the authors' schedule (RECIPES.md), which
+    /// does not depend on `steps`, so a run can be extended on resume without changing its past.
+    /// Default `cosine`.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// `cosine`: the final learning rate as a fraction of `lr`. Default 0.1.
     #[serde(default = "d::final_lr_ratio")]
     pub final_lr_ratio: f64,
+    /// `rsqrt`: the step where the 1/√ decay begins. Default 35,000 (the authors' value).
+    #[serde(default = "d::decay_start")]
+    pub decay_start: usize,
+    /// `adam` or `radam` (the authors' choice). Default `adam`.
+    #[serde(default)]
+    pub optimizer: Optimizer,
     /// Global gradient-norm clip. Default 10 (METHOD §7's checkerboard runs).
     #[serde(default = "d::grad_clip")]
     pub grad_clip: f32,
@@ -82,6 +95,25 @@ pub struct TrainConfig {
     pub log_every: usize,
 }
 
+/// The learning-rate curve after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    #[default]
+    Cosine,
+    Rsqrt,
+}
+
+impl Schedule {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "cosine" => Ok(Schedule::Cosine),
+            "rsqrt" => Ok(Schedule::Rsqrt),
+            _ => Err(format!("unknown schedule `{s}` (cosine, rsqrt)")),
+        }
+    }
+}
+
 mod d {
     pub fn steps() -> usize {
         2000
@@ -97,6 +129,9 @@ mod d {
     }
     pub fn final_lr_ratio() -> f64 {
         0.1
+    }
+    pub fn decay_start() -> usize {
+        35_000
     }
     pub fn grad_clip() -> f32 {
         10.0
@@ -165,10 +200,18 @@ impl TrainConfig {
         self.model().validate().map_err(|e| e.to_string())
     }
 
-    /// The learning rate at a step: linear warm-up, then cosine decay.
+    /// The learning rate at a step: linear warm-up, then the schedule.
     pub fn lr_at(&self, step: usize) -> f64 {
         if step < self.warmup {
             return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        if self.schedule == Schedule::Rsqrt {
+            let start = self.decay_start.max(1);
+            return if step <= start {
+                self.lr
+            } else {
+                self.lr * (start as f64 / step as f64).sqrt()
+            };
         }
         let span = (self.steps - self.warmup.min(self.steps)).max(1) as f64;
         let p = ((step - self.warmup) as f64 / span).min(1.0);
@@ -197,6 +240,29 @@ mod tests {
         assert!((c.lr_at(999) - 1e-4).abs() < 1e-6);
         assert_eq!(c.pfmm_gap(0), (0, 0.125));
         assert_eq!(c.pfmm_gap(999), (3, 1.0));
+    }
+
+    #[test]
+    fn rsqrt_schedule_is_flat_then_inverse_square_root() {
+        let mut c = TrainConfig::new(Objective::Lsd, "checkerboard");
+        c.schedule = Schedule::Rsqrt;
+        c.warmup = 10;
+        c.decay_start = 1000;
+        c.steps = 500; // the total does not matter to rsqrt
+        assert!((c.lr_at(4) - 5e-4).abs() < 1e-12);
+        assert_eq!(c.lr_at(10), 1e-3);
+        assert_eq!(c.lr_at(1000), 1e-3);
+        assert!((c.lr_at(4000) - 5e-4).abs() < 1e-12);
+        assert!((c.lr_at(16_000) - 2.5e-4).abs() < 1e-12);
+        let longer = TrainConfig {
+            steps: 100_000,
+            ..c.clone()
+        };
+        assert!((0..20_000)
+            .step_by(97)
+            .all(|s| c.lr_at(s) == longer.lr_at(s)));
+        assert_eq!(Schedule::parse("rsqrt"), Ok(Schedule::Rsqrt));
+        assert!(Schedule::parse("linear").is_err());
     }
 
     #[test]

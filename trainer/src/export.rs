@@ -3,6 +3,7 @@
 
 use crate::checkpoint;
 use crate::config::TrainConfig;
+use crate::data::DataSource;
 use crate::params::ParamStore;
 use anyhow::{Context, Result};
 use flowmap::config::{DataSpec, ModelConfig, ModelMeta, FORMAT_VERSION};
@@ -59,6 +60,13 @@ pub fn model_meta(
     }
 }
 
+/// The metadata a run exports with, from its config alone (for `trainer export`).
+pub fn run_meta(cfg: &TrainConfig) -> Result<ModelMeta> {
+    let data = DataSource::load(&cfg.data)?;
+    let sigma0 = cfg.sigma0.unwrap_or_else(|| data.default_sigma0());
+    Ok(model_meta(cfg, &cfg.model(), data.spec(), sigma0))
+}
+
 /// Writes `params` (normally the EMA weights) with `meta`, recording the step count.
 pub fn write(
     path: &Path,
@@ -77,7 +85,7 @@ pub fn write(
 /// `trainer export`: a checkpoint's EMA weights to a flowmap weights file.
 pub fn from_checkpoint(ckpt: &Path, out: &Path, dtype: StoreDtype) -> Result<ModelMeta> {
     let (cmeta, groups) = checkpoint::load(ckpt)?;
-    let meta = crate::train::run_meta(&cmeta.config)?;
+    let meta = run_meta(&cmeta.config)?;
     let ema = groups
         .get("ema")
         .context("the checkpoint has no EMA weights")?;

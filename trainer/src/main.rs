@@ -8,11 +8,13 @@ mod config;
 mod data;
 mod eval;
 mod export;
+mod flex_ops;
 mod flow;
 mod interpolant;
 mod objectives;
 mod optim;
 mod params;
+mod profile;
 mod train;
 
 #[cfg(test)]
@@ -85,12 +87,24 @@ struct TrainArgs {
     checkpoint_every: Option<usize>,
     #[arg(long)]
     log_every: Option<usize>,
-    /// The run directory: config.toml, checkpoint.safetensors, loss.csv, model.safetensors.
-    #[arg(long, default_value = "runs/latest")]
-    out: PathBuf,
-    /// Continue from the run directory's checkpoint.
+    /// Learning-rate schedule after warm-up: cosine or rsqrt (flat until --decay-start, then 1/√).
     #[arg(long)]
-    resume: bool,
+    schedule: Option<String>,
+    /// rsqrt: the step where the 1/√ decay begins.
+    #[arg(long)]
+    decay_start: Option<usize>,
+    /// adam or radam.
+    #[arg(long)]
+    optimizer: Option<String>,
+    /// The run directory: config.toml, checkpoint.safetensors, loss.csv, model.safetensors
+    /// [default: runs/latest, or the --resume directory].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue from a run directory's checkpoint (the --out directory when no DIR is given).
+    /// The run's saved config is the starting point; flags given here override it (e.g. --steps
+    /// to train longer).
+    #[arg(long, num_args = 0..=1, value_name = "DIR")]
+    resume: Option<Option<PathBuf>>,
     /// auto (wgpu only on a real GPU adapter), flex (CPU) or wgpu.
     #[arg(long, default_value = "auto")]
     backend: String,
@@ -159,9 +173,24 @@ enum Command {
         /// Measure training samples/s per objective for this many steps instead.
         #[arg(long)]
         train_steps: Option<usize>,
-        /// Training backend for --train-steps: flex or wgpu.
+        /// Training backend for --train-steps and --profile: flex or wgpu.
         #[arg(long, default_value = "flex")]
         backend: String,
+        /// Profile this many training steps per objective instead: time per op family, forward
+        /// and backward, burn's overhead, GFLOP/s against a same-run matmul (Markdown).
+        #[arg(long)]
+        profile: Option<usize>,
+        /// Objectives for --train-steps and --profile [default: all for --train-steps, fm,lsd
+        /// for --profile].
+        #[arg(long, value_delimiter = ',')]
+        objectives: Vec<String>,
+        /// Time the U-Net's 3×3 convolutions through burn's conv2d, burn-op im2col and
+        /// flowmap's flex conv.
+        #[arg(long)]
+        conv: bool,
+        /// --profile with burn's own conv2d and GroupNorm on flex instead of flowmap's flex ops.
+        #[arg(long)]
+        burn_ops: bool,
     },
     /// Inspect training data.
     Data {
@@ -212,15 +241,40 @@ fn pick_device(name: &str) -> Result<(Device, String)> {
     }
 }
 
+impl TrainArgs {
+    /// The run directory: --out, else the --resume DIR, else runs/latest.
+    fn run_dir(&self) -> PathBuf {
+        match (&self.out, &self.resume) {
+            (Some(out), _) => out.clone(),
+            (None, Some(Some(dir))) => dir.clone(),
+            _ => PathBuf::from("runs/latest"),
+        }
+    }
+
+    /// The config saved in the checkpoint being resumed, if any.
+    fn resumed_config(&self) -> Result<Option<TrainConfig>> {
+        if self.resume.is_none() {
+            return Ok(None);
+        }
+        let ckpt = self.run_dir().join("checkpoint.safetensors");
+        if !ckpt.exists() {
+            return Ok(None);
+        }
+        Ok(Some(checkpoint::load(&ckpt)?.0.config))
+    }
+}
+
 fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
-    let mut cfg = match &a.config {
-        Some(p) => {
+    let resumed = a.resumed_config()?;
+    let mut cfg = match (&a.config, resumed) {
+        (None, Some(saved)) => saved,
+        (Some(p), _) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             toml::from_str::<TrainConfig>(&text)
                 .with_context(|| format!("parsing {}", p.display()))?
         }
-        None => {
+        (None, None) => {
             let obj = a
                 .objective
                 .as_deref()
@@ -253,8 +307,15 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         seed,
         pfmm_stages,
         checkpoint_every,
-        log_every
+        log_every,
+        decay_start
     );
+    if let Some(s) = &a.schedule {
+        cfg.schedule = config::Schedule::parse(s).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(o) = &a.optimizer {
+        cfg.optimizer = optim::Optimizer::parse(o).map_err(anyhow::Error::msg)?;
+    }
     if a.init.is_some() {
         cfg.init = a.init.clone();
     }
@@ -288,7 +349,7 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.steps,
                 cfg.batch
             );
-            let s = train::train(&cfg, device, &a.out, a.resume, a.quiet)?;
+            let s = train::train(&cfg, device, &a.run_dir(), a.resume.is_some(), a.quiet)?;
             println!(
                 "done: {} steps, final loss {:.5}, {:.1} samples/s; wrote {}",
                 s.steps,
@@ -356,21 +417,44 @@ fn run(cli: Cli) -> Result<()> {
             wgpu,
             train_steps,
             backend,
+            profile,
+            objectives,
+            conv,
+            burn_ops,
         } => {
-            let (model, data) = match preset.as_str() {
-                "mnist" => (flowmap::config::ModelConfig::mnist_default(), "mnist"),
-                "toy2d" => (
-                    flowmap::config::ModelConfig::toy2d_default(),
-                    "checkerboard",
-                ),
-                other => bail!("unknown preset `{other}` (mnist, toy2d)"),
-            };
-            match train_steps {
-                Some(steps) => {
+            if conv {
+                profile::conv_variants(batch);
+                return Ok(());
+            }
+            let (model, data) = bench::preset(&preset).map_err(anyhow::Error::msg)?;
+            let objectives = objectives
+                .iter()
+                .map(|o| Objective::parse(o).map_err(anyhow::Error::msg))
+                .collect::<Result<Vec<_>>>()?;
+            match (profile, train_steps) {
+                (Some(steps), _) => {
                     let (device, name) = pick_device(&backend)?;
-                    bench::training(data, Some(model), batch, steps, device, &name)
+                    let objectives = if objectives.is_empty() {
+                        vec![Objective::Fm, Objective::Lsd]
+                    } else {
+                        objectives
+                    };
+                    for obj in objectives {
+                        let mut cfg = TrainConfig::new(obj, data);
+                        cfg.model = Some(model.clone());
+                        cfg.batch = batch;
+                        if obj.needs_teacher() {
+                            bail!("--profile takes teacher-free objectives (fm, lsd, psd, esd)");
+                        }
+                        profile::run(&cfg, device.clone(), steps, &name, burn_ops)?;
+                    }
+                    Ok(())
                 }
-                None => bench::forward(&model, batch, iters, wgpu),
+                (None, Some(steps)) => {
+                    let (device, name) = pick_device(&backend)?;
+                    bench::training(data, Some(model), batch, steps, device, &name, &objectives)
+                }
+                (None, None) => bench::forward(&model, batch, iters, wgpu),
             }
         }
         Command::Data { what } => match what {

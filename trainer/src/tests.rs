@@ -31,10 +31,27 @@ fn tiny_mlp() -> ModelConfig {
     serde_json::from_str(r#"{"arch":"mlp","dim":2,"width":32,"depth":3,"activation":"gelu","time":{"dim":16,"hidden":32}}"#).unwrap()
 }
 
-/// The burn network and the flowmap sampler's backends agree on the same weights and inputs.
+fn tiny_raw_mlp() -> ModelConfig {
+    serde_json::from_str(
+        r#"{"arch":"mlp","dim":2,"width":32,"depth":3,"activation":"gelu","conditioning":"raw"}"#,
+    )
+    .unwrap()
+}
+
+/// The burn network (flowmap's flex ops for convolutions and norms) and the flowmap sampler's
+/// backends agree on the same weights and inputs, for the tiny test networks and every
+/// architecture the presets offer.
 #[test]
 fn burn_network_matches_the_sampler_backends() {
-    for (name, cfg) in [("unet", tiny_unet()), ("mlp", tiny_mlp())] {
+    for (name, cfg) in [
+        ("unet", tiny_unet()),
+        ("mlp", tiny_mlp()),
+        ("mlp-raw", tiny_raw_mlp()),
+        ("preset mnist", ModelConfig::mnist_default()),
+        ("preset mnist-s2", ModelConfig::mnist_stem()),
+        ("preset toy2d", ModelConfig::toy2d_default()),
+        ("preset toy2d-raw", ModelConfig::toy2d_raw()),
+    ] {
         let tensors = random_tensors(&flowmap::net::param_specs(&cfg).unwrap(), 3);
         let n = 3;
         let x = Rng::new(9).normals(n * cfg.sample_len(), 1.0);
@@ -499,4 +516,185 @@ fn feature_classifier_learns_digits_and_round_trips() {
     let back = Classifier::load(&dir.join("c.safetensors"), &Device::flex()).unwrap();
     assert_eq!(back.accuracy(&test).unwrap(), acc);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Runs the `trainer` CLI in-process.
+fn cli(args: &[&str]) -> anyhow::Result<()> {
+    use clap::Parser;
+    let mut argv = vec!["trainer"];
+    argv.extend_from_slice(args);
+    crate::run(crate::Cli::try_parse_from(argv)?)
+}
+
+/// A tiny run config with the authors' recipe options, as a TOML file.
+fn recipe_toml(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = dir.join("tiny.toml");
+    std::fs::write(
+        &p,
+        r#"objective = "lsd"
+batch = 64
+lr = 3e-3
+warmup = 2
+schedule = "rsqrt"
+decay_start = 3
+optimizer = "radam"
+checkpoint_every = 2
+[data]
+name = "checkerboard"
+[model]
+arch = "mlp"
+dim = 2
+width = 16
+depth = 2
+activation = "gelu"
+conditioning = "raw"
+"#,
+    )
+    .unwrap();
+    p
+}
+
+/// The committed-state path: a run's checkpoint and config copied to a fresh directory (as a
+/// clone of the repository has them, without loss.csv or model.safetensors) continue with
+/// `--resume DIR` and nothing else but the new step count, and land exactly where an
+/// uninterrupted run of the same length does (rsqrt does not depend on the total).
+#[test]
+fn a_committed_run_state_resumes_on_a_fresh_checkout() {
+    let root = tmp("committed");
+    let toml = recipe_toml(&root);
+    let (a, b, c) = (root.join("a"), root.join("b"), root.join("c"));
+    let path = |p: &std::path::Path| p.display().to_string();
+    cli(&[
+        "train",
+        "--config",
+        &path(&toml),
+        "--steps",
+        "4",
+        "--out",
+        &path(&a),
+        "--quiet",
+    ])
+    .unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    for f in ["checkpoint.safetensors", "config.toml"] {
+        std::fs::copy(a.join(f), b.join(f)).unwrap();
+    }
+    cli(&["train", "--resume", &path(&b), "--steps", "8", "--quiet"]).unwrap();
+    cli(&[
+        "train",
+        "--config",
+        &path(&toml),
+        "--steps",
+        "8",
+        "--out",
+        &path(&c),
+        "--quiet",
+    ])
+    .unwrap();
+    let wb = flowmap::weights::Weights::read(&b.join("model.safetensors")).unwrap();
+    let wc = flowmap::weights::Weights::read(&c.join("model.safetensors")).unwrap();
+    assert_eq!(wb.meta.provenance["steps"], "8");
+    for (name, t) in &wc.tensors {
+        assert_eq!(wb.tensors[name].data, t.data, "{name} after resume");
+    }
+    // The resumed run kept the saved recipe.
+    let saved: TrainConfig =
+        toml::from_str(&std::fs::read_to_string(b.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(saved.optimizer, crate::optim::Optimizer::Radam);
+    assert_eq!(saved.schedule, crate::config::Schedule::Rsqrt);
+    assert_eq!(saved.steps, 8);
+    // Resuming a directory without a checkpoint and without --objective names what is missing.
+    let e = cli(&["train", "--resume", &path(&root.join("empty")), "--quiet"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--objective"), "{e}");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+/// The raw-time MLP: the first layer reads [s, t, x], there is no time embedding, and burn,
+/// the CPU reference and the export agree on its names and shapes.
+#[test]
+fn raw_time_mlp_has_the_authors_input_layout() {
+    let cfg = ModelConfig::toy2d_raw();
+    let specs = flowmap::net::param_specs(&cfg).unwrap();
+    assert!(specs
+        .iter()
+        .all(|s| !s.name.starts_with("time.") && !s.name.contains(".emb")));
+    let first = specs.iter().find(|s| s.name == "layers.0.weight").unwrap();
+    assert_eq!(first.shape, vec![256, 4]);
+    assert_eq!(specs.len(), 2 * 5);
+    // The network's value depends on s and t through those two inputs only: with the weights of
+    // the time columns zeroed, v no longer changes with the times.
+    let mut tensors = random_tensors(&specs, 5);
+    let be = flex();
+    let x = be.tensor(vec![0.3, -0.2, 0.1, 0.9], &[2, 2]);
+    let eval = |tensors: &std::collections::BTreeMap<String, flowmap::weights::HostTensor>| {
+        let net = ParamStore::from_host(&cfg, tensors, &be.device)
+            .unwrap()
+            .network(&cfg)
+            .unwrap();
+        let a = be
+            .download(&net.velocity(&be, &x, &[0.1, 0.2], &[0.5, 0.9]).unwrap())
+            .unwrap();
+        let b = be
+            .download(&net.velocity(&be, &x, &[0.4, 0.0], &[0.6, 0.3]).unwrap())
+            .unwrap();
+        (a, b)
+    };
+    let (a, b) = eval(&tensors);
+    assert!(a.iter().zip(&b).any(|(a, b)| (a - b).abs() > 1e-4));
+    let w = tensors.get_mut("layers.0.weight").unwrap();
+    for row in w.data.chunks_mut(4) {
+        row[0] = 0.0;
+        row[1] = 0.0;
+    }
+    let (a, b) = eval(&tensors);
+    assert_eq!(a, b);
+}
+
+/// A run's state moves between backends: steps on burn-wgpu, then on flex, then on wgpu again,
+/// land within float rounding of a run that stayed on flex (the checkpoint holds plain f32
+/// tensors, whatever device wrote them). Runs on any wgpu adapter, lavapipe included; without
+/// one it fails under CI and says so elsewhere.
+#[test]
+fn a_run_continues_across_gpu_and_cpu() {
+    if flowmap::gpu::GpuContext::new(true).is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no wgpu adapter: the GPU ↔ CPU continuation test needs one under CI"
+        );
+        eprintln!("GPU TEST NOT RUN: no wgpu adapter (install mesa-vulkan-drivers)");
+        return;
+    }
+    let root = tmp("gpu-cpu");
+    let toml = recipe_toml(&root);
+    let (mixed, cpu) = (root.join("mixed"), root.join("cpu"));
+    let path = |p: &std::path::Path| p.display().to_string();
+    let train = |out: &std::path::Path, steps: &str, backend: &str, resume: bool| {
+        let (cfg, out, toml) = (path(out), path(out), path(&toml));
+        let mut args = vec!["train", "--steps", steps, "--backend", backend, "--quiet"];
+        if resume {
+            args.extend(["--resume", cfg.as_str()]);
+        } else {
+            args.extend(["--config", toml.as_str(), "--out", out.as_str()]);
+        }
+        cli(&args).unwrap();
+    };
+    train(&mixed, "2", "wgpu", false);
+    train(&mixed, "4", "flex", true);
+    train(&mixed, "6", "wgpu", true);
+    train(&cpu, "6", "flex", false);
+    let a = flowmap::weights::Weights::read(&mixed.join("model.safetensors")).unwrap();
+    let b = flowmap::weights::Weights::read(&cpu.join("model.safetensors")).unwrap();
+    assert_eq!(a.meta.provenance["steps"], "6");
+    for (name, t) in &b.tensors {
+        assert_close(
+            &format!("{name} after wgpu → flex → wgpu"),
+            &a.tensors[name].data,
+            &t.data,
+            1e-3,
+        );
+    }
+    std::fs::remove_dir_all(root).unwrap();
 }

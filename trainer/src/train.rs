@@ -14,7 +14,7 @@ use crate::optim::{self, Adam};
 use crate::params::{flat, ParamStore};
 use anyhow::{bail, Context, Result};
 use burn::tensor::{Device, Tensor};
-use flowmap::config::{ModelConfig, ModelMeta};
+use flowmap::config::ModelConfig;
 use flowmap::net::Network;
 use flowmap::rng::Rng;
 use flowmap::weights::Weights;
@@ -62,86 +62,118 @@ pub struct Summary {
     pub model_path: PathBuf,
 }
 
-pub fn train(
-    cfg: &TrainConfig,
-    device: Device,
-    dir: &Path,
-    resume: bool,
-    quiet: bool,
-) -> Result<Summary> {
-    cfg.validate().map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating run directory {}", dir.display()))?;
-    let paths = RunPaths {
-        dir: dir.to_path_buf(),
-    };
-    let model_cfg = cfg.model();
-    let data = DataSource::load(&cfg.data)?;
-    if data.sample_shape() != model_cfg.sample_shape() {
-        bail!(
-            "the data's samples are {:?} but the model takes {:?}",
-            data.sample_shape(),
-            model_cfg.sample_shape()
-        );
-    }
-    let sigma0 = cfg.sigma0.unwrap_or_else(|| data.default_sigma0());
-    let device = device.autodiff();
-    let be = BurnBackend::new(device.clone());
+/// Wall-clock seconds of one step's phases.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepTimes {
+    /// Sampling the batch, times and noise on the host, and uploading them.
+    pub data: f64,
+    /// Building the loss: every network evaluation of the objective, with the autodiff graph.
+    pub forward: f64,
+    /// `loss.backward()`.
+    pub backward: f64,
+    /// Gradient norm, clipping, the optimiser update and the EMA.
+    pub update: f64,
+}
 
-    let teacher = match &cfg.teacher {
-        Some(p) => {
-            let w = Weights::read(p).with_context(|| format!("loading teacher {}", p.display()))?;
-            if w.meta.model.sample_shape() != model_cfg.sample_shape() {
-                bail!(
-                    "teacher {} generates {:?}, this run {:?}",
-                    p.display(),
-                    w.meta.model.sample_shape(),
-                    model_cfg.sample_shape()
-                );
+/// What one optimiser step reports.
+pub struct StepOutput {
+    pub loss: f32,
+    pub parts: Vec<f32>,
+    pub grad_norm: f32,
+    pub lr: f32,
+    pub times: StepTimes,
+}
+
+/// A run's model, data, teacher and state, ready to step: shared by `train` and the profiler.
+pub struct Session {
+    pub cfg: TrainConfig,
+    pub model_cfg: ModelConfig,
+    pub data: DataSource,
+    pub sigma0: f32,
+    pub be: BurnBackend,
+    teacher: Option<Network<BurnBackend>>,
+    st: State,
+}
+
+impl Session {
+    /// Loads the data and teacher and starts from the checkpoint in `resume_from` when it has
+    /// one, else from `--init` or a fresh initialisation.
+    pub fn open(cfg: &TrainConfig, device: Device, resume_from: Option<&Path>) -> Result<Self> {
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        let model_cfg = cfg.model();
+        let data = DataSource::load(&cfg.data)?;
+        if data.sample_shape() != model_cfg.sample_shape() {
+            bail!(
+                "the data's samples are {:?} but the model takes {:?}",
+                data.sample_shape(),
+                model_cfg.sample_shape()
+            );
+        }
+        let sigma0 = cfg.sigma0.unwrap_or_else(|| data.default_sigma0());
+        let device = device.autodiff();
+        let be = BurnBackend::new(device.clone());
+
+        let teacher = match &cfg.teacher {
+            Some(p) => {
+                let w =
+                    Weights::read(p).with_context(|| format!("loading teacher {}", p.display()))?;
+                if w.meta.model.sample_shape() != model_cfg.sample_shape() {
+                    bail!(
+                        "teacher {} generates {:?}, this run {:?}",
+                        p.display(),
+                        w.meta.model.sample_shape(),
+                        model_cfg.sample_shape()
+                    );
+                }
+                Some(
+                    ParamStore::from_weights(&w, &device)?
+                        .frozen()
+                        .network(&w.meta.model)?,
+                )
             }
-            Some(
-                ParamStore::from_weights(&w, &device)?
-                    .frozen()
-                    .network(&w.meta.model)?,
-            )
-        }
-        None => None,
-    };
-
-    let mut st = if resume && paths.checkpoint().exists() {
-        let (meta, groups) = checkpoint::load(&paths.checkpoint())?;
-        checkpoint::check_compatible(&meta.config, cfg)?;
-        restore(&model_cfg, &meta, &groups, &device)?
-    } else {
-        if resume {
-            eprintln!("note: no checkpoint in {}, starting fresh", dir.display());
-        }
-        let init = match &cfg.init {
-            Some(p) => Some(load_init(p, &model_cfg, &device)?),
             None => None,
         };
-        fresh(&model_cfg, cfg.seed, init, &device)?
-    };
-    if !quiet {
-        println!(
-            "{} parameters; run directory {}",
-            st.params.numel(),
-            dir.display()
-        );
+
+        let mut st = match resume_from.filter(|p| p.exists()) {
+            Some(ckpt) => {
+                let (meta, groups) = checkpoint::load(ckpt)?;
+                checkpoint::check_compatible(&meta.config, cfg)?;
+                restore(&model_cfg, &meta, &groups, &device)?
+            }
+            None => {
+                let init = match &cfg.init {
+                    Some(p) => Some(load_init(p, &model_cfg, &device)?),
+                    None => None,
+                };
+                fresh(&model_cfg, cfg.seed, init, &device)?
+            }
+        };
+        st.adam.rule = cfg.optimizer;
+        Ok(Session {
+            cfg: cfg.clone(),
+            model_cfg,
+            data,
+            sigma0,
+            be,
+            teacher,
+            st,
+        })
     }
-    std::fs::write(paths.config(), toml::to_string(cfg)?)
-        .with_context(|| format!("writing {}", paths.config().display()))?;
 
-    let mut log = open_log(&paths.log(), st.step > 0)?;
-    let bar = progress_bar(cfg.steps as u64, st.step as u64, quiet);
-    let meta = export::model_meta(cfg, &model_cfg, data.spec(), sigma0);
-    let len = model_cfg.sample_len();
-    let started = Instant::now();
-    let start_step = st.step;
-    let mut last_loss = f32::NAN;
+    /// Optimiser steps completed.
+    pub fn step_count(&self) -> usize {
+        self.st.step
+    }
 
-    while st.step < cfg.steps {
+    pub fn numel(&self) -> usize {
+        self.st.params.numel()
+    }
+
+    /// One optimiser step of the configured objective.
+    pub fn step(&mut self) -> Result<StepOutput> {
+        let (cfg, st) = (&self.cfg, &mut self.st);
         let step = st.step;
+        let t0 = Instant::now();
         let lr = cfg.lr_at(step) as f32;
         let (stage, max_gap) = cfg.pfmm_gap(step);
         if cfg.objective == objectives::Objective::Pfmm
@@ -152,36 +184,41 @@ pub fn train(
             st.stage_teacher = Some((stage, st.params.frozen()));
         }
 
-        let x1 = data.sample(cfg.batch, &mut st.rng);
-        let x0 = st.rng.normals(cfg.batch * len, sigma0);
+        let x1 = self.data.sample(cfg.batch, &mut st.rng);
+        let x0 = st
+            .rng
+            .normals(cfg.batch * self.model_cfg.sample_len(), self.sigma0);
         let batch = Batch {
             x0,
             x1,
-            shape: model_cfg.sample_shape(),
+            shape: self.model_cfg.sample_shape(),
             n: cfg.batch,
         };
-        let student = st.params.network(&model_cfg)?;
-        let student_sg = st.params.frozen().network(&model_cfg)?;
+        let student = st.params.network(&self.model_cfg)?;
+        let student_sg = st.params.frozen().network(&self.model_cfg)?;
         let stage_net: Option<Network<BurnBackend>> = match &st.stage_teacher {
-            Some((_, p)) => Some(p.network(&model_cfg)?),
+            Some((_, p)) => Some(p.network(&self.model_cfg)?),
             None => None,
         };
         let ctx = Ctx {
-            be: &be,
+            be: &self.be,
             student: &student,
             student_sg: &student_sg,
-            teacher: teacher.as_ref().map(|t| t as &dyn FlowModel),
+            teacher: self.teacher.as_ref().map(|t| t as &dyn FlowModel),
             teacher_map: stage_net.as_ref().map(|t| t as &dyn FlowModel),
             interpolant: cfg.interpolant,
             max_gap,
             psd_uniform: cfg.psd_uniform,
         };
+        let t1 = Instant::now();
         let loss = objectives::loss(cfg.objective, &ctx, &batch, &mut st.rng)?;
         let loss_value: f32 = loss.total.clone().into_scalar::<f32>();
         if !loss_value.is_finite() {
             bail!("training stopped at step {step}: the {} loss became {loss_value} (lower --lr or check the data)", cfg.objective.name());
         }
+        let t2 = Instant::now();
         let grads = loss.total.backward();
+        let t3 = Instant::now();
         let (g, norm) = optim::gradients(&st.params.values, &grads);
         if !norm.is_finite() {
             bail!("training stopped at step {step}: the gradient norm became {norm}");
@@ -198,46 +235,111 @@ pub fn train(
             *e = e.clone() * decay + p * (1.0 - decay);
         }
         st.step += 1;
-        last_loss = loss_value;
+        let parts = loss
+            .parts
+            .iter()
+            .map(|(_, t)| t.clone().into_scalar::<f32>())
+            .collect();
+        let t4 = Instant::now();
+        Ok(StepOutput {
+            loss: loss_value,
+            parts,
+            grad_norm: norm,
+            lr,
+            times: StepTimes {
+                data: (t1 - t0).as_secs_f64(),
+                forward: (t2 - t1).as_secs_f64(),
+                backward: (t3 - t2).as_secs_f64(),
+                update: (t4 - t3).as_secs_f64(),
+            },
+        })
+    }
 
-        if st.step % cfg.log_every == 0 || st.step == cfg.steps {
+    /// Writes the checkpoint (atomically).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        save(path, &self.cfg, &self.st)
+    }
+
+    /// The EMA weights, as exported.
+    pub fn ema(&self) -> ParamStore {
+        ParamStore {
+            specs: self.st.params.specs.clone(),
+            values: self.st.ema.clone(),
+        }
+    }
+}
+
+pub fn train(
+    cfg: &TrainConfig,
+    device: Device,
+    dir: &Path,
+    resume: bool,
+    quiet: bool,
+) -> Result<Summary> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating run directory {}", dir.display()))?;
+    let paths = RunPaths {
+        dir: dir.to_path_buf(),
+    };
+    if resume && !paths.checkpoint().exists() {
+        eprintln!("note: no checkpoint in {}, starting fresh", dir.display());
+    }
+    let ckpt = paths.checkpoint();
+    let mut sess = Session::open(cfg, device, resume.then_some(ckpt.as_path()))?;
+    if !quiet {
+        println!(
+            "{} parameters; run directory {}",
+            sess.numel(),
+            dir.display()
+        );
+    }
+    std::fs::write(paths.config(), toml::to_string(cfg)?)
+        .with_context(|| format!("writing {}", paths.config().display()))?;
+
+    let mut log = open_log(&paths.log(), sess.step_count() > 0)?;
+    let bar = progress_bar(cfg.steps as u64, sess.step_count() as u64, quiet);
+    let meta = export::model_meta(cfg, &sess.model_cfg, sess.data.spec(), sess.sigma0);
+    let started = Instant::now();
+    let start_step = sess.step_count();
+    let mut last_loss = f32::NAN;
+
+    while sess.step_count() < cfg.steps {
+        let out = sess.step()?;
+        let step = sess.step_count();
+        last_loss = out.loss;
+        if step % cfg.log_every == 0 || step == cfg.steps {
             let rate =
-                (st.step - start_step) as f64 * cfg.batch as f64 / started.elapsed().as_secs_f64();
-            let parts: Vec<String> = loss
-                .parts
-                .iter()
-                .map(|(_, t)| format!("{:.6}", t.clone().into_scalar::<f32>()))
-                .collect();
+                (step - start_step) as f64 * cfg.batch as f64 / started.elapsed().as_secs_f64();
+            let parts: Vec<String> = out.parts.iter().map(|p| format!("{p:.6}")).collect();
             writeln!(
                 log,
-                "{},{lr:.6e},{loss_value:.6},{},{norm:.4},{rate:.1}",
-                st.step,
-                parts.join(";")
+                "{step},{:.6e},{:.6},{},{:.4},{rate:.1}",
+                out.lr,
+                out.loss,
+                parts.join(";"),
+                out.grad_norm
             )
             .context("writing loss.csv")?;
-            bar.set_message(format!("loss {loss_value:.4}  {rate:.0} samples/s"));
+            bar.set_message(format!("loss {:.4}  {rate:.0} samples/s", out.loss));
         }
-        bar.set_position(st.step as u64);
-        if st.step % cfg.checkpoint_every == 0 || st.step == cfg.steps {
-            save(&paths.checkpoint(), cfg, &st)?;
+        bar.set_position(step as u64);
+        if step % cfg.checkpoint_every == 0 || step == cfg.steps {
+            sess.save(&paths.checkpoint())?;
         }
     }
     bar.finish();
     let secs = started.elapsed().as_secs_f64();
-    let rate = (st.step - start_step) as f64 * cfg.batch as f64 / secs.max(1e-9);
-    let ema = ParamStore {
-        specs: st.params.specs.clone(),
-        values: st.ema.clone(),
-    };
+    let rate = (sess.step_count() - start_step) as f64 * cfg.batch as f64 / secs.max(1e-9);
     export::write(
         &paths.model(),
         &meta,
-        &ema,
-        st.step,
+        &sess.ema(),
+        sess.step_count(),
         flowmap::weights::StoreDtype::F32,
     )?;
     Ok(Summary {
-        steps: st.step,
+        steps: sess.step_count(),
         final_loss: last_loss,
         samples_per_sec: rate,
         model_path: paths.model(),
@@ -379,6 +481,7 @@ fn restore(
         adam: Adam {
             m: inner(take("adam_m")?),
             v: inner(take("adam_v")?),
+            rule: Default::default(),
         },
         step: meta.step,
         rng: Rng::from_state(meta.rng.0, meta.rng.1),
@@ -415,11 +518,4 @@ fn progress_bar(len: u64, pos: u64, quiet: bool) -> indicatif::ProgressBar {
     );
     bar.set_position(pos);
     bar
-}
-
-/// The metadata a finished run exports with (re-exported for `trainer export`).
-pub fn run_meta(cfg: &TrainConfig) -> Result<ModelMeta> {
-    let data = DataSource::load(&cfg.data)?;
-    let sigma0 = cfg.sigma0.unwrap_or_else(|| data.default_sigma0());
-    Ok(export::model_meta(cfg, &cfg.model(), data.spec(), sigma0))
 }

@@ -7,7 +7,7 @@ use crate::data::idx::ImageSet;
 use crate::optim::{self, Adam};
 use crate::params::flat;
 use anyhow::{bail, Context, Result};
-use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::activation::{log_softmax, relu, softmax};
 use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -40,6 +40,23 @@ fn r<const D: usize>(t: &Tensor<1>, shape: &[usize]) -> Tensor<D> {
     let mut s = [0usize; D];
     s.copy_from_slice(shape);
     t.clone().reshape(s)
+}
+
+/// What the classifier says about a set of images.
+pub struct Predictions {
+    /// [n, FEATURES] penultimate-layer features.
+    pub feats: Vec<f32>,
+    pub classes: Vec<u8>,
+    /// The largest class probability of each image.
+    pub confidence: Vec<f32>,
+}
+
+impl Predictions {
+    /// The fraction of images classified with confidence ≥ `threshold`.
+    pub fn confident_share(&self, threshold: f32) -> f64 {
+        self.confidence.iter().filter(|&&c| c >= threshold).count() as f64
+            / self.confidence.len().max(1) as f64
+    }
 }
 
 impl Classifier {
@@ -136,15 +153,24 @@ impl Classifier {
         Ok(c)
     }
 
-    /// Features and predicted classes, in batches of 500.
-    pub fn features(&self, pixels: &[f32]) -> Result<(Vec<f32>, Vec<u8>)> {
+    /// Features, predicted classes and the predictions' confidence (the largest softmax
+    /// probability), in batches of 500.
+    pub fn features(&self, pixels: &[f32]) -> Result<Predictions> {
         let n = pixels.len() / 784;
         let (mut feats, mut classes) = (Vec::with_capacity(n * FEATURES), Vec::with_capacity(n));
+        let mut confidence = Vec::with_capacity(n);
         for chunk in pixels.chunks(500 * 784) {
             let m = chunk.len() / 784;
             let (f, logits) = self.forward(self.images(chunk, m));
             feats.extend(
                 f.try_into_vec_as::<f32>()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+            );
+            confidence.extend(
+                softmax(logits.clone(), 1)
+                    .max_dim(1)
+                    .reshape([m])
+                    .try_into_vec_as::<f32>()
                     .map_err(|e| anyhow::anyhow!("{e:?}"))?,
             );
             let arg: Vec<i64> = logits
@@ -154,11 +180,15 @@ impl Classifier {
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;
             classes.extend(arg.into_iter().map(|c| c as u8));
         }
-        Ok((feats, classes))
+        Ok(Predictions {
+            feats,
+            classes,
+            confidence,
+        })
     }
 
     pub fn accuracy(&self, set: &ImageSet) -> Result<f64> {
-        let (_, pred) = self.features(&set.pixels)?;
+        let pred = self.features(&set.pixels)?.classes;
         Ok(pred.iter().zip(&set.labels).filter(|(a, b)| a == b).count() as f64 / set.n as f64)
     }
 

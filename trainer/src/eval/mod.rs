@@ -11,7 +11,7 @@ use crate::data::idx::load_images;
 use crate::data::{bundled_dir, toy2d::Toy};
 use anyhow::{bail, Context, Result};
 use burn::tensor::Device;
-use classifier::{Classifier, FEATURES};
+use classifier::{Classifier, Predictions, FEATURES};
 use flowmap::config::{DataKind, ModelMeta};
 use flowmap::device::{DeviceChoice, Engine};
 use flowmap::rng::Rng;
@@ -50,7 +50,13 @@ pub struct Metrics {
     pub secondary: f64,
     /// MNIST: samples per predicted class.
     pub classes: Option<[usize; 10]>,
+    /// MNIST: the fraction of samples the classifier assigns a class with probability ≥ 0.9
+    /// ([`CONFIDENT`]): readable digits.
+    pub confident: Option<f64>,
 }
+
+/// The class probability above which a sample counts as a readable digit.
+pub const CONFIDENT: f32 = 0.9;
 
 /// A model's name in the report and its figures' file names: the file stem, or the run
 /// directory's name for a run's `model.safetensors`.
@@ -112,6 +118,8 @@ enum Judge {
         test_feats: Vec<f32>,
         floor: Metrics,
         accuracy: f64,
+        /// The confident fraction of the real test images.
+        test_confident: f64,
     },
 }
 
@@ -152,7 +160,9 @@ impl Judge {
                 };
                 let accuracy = classifier.accuracy(&test)?;
                 // The classifier reads model space [−1, 1], as the IDX loader returns it.
-                let (test_feats, _) = classifier.features(&test.pixels)?;
+                let test_pred = classifier.features(&test.pixels)?;
+                let test_confident = test_pred.confident_share(CONFIDENT);
+                let test_feats = test_pred.feats;
                 // Floor: as many train images as each cell has samples, against the test
                 // images, so the floor carries the same small-sample bias as the cells.
                 let m = n.min(test.n).min(train.n);
@@ -166,14 +176,15 @@ impl Judge {
                     })
                     .collect();
                 let judge_floor = {
-                    let (f, c) = classifier.features(&to_model(&train_px))?;
-                    image_metrics(&f, &c, &test_feats)
+                    let pred = classifier.features(&to_model(&train_px))?;
+                    image_metrics(&pred, &test_feats)
                 };
                 Ok(Judge::Images {
                     classifier: Box::new(classifier),
                     test_feats,
                     floor: judge_floor,
                     accuracy,
+                    test_confident,
                 })
             }
         }
@@ -187,8 +198,8 @@ impl Judge {
                 test_feats,
                 ..
             } => {
-                let (f, c) = classifier.features(&to_model(samples))?;
-                Ok(image_metrics(&f, &c, test_feats))
+                let pred = classifier.features(&to_model(samples))?;
+                Ok(image_metrics(&pred, test_feats))
             }
         }
     }
@@ -210,17 +221,19 @@ fn points_metrics(reference: &[f32], samples: &[f32]) -> Metrics {
         primary: metrics::kl_histogram(reference, samples, 50, [-1.0, 1.0]),
         secondary: metrics::sliced_wasserstein(reference, samples, 2, 128, 7),
         classes: None,
+        confident: None,
     }
 }
 
-fn image_metrics(feats: &[f32], classes: &[u8], test_feats: &[f32]) -> Metrics {
+fn image_metrics(pred: &Predictions, test_feats: &[f32]) -> Metrics {
     let mut counts = [0usize; 10];
-    classes.iter().for_each(|&c| counts[c as usize] += 1);
-    let min_share = *counts.iter().min().unwrap() as f64 / classes.len().max(1) as f64;
+    pred.classes.iter().for_each(|&c| counts[c as usize] += 1);
+    let min_share = *counts.iter().min().unwrap() as f64 / pred.classes.len().max(1) as f64;
     Metrics {
-        primary: metrics::frechet_distance(feats, test_feats, FEATURES),
+        primary: metrics::frechet_distance(&pred.feats, test_feats, FEATURES),
         secondary: 10.0 * min_share,
         classes: Some(counts),
+        confident: Some(pred.confident_share(CONFIDENT)),
     }
 }
 
@@ -430,7 +443,7 @@ fn markdown(
     let (p, s) = if images {
         (
             "Fréchet distance (LeNet features)",
-            "class balance (10 × smallest class share)",
+            "class balance (10 × smallest class share) / share of samples classified with confidence ≥ 0.9",
         )
     } else {
         ("KL(data ‖ model), 50×50 histogram", "sliced W2")
@@ -443,19 +456,28 @@ fn markdown(
         args.seed,
         engine.describe()
     );
-    if let Judge::Images { accuracy, .. } = judge {
-        let _ = writeln!(md, "Feature classifier: LeNet-style, trained on the 9,000-image train split, test accuracy {:.2}% on the 1,000 test images.\n", accuracy * 100.0);
+    if let Judge::Images {
+        accuracy,
+        test_confident,
+        ..
+    } = judge
+    {
+        let _ = writeln!(md, "Feature classifier: LeNet-style, trained on the 9,000-image train split, test accuracy {:.2}% on the 1,000 test images, {:.1}% of which it classifies with confidence ≥ {CONFIDENT}.\n", accuracy * 100.0, test_confident * 100.0);
     }
     let _ = writeln!(
         md,
-        "Cells: {p} / {s}. Floor ({}): {:.4} / {:.4}.\n",
+        "Cells: {p} / {s}. Floor ({}): {:.4} / {:.4}{}.\n",
         if images {
             "as many train images as samples per cell, vs the 1,000 test images"
         } else {
             "two independent data draws"
         },
         floor.primary,
-        floor.secondary
+        floor.secondary,
+        floor
+            .confident
+            .map(|c| format!(" / {:.0}%", c * 100.0))
+            .unwrap_or_default()
     );
     let _ = writeln!(md, "Models (from their provenance metadata):\n");
     for (path, w) in models.iter().map(|(p, w)| (p.as_path(), w)).chain(teacher) {
@@ -492,7 +514,11 @@ fn markdown(
         for c in &r.cells {
             match c {
                 Some(m) => {
-                    let _ = write!(md, " {:.4} / {:.3} |", m.primary, m.secondary);
+                    let _ = write!(md, " {:.4} / {:.3}", m.primary, m.secondary);
+                    if let Some(c) = m.confident {
+                        let _ = write!(md, " / {:.0}%", c * 100.0);
+                    }
+                    let _ = write!(md, " |");
                 }
                 None => {
                     let _ = write!(md, " — |");

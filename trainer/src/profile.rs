@@ -1,0 +1,471 @@
+//! `trainer bench --profile`: where the time of a training step goes. Each op of the burn
+//! backend is timed where it runs (flex executes eagerly, so an op's wall time is its cost); the
+//! backward pass, which burn runs as one call, is split by replaying every recorded op that
+//! carries a gradient in isolation (forward, then forward + backward of its sum); what no op
+//! accounts for is burn's graph and allocation overhead. FLOPs come from flowmap's shape backend,
+//! the same accounting as `flowmap info` and `flowmap bench`, and a large matmul through burn in
+//! the same run gives the rate the step's arithmetic is held against.
+
+use crate::burn_backend::{BurnBackend, BurnTensor};
+use crate::config::TrainConfig;
+use crate::train::{Session, StepTimes};
+use anyhow::Result;
+use burn::tensor::{Device, Distribution, Tensor};
+use flowmap::backend::{Backend, Conv2d, OpFamily};
+use flowmap::config::Activation;
+use flowmap::shape::{ShapeBackend, ShapeTensor};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// One op call with the shapes needed to cost and replay it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Conv2d {
+        x: [usize; 4],
+        w: [usize; 4],
+        geom: Conv2d,
+        residual: bool,
+    },
+    GroupNorm {
+        x: [usize; 4],
+        groups: usize,
+        modulation: bool,
+        silu: bool,
+    },
+    Linear {
+        n: usize,
+        inp: usize,
+        out: usize,
+        modulation: bool,
+        act: Activation,
+    },
+    Attention {
+        n: usize,
+        c: usize,
+        l: usize,
+        heads: usize,
+    },
+    /// Ops too cheap to replay (embedding, upsample, concat, elementwise).
+    Other(OpFamily),
+}
+
+impl Op {
+    pub fn family(&self) -> OpFamily {
+        match self {
+            Op::Conv2d { .. } => OpFamily::Conv2d,
+            Op::GroupNorm { .. } => OpFamily::GroupNorm,
+            Op::Linear { .. } => OpFamily::Linear,
+            Op::Attention { .. } => OpFamily::Attention,
+            Op::Other(f) => *f,
+        }
+    }
+
+    /// Forward FLOPs, as flowmap's shape backend counts them (0 for `Other`).
+    pub fn flops(&self) -> f64 {
+        let sb = ShapeBackend::new();
+        let t = |s: &[usize]| ShapeTensor(s.to_vec());
+        match self {
+            Op::Conv2d {
+                x,
+                w,
+                geom,
+                residual,
+            } => {
+                let out = flowmap::backend::conv2d_out_shape(x, w, *geom);
+                let r = residual.then(|| t(&out));
+                sb.conv2d(&t(x), &t(w), &t(&[w[0]]), *geom, r.as_ref());
+            }
+            Op::GroupNorm {
+                x,
+                groups,
+                modulation,
+                silu,
+            } => {
+                let m = modulation.then(|| t(&[x[0], 2 * x[1]]));
+                sb.group_norm(
+                    &t(x),
+                    &t(&[x[1]]),
+                    &t(&[x[1]]),
+                    *groups,
+                    1e-5,
+                    m.as_ref(),
+                    *silu,
+                );
+            }
+            Op::Linear {
+                n,
+                inp,
+                out,
+                modulation,
+                act,
+            } => {
+                let m = modulation.then(|| t(&[*n, 2 * out]));
+                sb.linear(
+                    &t(&[*n, *inp]),
+                    &t(&[*out, *inp]),
+                    &t(&[*out]),
+                    m.as_ref(),
+                    *act,
+                );
+            }
+            Op::Attention { n, c, l, heads } => {
+                sb.attention(&t(&[*n, 3 * c, *l]), *heads);
+            }
+            Op::Other(_) => {}
+        }
+        sb.total_flops()
+    }
+
+    /// Seconds of (forward, forward + backward) of this op alone on `device` (autodiff), the
+    /// median of `reps` runs after one warm-up; None for `Other`.
+    fn replay(&self, device: &Device, reps: usize, fast_ops: bool) -> Option<(f64, f64)> {
+        let mut be = BurnBackend::new(device.clone());
+        be.fast_ops = be.fast_ops && fast_ops;
+        let rand = |shape: &[usize]| {
+            let numel: usize = shape.iter().product();
+            let t =
+                Tensor::<1>::random([numel], Distribution::Normal(0.0, 0.5), device).require_grad();
+            BurnTensor::from_flat(t, shape)
+        };
+        let run = |backward: bool| -> f64 {
+            match self {
+                Op::Conv2d {
+                    x,
+                    w,
+                    geom,
+                    residual,
+                } => {
+                    let (xt, wt, bt) = (rand(x), rand(w), rand(&[w[0]]));
+                    let out = flowmap::backend::conv2d_out_shape(x, w, *geom);
+                    let r = residual.then(|| rand(&out));
+                    let start = Instant::now();
+                    let y = be.conv2d(&xt, &wt, &bt, *geom, r.as_ref());
+                    finish(start, y, backward)
+                }
+                Op::GroupNorm {
+                    x,
+                    groups,
+                    modulation,
+                    silu,
+                } => {
+                    let m = modulation.then(|| rand(&[x[0], 2 * x[1]]));
+                    let (xt, g, b) = (rand(x), rand(&[x[1]]), rand(&[x[1]]));
+                    let start = Instant::now();
+                    let y = be.group_norm(&xt, &g, &b, *groups, 1e-5, m.as_ref(), *silu);
+                    finish(start, y, backward)
+                }
+                Op::Linear {
+                    n,
+                    inp,
+                    out,
+                    modulation,
+                    act,
+                } => {
+                    let m = modulation.then(|| rand(&[*n, 2 * out]));
+                    let (xt, w, b) = (rand(&[*n, *inp]), rand(&[*out, *inp]), rand(&[*out]));
+                    let start = Instant::now();
+                    let y = be.linear(&xt, &w, &b, m.as_ref(), *act);
+                    finish(start, y, backward)
+                }
+                Op::Attention { n, c, l, heads } => {
+                    let qkv = rand(&[*n, 3 * c, *l]);
+                    let start = Instant::now();
+                    let y = be.attention(&qkv, *heads);
+                    finish(start, y, backward)
+                }
+                Op::Other(_) => 0.0,
+            }
+        };
+        if matches!(self, Op::Other(_)) {
+            return None;
+        }
+        run(true);
+        let median = |backward: bool| {
+            let mut v: Vec<f64> = (0..reps).map(|_| run(backward)).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        Some((median(false), median(true)))
+    }
+}
+
+/// Seconds from `start` until `y` (and, if asked, the backward of its sum) is computed.
+fn finish(start: Instant, y: BurnTensor, backward: bool) -> f64 {
+    let s = y.t.sum();
+    if backward {
+        let g = s.backward();
+        drop(g);
+    } else {
+        let _ = s.into_scalar::<f32>();
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// One recorded op call.
+#[derive(Debug, Clone)]
+pub struct OpCall {
+    pub op: Op,
+    pub secs: f64,
+    /// Whether the output carries a gradient (the op is differentiated in the backward pass).
+    pub grad: bool,
+}
+
+/// A shared log of op calls.
+#[derive(Debug, Clone, Default)]
+pub struct OpLog(Arc<Mutex<Vec<OpCall>>>);
+
+impl OpLog {
+    pub fn record(&self, call: OpCall) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(call);
+        }
+    }
+
+    pub fn take(&self) -> Vec<OpCall> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+}
+
+/// burn's matmul rate on `device` for an n×n×n product (median of 5), in GFLOP/s.
+pub fn matmul_gflops(device: &Device, n: usize) -> f64 {
+    let a = Tensor::<2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
+    let b = Tensor::<2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
+    let _ = a.clone().matmul(b.clone()).sum().into_scalar::<f32>();
+    let mut v: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = a.clone().matmul(b.clone()).sum().into_scalar::<f32>();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    2.0 * (n as f64).powi(3) / v[2] / 1e9
+}
+
+#[derive(Default, Clone, Copy)]
+struct Row {
+    calls: usize,
+    fwd_secs: f64,
+    fwd_flops: f64,
+    bwd_secs: f64,
+    bwd_flops: f64,
+}
+
+/// Profiles `steps` training steps of `cfg` on `device` (after one warm-up step) and prints the
+/// breakdown as Markdown.
+/// With `burn_ops`, flex runs burn's own conv2d and GroupNorm instead of [`crate::flex_ops`]
+/// (the "before" of docs/BENCHMARKS.md).
+pub fn run(
+    cfg: &TrainConfig,
+    device: Device,
+    steps: usize,
+    label: &str,
+    burn_ops: bool,
+) -> Result<()> {
+    let mut sess = Session::open(cfg, device.clone(), None)?;
+    if burn_ops {
+        sess.be.fast_ops = false;
+    }
+    sess.step()?; // warm-up: first allocations
+    let log = OpLog::default();
+    sess.be.profile = Some(log.clone());
+    let mut times = StepTimes::default();
+    let started = Instant::now();
+    for _ in 0..steps {
+        let t = sess.step()?.times;
+        times.data += t.data;
+        times.forward += t.forward;
+        times.backward += t.backward;
+        times.update += t.update;
+    }
+    let total = started.elapsed().as_secs_f64();
+    sess.be.profile = None;
+    let calls = log.take();
+    let per = |x: f64| x / steps as f64;
+
+    // Aggregate by family; replay each distinct differentiated op once.
+    let mut rows: BTreeMap<OpFamily, Row> = BTreeMap::new();
+    let mut distinct: Vec<(Op, usize)> = Vec::new();
+    for c in &calls {
+        let r = rows.entry(c.op.family()).or_default();
+        r.calls += 1;
+        r.fwd_secs += c.secs;
+        r.fwd_flops += c.op.flops();
+        if c.grad && !matches!(c.op, Op::Other(_)) {
+            match distinct.iter_mut().find(|(op, _)| *op == c.op) {
+                Some((_, n)) => *n += 1,
+                None => distinct.push((c.op.clone(), 1)),
+            }
+        }
+    }
+    let ad = device.clone().autodiff();
+    for (op, n) in &distinct {
+        if let Some((f, fb)) = op.replay(&ad, 5, sess.be.fast_ops) {
+            let r = rows.entry(op.family()).or_default();
+            r.bwd_secs += (fb - f).max(0.0) * *n as f64;
+            // Backward of a linear map: the input and the weight gradients, 2× the forward.
+            r.bwd_flops += 2.0 * op.flops() * *n as f64;
+        }
+    }
+
+    let step = per(total);
+    let fwd_ops: f64 = rows.values().map(|r| r.fwd_secs).sum();
+    // Ops replayed alone run colder than inside the graph (and vice versa); their times give the
+    // split of the measured backward, scaled to its total.
+    let replayed: f64 = rows.values().map(|r| r.bwd_secs).sum();
+    let bwd_scale = if replayed > 0.0 {
+        times.backward / replayed
+    } else {
+        0.0
+    };
+    for r in rows.values_mut() {
+        r.bwd_secs *= bwd_scale;
+    }
+    let flops: f64 = rows.values().map(|r| r.fwd_flops + r.bwd_flops).sum();
+    let peak = matmul_gflops(&device, 1024);
+    println!(
+        "### `{}` on {} ({}, batch {}), {label}{}: {steps} steps after a warm-up\n",
+        cfg.objective.name(),
+        cfg.data.name,
+        cfg.model().arch_name(),
+        cfg.batch,
+        if sess.be.fast_ops {
+            ", flowmap's flex ops"
+        } else {
+            ", burn's ops"
+        }
+    );
+    println!(
+        "step {:.1} ms ({:.1} samples/s): data {:.1} ms, forward {:.1} ms, backward {:.1} ms, update {:.1} ms; \
+         {:.2} GFLOP per step = {:.1} GFLOP/s, {:.0}% of burn's 1024³ matmul in this run ({peak:.1} GFLOP/s)\n",
+        step * 1e3,
+        cfg.batch as f64 / step,
+        per(times.data) * 1e3,
+        per(times.forward) * 1e3,
+        per(times.backward) * 1e3,
+        per(times.update) * 1e3,
+        per(flops) / 1e9,
+        per(flops) / step / 1e9,
+        100.0 * per(flops) / step / 1e9 / peak
+    );
+    println!(
+        "The backward pass is one call into burn; its split by op family comes from replaying each differentiated op alone ({:.1} ms per step in all), scaled to the measured {:.1} ms.\n",
+        per(replayed) * 1e3,
+        per(times.backward) * 1e3
+    );
+    println!("| op family | calls/step | forward ms | forward GFLOP/s | backward ms | backward GFLOP/s | share of step |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (fam, r) in &rows {
+        let rate = |f: f64, s: f64| {
+            if f > 0.0 && s > 0.0 {
+                format!("{:.1}", f / s / 1e9)
+            } else {
+                "–".into()
+            }
+        };
+        println!(
+            "| {} | {:.0} | {:.2} | {} | {:.2} | {} | {:.0}% |",
+            fam.name(),
+            r.calls as f64 / steps as f64,
+            per(r.fwd_secs) * 1e3,
+            rate(r.fwd_flops, r.fwd_secs),
+            per(r.bwd_secs) * 1e3,
+            rate(r.bwd_flops, r.bwd_secs),
+            100.0 * (r.fwd_secs + r.bwd_secs) / total
+        );
+    }
+    println!(
+        "| outside the ops (graph building, allocation, slicing, loss algebra; forward only) | | {:.2} | | | | {:.0}% |",
+        per(times.forward - fwd_ops) * 1e3,
+        100.0 * (times.forward - fwd_ops) / total
+    );
+    println!(
+        "| data, optimiser update and EMA | | | | | | {:.0}% |",
+        100.0 * (times.data + times.update) / total
+    );
+    println!();
+    Ok(())
+}
+
+/// 3×3 same-padding convolution as one GEMM over the im2col matrix, in channels-last order:
+/// [N·H·W, 9·C_in] × [9·C_in, C_out]. burn differentiates the slices, the concatenation and the
+/// matmul, so the backward is two more large GEMMs and a scatter of the slices.
+pub fn conv3x3_gemm(x: Tensor<4>, w: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
+    let [n, c, h, wd] = x.dims();
+    let o = w.dims()[0];
+    let xp = x.permute([0, 2, 3, 1]).pad(
+        [(0, 0), (1, 1), (1, 1), (0, 0)],
+        burn::tensor::ops::PadMode::Constant(0.0),
+    );
+    let mut cols = Vec::with_capacity(9);
+    for dy in 0..3 {
+        for dx in 0..3 {
+            cols.push(xp.clone().slice([0..n, dy..dy + h, dx..dx + wd, 0..c]));
+        }
+    }
+    let cols = Tensor::cat(cols, 3).reshape([n * h * wd, 9 * c]);
+    // [O, C, 3, 3] → [3, 3, C, O] → [9C, O], matching the column order (dy, dx, c).
+    let wm = w.permute([2, 3, 1, 0]).reshape([9 * c, o]);
+    let y = cols.matmul(wm) + bias.reshape([1, o]);
+    y.reshape([n, h, wd, o]).permute([0, 3, 1, 2])
+}
+
+/// `trainer bench --conv`: the U-Net's 3×3 convolutions at `batch` through burn's conv2d and
+/// through [`conv3x3_gemm`], forward and forward + backward, in one run.
+pub fn conv_variants(batch: usize) {
+    let dev = Device::flex().autodiff();
+    let shapes = [
+        (16, 16, 28),
+        (32, 16, 28),
+        (32, 32, 14),
+        (64, 32, 14),
+        (32, 32, 7),
+        (64, 32, 7),
+    ];
+    println!("| conv (C_in → C_out, H×W) | GFLOP | burn conv2d fwd ms | burn-op im2col GEMM fwd ms | fastconv fwd ms | burn fwd+bwd ms | burn-op im2col fwd+bwd ms | fastconv fwd+bwd ms | fastconv speed-up fwd+bwd |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (cin, cout, hw) in shapes {
+        let x = Tensor::<4>::random([batch, cin, hw, hw], Distribution::Normal(0.0, 1.0), &dev)
+            .require_grad();
+        let w = Tensor::<4>::random([cout, cin, 3, 3], Distribution::Normal(0.0, 0.1), &dev)
+            .require_grad();
+        let b = Tensor::<1>::random([cout], Distribution::Normal(0.0, 0.1), &dev).require_grad();
+        let time = |variant: u8, backward: bool| -> f64 {
+            let mut v: Vec<f64> = (0..6)
+                .map(|_| {
+                    let start = Instant::now();
+                    let y = match variant {
+                        0 => burn::tensor::module::conv2d(
+                            x.clone(),
+                            w.clone(),
+                            Some(b.clone()),
+                            burn::tensor::ops::ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+                        ),
+                        1 => conv3x3_gemm(x.clone(), w.clone(), b.clone()),
+                        _ => crate::flex_ops::conv2d(x.clone(), w.clone(), b.clone(), 1, 1),
+                    };
+                    let s = y.sum();
+                    if backward {
+                        drop(s.backward());
+                    } else {
+                        let _ = s.into_scalar::<f32>();
+                    }
+                    start.elapsed().as_secs_f64()
+                })
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v[3]
+        };
+        let gflop = 2.0 * (batch * cout * hw * hw * cin * 9) as f64 / 1e9;
+        let fwd: Vec<f64> = (0..3).map(|v| time(v, false) * 1e3).collect();
+        let both: Vec<f64> = (0..3).map(|v| time(v, true) * 1e3).collect();
+        println!(
+            "| {cin} → {cout}, {hw}×{hw} | {gflop:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}× |",
+            fwd[0], fwd[1], fwd[2], both[0], both[1], both[2], both[0] / both[2]
+        );
+    }
+}
