@@ -589,8 +589,8 @@ impl FlexOps for Flex {
 struct ConvNode;
 
 impl<B: Backend + FlexOps> Backward<B, 3> for ConvNode {
-    /// Checkpointed x and w, stride, padding.
-    type State = (NodeId, NodeId, usize, usize);
+    /// Checkpointed x, w, b; stride, padding.
+    type State = ([NodeId; 3], (usize, usize));
 
     fn backward(
         self,
@@ -600,9 +600,9 @@ impl<B: Backend + FlexOps> Backward<B, 3> for ConvNode {
     ) {
         let [node_x, node_w, node_b] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
-        let (xs, ws, stride, padding) = ops.state;
-        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(xs);
-        let w = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(ws);
+        let (ids, (stride, padding)) = ops.state;
+        let [x, w, _] =
+            ids.map(|id| checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(id));
         if let Some(node) = node_x {
             let dx = B::fast_conv2d_dx(x.clone(), w.clone(), dy.clone(), stride, padding);
             grads.register::<B>(node.id, dx);
@@ -624,7 +624,7 @@ struct NormNode;
 
 impl<B: Backend + FlexOps> Backward<B, 3> for NormNode {
     /// Checkpointed x, a, b; groups, eps, SiLU.
-    type State = (NodeId, NodeId, NodeId, usize, f32, bool);
+    type State = ([NodeId; 3], (usize, f32, bool));
 
     fn backward(
         self,
@@ -634,16 +634,53 @@ impl<B: Backend + FlexOps> Backward<B, 3> for NormNode {
     ) {
         let [node_x, node_a, node_b] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
-        let (xs, as_, bs, groups, eps, silu) = ops.state;
-        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(xs);
-        let a = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(as_);
-        let b = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(bs);
+        let (ids, (groups, eps, silu)) = ops.state;
+        let [x, a, b] =
+            ids.map(|id| checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(id));
         let (dx, da, db) = B::fast_group_norm_backward(x, a, b, dy, groups, eps, silu);
         for (node, grad) in [(node_x, dx), (node_a, da), (node_b, db)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
             }
         }
+    }
+}
+
+/// Puts a three-input op on the autodiff graph: the inputs are checkpointed for `node`'s
+/// backward, which receives their ids with `extra`; `forward` computes the value on the inner
+/// backend.
+fn record<B, C, N, E>(
+    node: N,
+    inputs: [FloatTensor<Autodiff<B, C>>; 3],
+    extra: E,
+    forward: impl FnOnce([B::FloatTensorPrimitive; 3]) -> B::FloatTensorPrimitive,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: Backend,
+    C: CheckpointStrategy,
+    N: Backward<B, 3, State = ([NodeId; 3], E)>,
+    E: Clone + Send + std::fmt::Debug + 'static,
+{
+    let [x, y, z] = inputs;
+    match node
+        .prepare::<C>([x.node(), y.node(), z.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let ids = [
+                prep.checkpoint(&x),
+                prep.checkpoint(&y),
+                prep.checkpoint(&z),
+            ];
+            let out = forward([x.into_primitive(), y.into_primitive(), z.into_primitive()]);
+            prep.finish((ids, extra), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward([
+            x.into_primitive(),
+            y.into_primitive(),
+            z.into_primitive(),
+        ])),
     }
 }
 
@@ -656,36 +693,9 @@ impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
         eps: f32,
         silu: bool,
     ) -> FloatTensor<Self> {
-        match NormNode
-            .prepare::<C>([x.node(), a.node(), b.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let xs = prep.checkpoint(&x);
-                let as_ = prep.checkpoint(&a);
-                let bs = prep.checkpoint(&b);
-                prep.finish(
-                    (xs, as_, bs, groups, eps, silu),
-                    B::fast_group_norm(
-                        x.into_primitive(),
-                        a.into_primitive(),
-                        b.into_primitive(),
-                        groups,
-                        eps,
-                        silu,
-                    ),
-                )
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fast_group_norm(
-                x.into_primitive(),
-                a.into_primitive(),
-                b.into_primitive(),
-                groups,
-                eps,
-                silu,
-            )),
-        }
+        record::<B, C, _, _>(NormNode, [x, a, b], (groups, eps, silu), |[x, a, b]| {
+            B::fast_group_norm(x, a, b, groups, eps, silu)
+        })
     }
 
     fn fast_group_norm_backward(
@@ -721,33 +731,9 @@ impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        match ConvNode
-            .prepare::<C>([x.node(), w.node(), b.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let xs = prep.checkpoint(&x);
-                let ws = prep.checkpoint(&w);
-                prep.finish(
-                    (xs, ws, stride, padding),
-                    B::fast_conv2d(
-                        x.into_primitive(),
-                        w.into_primitive(),
-                        b.into_primitive(),
-                        stride,
-                        padding,
-                    ),
-                )
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::fast_conv2d(
-                x.into_primitive(),
-                w.into_primitive(),
-                b.into_primitive(),
-                stride,
-                padding,
-            )),
-        }
+        record::<B, C, _, _>(ConvNode, [x, w, b], (stride, padding), |[x, w, b]| {
+            B::fast_conv2d(x, w, b, stride, padding)
+        })
     }
 
     fn fast_conv2d_dx(

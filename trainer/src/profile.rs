@@ -61,58 +61,67 @@ impl Op {
         }
     }
 
-    /// Forward FLOPs, as flowmap's shape backend counts them (0 for `Other`).
-    pub fn flops(&self) -> f64 {
-        let sb = ShapeBackend::new();
-        let t = |s: &[usize]| ShapeTensor(s.to_vec());
-        match self {
+    /// The shapes of the op's tensor operands, in the order [`Op::call`] takes them; None for
+    /// `Other`.
+    fn operands(&self) -> Option<Vec<Vec<usize>>> {
+        Some(match self {
             Op::Conv2d {
                 x,
                 w,
                 geom,
                 residual,
+                ..
             } => {
-                let out = flowmap::backend::conv2d_out_shape(x, w, *geom);
-                let r = residual.then(|| t(&out));
-                sb.conv2d(&t(x), &t(w), &t(&[w[0]]), *geom, r.as_ref());
+                let mut v = vec![x.to_vec(), w.to_vec(), vec![w[0]]];
+                if *residual {
+                    v.push(flowmap::backend::conv2d_out_shape(x, w, *geom));
+                }
+                v
             }
-            Op::GroupNorm {
-                x,
-                groups,
-                modulation,
-                silu,
-            } => {
-                let m = modulation.then(|| t(&[x[0], 2 * x[1]]));
-                sb.group_norm(
-                    &t(x),
-                    &t(&[x[1]]),
-                    &t(&[x[1]]),
-                    *groups,
-                    1e-5,
-                    m.as_ref(),
-                    *silu,
-                );
+            Op::GroupNorm { x, modulation, .. } => {
+                let mut v = vec![x.to_vec(), vec![x[1]], vec![x[1]]];
+                if *modulation {
+                    v.push(vec![x[0], 2 * x[1]]);
+                }
+                v
             }
             Op::Linear {
                 n,
                 inp,
                 out,
                 modulation,
-                act,
+                ..
             } => {
-                let m = modulation.then(|| t(&[*n, 2 * out]));
-                sb.linear(
-                    &t(&[*n, *inp]),
-                    &t(&[*out, *inp]),
-                    &t(&[*out]),
-                    m.as_ref(),
-                    *act,
-                );
+                let mut v = vec![vec![*n, *inp], vec![*out, *inp], vec![*out]];
+                if *modulation {
+                    v.push(vec![*n, 2 * out]);
+                }
+                v
             }
-            Op::Attention { n, c, l, heads } => {
-                sb.attention(&t(&[*n, 3 * c, *l]), *heads);
+            Op::Attention { n, c, l, .. } => vec![vec![*n, 3 * c, *l]],
+            Op::Other(_) => return None,
+        })
+    }
+
+    /// Runs the op on `be` with operands shaped as [`Op::operands`] says.
+    fn call<B: Backend>(&self, be: &B, t: &[B::Tensor]) -> Option<B::Tensor> {
+        Some(match self {
+            Op::Conv2d { geom, .. } => be.conv2d(&t[0], &t[1], &t[2], *geom, t.get(3)),
+            Op::GroupNorm { groups, silu, .. } => {
+                be.group_norm(&t[0], &t[1], &t[2], *groups, 1e-5, t.get(3), *silu)
             }
-            Op::Other(_) => {}
+            Op::Linear { act, .. } => be.linear(&t[0], &t[1], &t[2], t.get(3), *act),
+            Op::Attention { heads, .. } => be.attention(&t[0], *heads),
+            Op::Other(_) => return None,
+        })
+    }
+
+    /// Forward FLOPs, as flowmap's shape backend counts them (0 for `Other`).
+    pub fn flops(&self) -> f64 {
+        let sb = ShapeBackend::new();
+        if let Some(shapes) = self.operands() {
+            let t: Vec<ShapeTensor> = shapes.into_iter().map(ShapeTensor).collect();
+            self.call(&sb, &t);
         }
         sb.total_flops()
     }
@@ -122,64 +131,23 @@ impl Op {
     fn replay(&self, device: &Device, reps: usize, fast_ops: bool) -> Option<(f64, f64)> {
         let mut be = BurnBackend::new(device.clone());
         be.fast_ops = be.fast_ops && fast_ops;
-        let rand = |shape: &[usize]| {
-            let numel: usize = shape.iter().product();
-            let t =
-                Tensor::<1>::random([numel], Distribution::Normal(0.0, 0.5), device).require_grad();
-            BurnTensor::from_flat(t, shape)
-        };
+        let shapes = self.operands()?;
         let run = |backward: bool| -> f64 {
-            match self {
-                Op::Conv2d {
-                    x,
-                    w,
-                    geom,
-                    residual,
-                } => {
-                    let (xt, wt, bt) = (rand(x), rand(w), rand(&[w[0]]));
-                    let out = flowmap::backend::conv2d_out_shape(x, w, *geom);
-                    let r = residual.then(|| rand(&out));
-                    let start = Instant::now();
-                    let y = be.conv2d(&xt, &wt, &bt, *geom, r.as_ref());
-                    finish(start, y, backward)
-                }
-                Op::GroupNorm {
-                    x,
-                    groups,
-                    modulation,
-                    silu,
-                } => {
-                    let m = modulation.then(|| rand(&[x[0], 2 * x[1]]));
-                    let (xt, g, b) = (rand(x), rand(&[x[1]]), rand(&[x[1]]));
-                    let start = Instant::now();
-                    let y = be.group_norm(&xt, &g, &b, *groups, 1e-5, m.as_ref(), *silu);
-                    finish(start, y, backward)
-                }
-                Op::Linear {
-                    n,
-                    inp,
-                    out,
-                    modulation,
-                    act,
-                } => {
-                    let m = modulation.then(|| rand(&[*n, 2 * out]));
-                    let (xt, w, b) = (rand(&[*n, *inp]), rand(&[*out, *inp]), rand(&[*out]));
-                    let start = Instant::now();
-                    let y = be.linear(&xt, &w, &b, m.as_ref(), *act);
-                    finish(start, y, backward)
-                }
-                Op::Attention { n, c, l, heads } => {
-                    let qkv = rand(&[*n, 3 * c, *l]);
-                    let start = Instant::now();
-                    let y = be.attention(&qkv, *heads);
-                    finish(start, y, backward)
-                }
-                Op::Other(_) => 0.0,
+            let t: Vec<BurnTensor> = shapes
+                .iter()
+                .map(|s| {
+                    let numel: usize = s.iter().product();
+                    let v = Tensor::<1>::random([numel], Distribution::Normal(0.0, 0.5), device)
+                        .require_grad();
+                    BurnTensor::from_flat(v, s)
+                })
+                .collect();
+            let start = Instant::now();
+            match self.call(&be, &t) {
+                Some(y) => finish(start, y, backward),
+                None => 0.0,
             }
         };
-        if matches!(self, Op::Other(_)) {
-            return None;
-        }
         run(true);
         let median = |backward: bool| {
             let mut v: Vec<f64> = (0..reps).map(|_| run(backward)).collect();
