@@ -439,13 +439,13 @@ fn run(cli: Cli) -> Result<()> {
                     } else {
                         objectives
                     };
+                    if objectives.iter().any(|o| o.needs_teacher()) {
+                        bail!("--profile takes teacher-free objectives (fm, lsd, psd, esd)");
+                    }
                     for obj in objectives {
                         let mut cfg = TrainConfig::new(obj, data);
                         cfg.model = Some(model.clone());
                         cfg.batch = batch;
-                        if obj.needs_teacher() {
-                            bail!("--profile takes teacher-free objectives (fm, lsd, psd, esd)");
-                        }
                         profile::run(&cfg, device.clone(), steps, &name, burn_ops)?;
                     }
                     Ok(())

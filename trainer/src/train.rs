@@ -78,7 +78,8 @@ pub struct StepTimes {
 /// What one optimiser step reports.
 pub struct StepOutput {
     pub loss: f32,
-    pub parts: Vec<f32>,
+    /// The loss's parts, read back only when logged.
+    pub parts: Vec<Tensor<1>>,
     pub grad_norm: f32,
     pub lr: f32,
     pub times: StepTimes,
@@ -235,11 +236,7 @@ impl Session {
             *e = e.clone() * decay + p * (1.0 - decay);
         }
         st.step += 1;
-        let parts = loss
-            .parts
-            .iter()
-            .map(|(_, t)| t.clone().into_scalar::<f32>())
-            .collect();
+        let parts = loss.parts.into_iter().map(|(_, t)| t).collect();
         let t4 = Instant::now();
         Ok(StepOutput {
             loss: loss_value,
@@ -311,7 +308,11 @@ pub fn train(
         if step % cfg.log_every == 0 || step == cfg.steps {
             let rate =
                 (step - start_step) as f64 * cfg.batch as f64 / started.elapsed().as_secs_f64();
-            let parts: Vec<String> = out.parts.iter().map(|p| format!("{p:.6}")).collect();
+            let parts: Vec<String> = out
+                .parts
+                .iter()
+                .map(|p| format!("{:.6}", p.clone().into_scalar::<f32>()))
+                .collect();
             writeln!(
                 log,
                 "{step},{:.6e},{:.6},{},{:.4},{rate:.1}",
