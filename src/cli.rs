@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use flowmap::backend::{Backend, OpFamily};
 use flowmap::bench::Profiled;
 use flowmap::config::{DataSpec, ModelConfig, ModelMeta};
+use flowmap::cpu::CpuBackend;
 use flowmap::device::{self, DeviceChoice, Engine};
 use flowmap::models;
 use flowmap::net::{forward_costs, param_specs, Network};
@@ -90,6 +91,10 @@ enum Command {
         /// Timed repetitions of each measurement.
         #[arg(long, default_value_t = 5)]
         iters: usize,
+        /// Also time the CPU backend's reference loops (the fast path's oracle), for a
+        /// before/after in one run.
+        #[arg(long)]
+        reference: bool,
     },
 }
 
@@ -124,7 +129,15 @@ pub fn main() -> ExitCode {
             batch,
             device,
             iters,
-        } => run_bench(weights.as_deref(), &preset, batch, &device, iters),
+            reference,
+        } => run_bench(
+            weights.as_deref(),
+            &preset,
+            batch,
+            &device,
+            iters,
+            reference,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -347,6 +360,7 @@ fn run_bench(
     batch: usize,
     device: &str,
     iters: usize,
+    reference: bool,
 ) -> Result<()> {
     if batch == 0 || iters == 0 {
         bail!("--batch and --iters must be at least 1");
@@ -387,17 +401,32 @@ fn run_bench(
     }
     if device == "all" || device == "cpu" {
         engines.push(device::open(DeviceChoice::Cpu)?.0);
+        if reference {
+            engines.push(Engine::Cpu(CpuBackend::REFERENCE));
+        }
     }
     if engines.is_empty() {
         bail!("unknown device `{device}` (all, gpu, cpu)");
     }
+    // The cores' reachable rate through the GEMM the fast CPU ops use, measured in this run.
+    let peak = engines
+        .iter()
+        .any(|e| matches!(e, Engine::Cpu(_)))
+        .then(|| {
+            let g = flowmap::bench::gemm_gflops(1024, iters);
+            say!("\nCPU GEMM peak (1024³ f32 through the fast ops' GEMM, all threads): {g:.1} GFLOP/s");
+            g
+        });
     for engine in &engines {
-        say!("\n== {} ==", engine.describe());
         match engine {
-            Engine::Cpu(b) => bench_backend(b, &w, batch, iters, flops)?,
+            Engine::Cpu(b) => {
+                say!("\n== {} ==", engine.describe());
+                bench_backend(b, &w, batch, iters, flops, peak)?
+            }
             Engine::Gpu(b) => {
+                say!("\n== {} ==", engine.describe());
                 b.warm_up()?;
-                bench_backend(b.as_ref(), &w, batch, iters, flops)?
+                bench_backend(b.as_ref(), &w, batch, iters, flops, None)?
             }
         }
     }
@@ -410,6 +439,7 @@ fn bench_backend<B: Backend>(
     batch: usize,
     iters: usize,
     flops: f64,
+    peak: Option<f64>,
 ) -> Result<()> {
     let meta = &w.meta;
     let net: Network<B> = w.network(b)?;
@@ -427,10 +457,16 @@ fn bench_backend<B: Backend>(
         drop(v);
     }
     let fwd = t0.elapsed().as_secs_f64() / iters as f64;
+    let of_peak = |gflops: f64| {
+        peak.map(|p| format!("{:>8.0}%", 100.0 * gflops / p))
+            .unwrap_or_default()
+    };
     say!(
-        "forward: {:.3} ms, {:.2} GFLOP/s, {:.1} samples/s",
+        "forward: {:.3} ms, {:.2} GFLOP/s{}, {:.1} samples/s",
         fwd * 1e3,
         flops / fwd / 1e9,
+        peak.map(|p| format!(" ({:.0}% of the GEMM peak)", 100.0 * flops / fwd / 1e9 / p))
+            .unwrap_or_default(),
         batch as f64 / fwd
     );
 
@@ -442,22 +478,25 @@ fn bench_backend<B: Backend>(
     }
     say!("per op family (synchronised after every op, per forward):");
     say!(
-        "  {:<12} {:>6} {:>10} {:>10} {:>9}",
+        "  {:<12} {:>6} {:>10} {:>10} {:>9}{}",
         "family",
         "calls",
         "ms",
         "GFLOP/s",
-        "GB/s"
+        "GB/s",
+        if peak.is_some() { "  of GEMM" } else { "" }
     );
     for (fam, st) in prof.stats() {
         let secs = st.time.as_secs_f64() / iters as f64;
+        let gflops = st.flops / iters as f64 / secs / 1e9;
         say!(
-            "  {:<12} {:>6} {:>10.3} {:>10.2} {:>9.2}",
+            "  {:<12} {:>6} {:>10.3} {:>10.2} {:>9.2}{}",
             fam.name(),
             st.calls / iters,
             secs * 1e3,
-            st.flops / iters as f64 / secs / 1e9,
-            st.bytes / iters as f64 / secs / 1e9
+            gflops,
+            st.bytes / iters as f64 / secs / 1e9,
+            of_peak(gflops)
         );
     }
     drop(pnet);

@@ -38,7 +38,14 @@ impl Engine {
     /// A one-line description of the device in use.
     pub fn describe(&self) -> String {
         match self {
-            Engine::Cpu(_) => format!("CPU backend ({} threads)", rayon::current_num_threads()),
+            Engine::Cpu(b) => format!(
+                "CPU backend, {} kernels ({} threads)",
+                match b.kernels {
+                    crate::cpu::CpuKernels::Fast => "fast",
+                    crate::cpu::CpuKernels::Reference => "reference",
+                },
+                rayon::current_num_threads()
+            ),
             Engine::Gpu(g) => format!("GPU {}", g.context().adapter),
         }
     }
@@ -48,7 +55,7 @@ impl Engine {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn open(choice: DeviceChoice) -> Result<(Engine, Option<String>)> {
     match choice {
-        DeviceChoice::Cpu => Ok((Engine::Cpu(CpuBackend), None)),
+        DeviceChoice::Cpu => Ok((Engine::Cpu(CpuBackend::FAST), None)),
         DeviceChoice::Gpu => Ok((
             Engine::Gpu(Box::new(GpuBackend::new(GpuContext::new(true)?))),
             None,
@@ -56,7 +63,7 @@ pub fn open(choice: DeviceChoice) -> Result<(Engine, Option<String>)> {
         DeviceChoice::Auto => match GpuContext::new(false) {
             Ok(ctx) => Ok((Engine::Gpu(Box::new(GpuBackend::new(ctx))), None)),
             Err(e) => Ok((
-                Engine::Cpu(CpuBackend),
+                Engine::Cpu(CpuBackend::FAST),
                 Some(format!(
                     "notice: using the CPU backend: {e} (force a GPU adapter with --device gpu)"
                 )),

@@ -99,7 +99,7 @@ impl WebSampler {
         } else {
             gpu_error = Some("WebGPU is not available in this browser".into());
         }
-        let net = weights.network(&CpuBackend).map_err(js_err)?;
+        let net = weights.network(&CpuBackend::FAST).map_err(js_err)?;
         Ok(WebSampler {
             weights,
             engine: Engine::Cpu(net),
@@ -169,7 +169,7 @@ impl WebSampler {
                 b.download_async(&x).await.map_err(js_err)?
             }
             Engine::Cpu(net) => {
-                let b = &CpuBackend;
+                let b = &CpuBackend::FAST;
                 let mut x = b.upload(&noise, &shape).map_err(js_err)?;
                 for w in grid.windows(2) {
                     let t0 = Stopwatch::start();

@@ -14,7 +14,7 @@ macro_rules! parity {
     ($what:expr, $inputs:expr, |$b:ident, $t:ident| $body:expr) => {{
         let inputs: Vec<(Vec<f32>, Vec<usize>)> = $inputs;
         let Some(g) = gpu() else { return };
-        let cpu = CpuBackend;
+        let cpu = CpuBackend::FAST;
         let expected = {
             let $b = &cpu;
             let $t: Vec<_> = inputs

@@ -22,7 +22,7 @@ fn parity(name: &str, model: flowmap::config::ModelConfig) {
     let mut shape = vec![n];
     shape.extend(w.meta.model.sample_shape());
 
-    let cpu = CpuBackend;
+    let cpu = CpuBackend::FAST;
     let net = w.network(&cpu).unwrap();
     let expected = cpu
         .download(

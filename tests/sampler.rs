@@ -19,7 +19,7 @@ fn model(name: &str, cfg: flowmap::config::ModelConfig) -> Weights {
 #[test]
 fn same_seed_same_samples_other_seed_other_samples() {
     let w = model("det", tiny_mlp());
-    let cpu = CpuBackend;
+    let cpu = CpuBackend::FAST;
     let net = w.network(&cpu).unwrap();
     let grid = uniform_grid(3).unwrap();
     let run = |seed| {
@@ -41,7 +41,7 @@ fn same_seed_same_samples_other_seed_other_samples() {
 #[test]
 fn one_step_is_one_flow_map_call() {
     let w = model("k1", tiny_unet());
-    let cpu = CpuBackend;
+    let cpu = CpuBackend::FAST;
     let net = w.network(&cpu).unwrap();
     let noise = initial_noise(&w.meta, 4, 1);
     let (samples, report) = sampler::sample(
@@ -68,7 +68,7 @@ fn one_step_is_one_flow_map_call() {
 #[test]
 fn custom_grid_composes_the_given_jumps() {
     let w = model("grid", tiny_mlp());
-    let cpu = CpuBackend;
+    let cpu = CpuBackend::FAST;
     let net = w.network(&cpu).unwrap();
     let noise = initial_noise(&w.meta, 8, 2);
     let grid = sampler::parse_grid("0, 0.1,0.6,1").unwrap();
@@ -108,7 +108,7 @@ fn bad_grids_and_step_counts_are_refused() {
 #[test]
 fn splitting_the_batch_does_not_change_samples() {
     let w = model("split", tiny_mlp());
-    let cpu = CpuBackend;
+    let cpu = CpuBackend::FAST;
     let net = w.network(&cpu).unwrap();
     let noise = initial_noise(&w.meta, 10, 4);
     let grid = uniform_grid(2).unwrap();
@@ -132,7 +132,7 @@ fn splitting_the_batch_does_not_change_samples() {
 #[test]
 fn gpu_sampling_matches_cpu_sampling() {
     let w = model("gpusample", tiny_unet());
-    let cpu = CpuBackend;
+    let cpu = CpuBackend::FAST;
     let grid = uniform_grid(4).unwrap();
     let noise = initial_noise(&w.meta, 5, 9);
     let (expected, _) = sampler::sample(

@@ -45,7 +45,7 @@ fn close(what: &str, a: &[f32], b: &[f32]) {
 #[wasm_bindgen_test]
 async fn every_kernel_matches_the_cpu_on_webgpu() {
     let g = gpu().await;
-    let c = CpuBackend;
+    let c = CpuBackend::FAST;
     let mut rng = Rng::new(1);
     let mut both = |shape: &[usize]| {
         let d = rng.normals(shape.iter().product(), 1.0);
@@ -153,7 +153,7 @@ async fn the_web_sampler_matches_the_cpu_sampler_on_gpu_and_on_the_fallback() {
     let (n, k, seed) = (3, 3, 7);
     // The reference: the CPU sampler, run directly.
     let noise = sampler::initial_noise(&w.meta, n, seed);
-    let cpu = CpuBackend;
+    let cpu = CpuBackend::FAST;
     let (want, _) = sampler::sample(
         &cpu,
         &w.network(&cpu).unwrap(),

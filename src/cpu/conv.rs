@@ -1,13 +1,101 @@
-//! 2-D convolution, the reference for `shaders/conv2d.wgsl`.
+//! 2-D convolution: the reference loops for `shaders/conv2d.wgsl` and the fast path.
 //!
-//! One output plane per rayon task; each (input channel, tap) adds a shifted, scaled input row
-//! to an output row, so the inner loop runs over contiguous memory and vectorizes.
+//! Reference: one output plane per rayon task; each (input channel, tap) adds a shifted, scaled
+//! input row to an output row, so the inner loop runs over contiguous memory.
+//!
+//! Fast: im2col + one GEMM per sample ([`super::im2col`], [`super::gemm`]), Y_n = W · col(x_n),
+//! with the epilogue fused by starting the accumulator at bias (+ residual). Samples run in
+//! parallel with single-threaded GEMMs; with fewer samples than cores each sample is split
+//! into bands of output rows (im2col and GEMM per band), so batch 1 uses every core too.
 
+use super::gemm::{matmul, Threads};
+use super::im2col::ConvGeom;
 use crate::backend::{conv2d_out_shape, Conv2d};
 use rayon::prelude::*;
 
-/// Returns the output and its shape [N, Cout, Ho, Wo].
+/// The fast path. Returns the output and its shape [N, Cout, Ho, Wo].
 pub fn conv2d(
+    x: &[f32],
+    xs: &[usize],
+    w: &[f32],
+    ws: &[usize],
+    bias: &[f32],
+    geom: Conv2d,
+    residual: Option<&[f32]>,
+) -> (Vec<f32>, Vec<usize>) {
+    assert_eq!(
+        ws[1], xs[1],
+        "conv2d: weight expects {} input channels, got {}",
+        ws[1], xs[1]
+    );
+    let g = ConvGeom::new(xs, ws, geom.stride, geom.padding);
+    let (p, len) = (g.positions(), g.o * g.positions());
+    let mut out = vec![0.0f32; g.n * len];
+    let threads = rayon::current_num_threads();
+    // Output rows [y0, y1) of sample i into y [O, (y1 − y0)·Wo], started at bias (+ residual).
+    let band = |col: &mut Vec<f32>, i: usize, y0: usize, y1: usize, y: &mut [f32]| {
+        let pb = (y1 - y0) * g.wo;
+        for (o, row) in y.chunks_mut(pb).enumerate() {
+            row.fill(bias[o]);
+            if let Some(r) = residual {
+                let r = &r[i * len + o * p + y0 * g.wo..][..pb];
+                row.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+            }
+        }
+        let xn = &x[i * g.in_len()..(i + 1) * g.in_len()];
+        let cols: &[f32] = if g.pointwise() && pb == p {
+            xn
+        } else {
+            col.resize(g.rows() * pb, 0.0);
+            g.im2col_band(xn, col, y0, y1);
+            col
+        };
+        matmul(
+            g.o,
+            pb,
+            g.rows(),
+            y,
+            true,
+            w,
+            false,
+            cols,
+            false,
+            Threads::One,
+        );
+    };
+    if g.n >= threads {
+        // Samples in parallel, each whole.
+        out.par_chunks_mut(len)
+            .enumerate()
+            .for_each_init(Vec::new, |col, (i, y)| band(col, i, 0, g.ho, y));
+    } else {
+        // Fewer samples than cores (batch 1 on an edge device): bands of output rows of each
+        // sample in parallel, so im2col and the GEMMs both use every core.
+        let bands = threads.div_ceil(g.n).min(g.ho);
+        let rows_per = g.ho.div_ceil(bands);
+        for (i, yn) in out.chunks_mut(len).enumerate() {
+            let parts: Vec<(usize, Vec<f32>)> = (0..g.ho.div_ceil(rows_per))
+                .into_par_iter()
+                .map_init(Vec::new, |col, b| {
+                    let (y0, y1) = (b * rows_per, ((b + 1) * rows_per).min(g.ho));
+                    let mut y = vec![0.0f32; g.o * (y1 - y0) * g.wo];
+                    band(col, i, y0, y1, &mut y);
+                    (y0, y)
+                })
+                .collect();
+            for (y0, y) in parts {
+                let pb = y.len() / g.o;
+                for (o, row) in y.chunks(pb).enumerate() {
+                    yn[o * p + y0 * g.wo..][..pb].copy_from_slice(row);
+                }
+            }
+        }
+    }
+    (out, vec![g.n, g.o, g.ho, g.wo])
+}
+
+/// The reference loops. Returns the output and its shape [N, Cout, Ho, Wo].
+pub fn conv2d_reference(
     x: &[f32],
     xs: &[usize],
     w: &[f32],
@@ -114,8 +202,33 @@ mod tests {
         out
     }
 
+    /// Channel counts past the GEMM's blocking, at batch 1 (bands) and batch 4 (samples).
     #[test]
-    fn matches_definition_for_every_geometry() {
+    fn fast_path_matches_the_reference_on_wide_layers() {
+        for n in [1, 4] {
+            let (xs, ws) = ([n, 40, 9, 11], [24, 40, 3, 3]);
+            let x: Vec<f32> = (0..xs.iter().product())
+                .map(|i| ((i * 7) % 23) as f32 * 0.04 - 0.4)
+                .collect();
+            let w: Vec<f32> = (0..ws.iter().product())
+                .map(|i| ((i * 5) % 17) as f32 * 0.01 - 0.08)
+                .collect();
+            let b: Vec<f32> = (0..24).map(|i| i as f32 * 0.1).collect();
+            for g in [Conv2d::SAME, Conv2d::DOWN] {
+                let (f, _) = conv2d(&x, &xs, &w, &ws, &b, g, None);
+                let (r, _) = conv2d_reference(&x, &xs, &w, &ws, &b, g, None);
+                for (a, e) in f.iter().zip(&r) {
+                    assert!(
+                        (a - e).abs() < 1e-4 * (1.0 + e.abs()),
+                        "n={n} {g:?}: {a} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn both_paths_match_the_definition_for_every_geometry() {
         let mut seed = 1u32;
         let mut rnd = || {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
@@ -133,15 +246,28 @@ mod tests {
                 },
             ),
         ] {
-            let xs = [2, 3, 7, 5];
-            let ws = [4, 3, k, k];
-            let x: Vec<f32> = (0..xs.iter().product()).map(|_| rnd()).collect();
-            let w: Vec<f32> = (0..ws.iter().product()).map(|_| rnd()).collect();
-            let b: Vec<f32> = (0..4).map(|_| rnd()).collect();
-            let (y, _) = conv2d(&x, &xs, &w, &ws, &b, g, None);
-            let r = naive(&x, &xs, &w, &ws, &b, g);
-            for (a, e) in y.iter().zip(&r) {
-                assert!((a - e).abs() < 1e-5, "k={k} {g:?}: {a} vs {e}");
+            // Batch 1 (GEMM on all cores) and batch 3 (samples in parallel), odd sizes.
+            for n in [1, 3] {
+                let xs = [n, 3, 7, 5];
+                let ws = [4, 3, k, k];
+                let x: Vec<f32> = (0..xs.iter().product()).map(|_| rnd()).collect();
+                let w: Vec<f32> = (0..ws.iter().product()).map(|_| rnd()).collect();
+                let b: Vec<f32> = (0..4).map(|_| rnd()).collect();
+                let r = naive(&x, &xs, &w, &ws, &b, g);
+                let res: Vec<f32> = (0..r.len()).map(|_| rnd()).collect();
+                for fast in [false, true] {
+                    let run = if fast { conv2d } else { conv2d_reference };
+                    let (y, shape) = run(&x, &xs, &w, &ws, &b, g, None);
+                    assert_eq!(shape, conv2d_out_shape(&xs, &ws, g));
+                    for (a, e) in y.iter().zip(&r) {
+                        assert!((a - e).abs() < 1e-5, "fast={fast} k={k} {g:?}: {a} vs {e}");
+                    }
+                    // The fused residual epilogue.
+                    let (y, _) = run(&x, &xs, &w, &ws, &b, g, Some(&res));
+                    for ((a, e), r) in y.iter().zip(&r).zip(&res) {
+                        assert!((a - e - r).abs() < 1e-5, "fast={fast} residual {g:?}");
+                    }
+                }
             }
         }
     }

@@ -1,21 +1,27 @@
 //! The plain-Rust backend: the oracle for every WGSL kernel and a real fallback for machines
-//! without a GPU. Ops are split over the cores with rayon; each op family lives in its own file
-//! beside the WGSL kernel it mirrors (`shaders/<op>.wgsl`).
+//! without a GPU (edge devices, browsers without WebGPU). Ops are split over the cores with
+//! rayon; each op family lives in its own file beside the WGSL kernel it mirrors
+//! (`shaders/<op>.wgsl`), with two implementations: the reference loops, written to be read,
+//! and the fast path (GEMM-based conv and linear, vectorizable GroupNorm and SiLU) that the
+//! backend runs by default. Each file's tests hold the fast path to the reference loops.
 
 mod attention;
 mod conv;
 mod elementwise;
+pub mod gemm;
+pub mod im2col;
 mod linear;
 mod norm;
+mod simd;
 
 pub use attention::attention;
-pub use conv::conv2d;
+pub use conv::{conv2d, conv2d_reference};
 pub use elementwise::{
-    activate, add, concat_channels, embedding_frequencies, flow_step, timestep_embedding,
-    upsample_nearest2x,
+    activate, activate_reference, add, concat_channels, embedding_frequencies, exp_fast, flow_step,
+    timestep_embedding, upsample_nearest2x,
 };
-pub use linear::linear;
-pub use norm::group_norm;
+pub use linear::{linear, linear_reference};
+pub use norm::{group_norm, group_norm_reference};
 
 use crate::backend::{Backend, Conv2d, Shaped};
 use crate::config::Activation;
@@ -45,9 +51,37 @@ impl Shaped for CpuTensor {
     }
 }
 
-/// The CPU backend. Stateless: parallelism comes from rayon's global pool.
+/// Which implementation of each op the CPU backend runs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum CpuKernels {
+    /// GEMM-based conv and linear, vectorized GroupNorm and activations (the default).
+    #[default]
+    Fast,
+    /// The plain reference loops, the oracle the fast path is tested against.
+    Reference,
+}
+
+/// The CPU backend. Stateless apart from the kernel choice: parallelism comes from rayon's
+/// global pool.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    pub kernels: CpuKernels,
+}
+
+impl CpuBackend {
+    /// The fast kernels.
+    pub const FAST: CpuBackend = CpuBackend {
+        kernels: CpuKernels::Fast,
+    };
+    /// The reference loops.
+    pub const REFERENCE: CpuBackend = CpuBackend {
+        kernels: CpuKernels::Reference,
+    };
+
+    fn fast(&self) -> bool {
+        self.kernels == CpuKernels::Fast
+    }
+}
 
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
@@ -78,7 +112,12 @@ impl Backend for CpuBackend {
         geom: Conv2d,
         residual: Option<&CpuTensor>,
     ) -> CpuTensor {
-        let (data, shape) = conv2d(
+        let run = if self.fast() {
+            conv2d
+        } else {
+            conv2d_reference
+        };
+        let (data, shape) = run(
             &x.data,
             &x.shape,
             &w.data,
@@ -100,7 +139,12 @@ impl Backend for CpuBackend {
         modulation: Option<&CpuTensor>,
         silu: bool,
     ) -> CpuTensor {
-        let y = group_norm(
+        let run = if self.fast() {
+            group_norm
+        } else {
+            group_norm_reference
+        };
+        let y = run(
             &x.data,
             &x.shape,
             &gamma.data,
@@ -122,7 +166,12 @@ impl Backend for CpuBackend {
         act: Activation,
     ) -> CpuTensor {
         let (n, out) = (x.shape[0], w.shape[0]);
-        let y = linear(
+        let run = if self.fast() {
+            linear
+        } else {
+            linear_reference
+        };
+        let y = run(
             &x.data,
             n,
             x.shape[1],
@@ -185,7 +234,12 @@ impl Backend for CpuBackend {
     }
 
     fn activation(&self, x: &CpuTensor, act: Activation) -> CpuTensor {
-        CpuTensor::new(activate(&x.data, act), &x.shape)
+        let y = if self.fast() {
+            activate(&x.data, act)
+        } else {
+            activate_reference(&x.data, act)
+        };
+        CpuTensor::new(y, &x.shape)
     }
 
     fn flow_step(&self, x: &CpuTensor, v: &CpuTensor, dt: f32) -> CpuTensor {

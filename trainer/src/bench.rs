@@ -10,6 +10,7 @@ use anyhow::Result;
 use burn::tensor::{Device, DeviceKind};
 use flowmap::backend::Backend;
 use flowmap::config::ModelConfig;
+use flowmap::cpu::CpuBackend;
 use flowmap::device::{DeviceChoice, Engine};
 use flowmap::net::{param_specs, Network};
 use flowmap::rng::Rng;
@@ -48,27 +49,32 @@ pub fn forward(model: &ModelConfig, batch: usize, iters: usize, with_wgpu: bool)
         flops / 1e9
     );
     let mut results: Vec<(String, f64)> = Vec::new();
-    let burn_devices: Vec<(&str, Device)> = if with_wgpu {
-        vec![
-            ("burn flex", Device::flex()),
-            ("burn wgpu", Device::wgpu(DeviceKind::DefaultDevice)),
-        ]
-    } else {
-        vec![("burn flex", Device::flex())]
-    };
-    for (name, dev) in burn_devices {
-        let be = BurnBackend::new(dev.clone());
+    // burn flex with burn's own ops is the baseline; with flowmap's flex ops (conv, fused
+    // GroupNorm) is what the trainer runs.
+    let mut burn_runs: Vec<(&str, Device, bool)> = vec![
+        ("burn flex", Device::flex(), false),
+        ("burn flex + flowmap flex ops", Device::flex(), true),
+    ];
+    if with_wgpu {
+        burn_runs.push(("burn wgpu", Device::wgpu(DeviceKind::DefaultDevice), false));
+    }
+    for (name, dev, fast_ops) in burn_runs {
+        let mut be = BurnBackend::new(dev.clone());
+        be.fast_ops = fast_ops;
         let net = ParamStore::from_host(model, &tensors, &dev)?.network(model)?;
         results.push((name.into(), time_forward(&be, &net, &x, &shape, iters)?));
     }
     for choice in [DeviceChoice::Cpu, DeviceChoice::Gpu] {
         match flowmap::device::open(choice) {
             Ok((Engine::Cpu(b), _)) => {
-                let net = network_from_tensors(model, &tensors, &b)?;
-                results.push((
-                    "flowmap cpu".into(),
-                    time_forward(&b, &net, &x, &shape, iters)?,
-                ));
+                // The fast path, then the reference loops it is tested against.
+                for (name, b) in [
+                    ("flowmap cpu", b),
+                    ("flowmap cpu (reference loops)", CpuBackend::REFERENCE),
+                ] {
+                    let net = network_from_tensors(model, &tensors, &b)?;
+                    results.push((name.into(), time_forward(&b, &net, &x, &shape, iters)?));
+                }
             }
             Ok((Engine::Gpu(g), _)) => {
                 g.warm_up()?;

@@ -1,6 +1,8 @@
 //! 2-D convolution for training on burn's `flex` CPU backend: im2col + one GEMM per sample
-//! (the `gemm` crate that flex itself uses for matmul), forward and both backward products,
-//! registered as a burn backend extension with a hand-written autodiff node.
+//! (flowmap's [`im2col`](flowmap::cpu::im2col) and [`gemm`](flowmap::cpu::gemm) wrapper over the
+//! `gemm` crate that flex itself uses for matmul; the forward is flowmap's fast CPU conv), forward
+//! and both backward products, registered as a burn backend extension with a hand-written
+//! autodiff node.
 //!
 //! Why: the training profile (`trainer bench --profile`, docs/BENCHMARKS.md) found flex's
 //! conv2d and its default backward at 17–20 GFLOP/s, a quarter of what flex's own matmul reaches
@@ -21,6 +23,9 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::{Autodiff, NodeId};
 use burn_flex::{Flex, FlexTensor};
+use flowmap::backend::Conv2d;
+use flowmap::cpu::gemm::{matmul, Threads::One};
+use flowmap::cpu::im2col::ConvGeom;
 use rayon::prelude::*;
 
 /// The convolution as a backend extension: implemented for flex and, with a custom backward,
@@ -117,155 +122,6 @@ pub fn conv2d(
     ))
 }
 
-/// Geometry of one convolution.
-#[derive(Debug, Clone, Copy)]
-struct Geom {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
-}
-
-impl Geom {
-    fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> Self {
-        let (n, c, h, wd) = (x[0], x[1], x[2], x[3]);
-        let (o, k) = (w[0], w[2]);
-        Geom {
-            n,
-            c,
-            h,
-            w: wd,
-            o,
-            k,
-            stride,
-            pad,
-            ho: (h + 2 * pad - k) / stride + 1,
-            wo: (wd + 2 * pad - k) / stride + 1,
-        }
-    }
-    /// Rows of the im2col matrix (C·k·k).
-    fn rows(&self) -> usize {
-        self.c * self.k * self.k
-    }
-    /// Output positions per sample.
-    fn positions(&self) -> usize {
-        self.ho * self.wo
-    }
-    /// A 1×1, stride-1, unpadded convolution: the input already is its im2col matrix.
-    fn pointwise(&self) -> bool {
-        self.k == 1 && self.stride == 1 && self.pad == 0
-    }
-    /// For each im2col row r = (c, ky, kx) and output row oy whose input row is inside the
-    /// image: (offset of the output row in col, offset of its first input in x, the output
-    /// columns [ox0, ox1) whose inputs are inside). Inputs of a row are `stride` apart.
-    fn for_each_row(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
-        let p = self.positions();
-        let (pad, s) = (self.pad as isize, self.stride as isize);
-        for c in 0..self.c {
-            for ky in 0..self.k {
-                for kx in 0..self.k {
-                    let r = (c * self.k + ky) * self.k + kx;
-                    // Output columns with 0 ≤ ox·s + kx − pad < w.
-                    let lo = (pad - kx as isize).max(0);
-                    let ox0 = ((lo + s - 1) / s) as usize;
-                    let hi = self.w as isize + pad - kx as isize; // exclusive bound on ox·s
-                    let ox1 = (((hi + s - 1) / s).max(0) as usize).min(self.wo);
-                    if ox0 >= ox1 {
-                        continue;
-                    }
-                    for oy in 0..self.ho {
-                        let iy = oy as isize * s + ky as isize - pad;
-                        if iy < 0 || iy >= self.h as isize {
-                            continue;
-                        }
-                        let ix0 = (ox0 as isize * s + kx as isize - pad) as usize;
-                        f(
-                            r * p + oy * self.wo,
-                            (c * self.h + iy as usize) * self.w + ix0,
-                            ox0,
-                            ox1,
-                        );
-                    }
-                }
-            }
-        }
-    }
-    /// col [C·k·k, Ho·Wo] of one sample x_n [C, H, W].
-    fn im2col(&self, x: &[f32], col: &mut [f32]) {
-        col.fill(0.0);
-        let s = self.stride;
-        self.for_each_row(|out, inp, ox0, ox1| {
-            let dst = &mut col[out + ox0..out + ox1];
-            if s == 1 {
-                dst.copy_from_slice(&x[inp..inp + dst.len()]);
-            } else {
-                for (j, d) in dst.iter_mut().enumerate() {
-                    *d = x[inp + j * s];
-                }
-            }
-        });
-    }
-    /// The adjoint of `im2col`: scatter-adds col into dx_n.
-    fn col2im(&self, col: &[f32], dx: &mut [f32]) {
-        let s = self.stride;
-        self.for_each_row(|out, inp, ox0, ox1| {
-            for (j, v) in col[out + ox0..out + ox1].iter().enumerate() {
-                dx[inp + j * s] += v;
-            }
-        });
-    }
-}
-
-/// dst [m, n] (row-major) = (accumulate ? dst : 0) + a [m, k] · b [k, n], where `ta`/`tb` say
-/// the operand is stored transposed ([k, m] / [n, k], row-major). Single-threaded.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    a: &[f32],
-    ta: bool,
-    b: &[f32],
-    tb: bool,
-) {
-    debug_assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    // (column stride, row stride) of each operand in elements.
-    let (a_cs, a_rs) = if ta { (m as isize, 1) } else { (1, k as isize) };
-    let (b_cs, b_rs) = if tb { (k as isize, 1) } else { (1, n as isize) };
-    // SAFETY: the strides above address only elements inside the asserted slice lengths.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 /// A contiguous f32 view of a tensor (copied only if it is strided or not f32).
 fn contiguous(t: FlexTensor) -> FlexTensor {
     let t = if t.is_contiguous() {
@@ -297,30 +153,7 @@ fn flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape.to_vec()))
 }
 
-fn forward(x: &[f32], w: &[f32], b: &[f32], g: Geom) -> Vec<f32> {
-    let (rows, p) = (g.rows(), g.positions());
-    let mut y = vec![0.0f32; g.n * g.o * p];
-    let in_len = g.c * g.h * g.w;
-    y.par_chunks_mut(g.o * p).enumerate().for_each_init(
-        || vec![0.0f32; if g.pointwise() { 0 } else { rows * p }],
-        |col, (i, yn)| {
-            let xn = &x[i * in_len..(i + 1) * in_len];
-            let cols: &[f32] = if g.pointwise() {
-                xn
-            } else {
-                g.im2col(xn, col);
-                col
-            };
-            for (o, row) in yn.chunks_mut(p).enumerate() {
-                row.fill(b[o]);
-            }
-            matmul(g.o, p, rows, yn, true, w, false, cols, false);
-        },
-    );
-    y
-}
-
-fn backward_x(w: &[f32], dy: &[f32], g: Geom) -> Vec<f32> {
+fn backward_x(w: &[f32], dy: &[f32], g: ConvGeom) -> Vec<f32> {
     let (rows, p) = (g.rows(), g.positions());
     let in_len = g.c * g.h * g.w;
     let mut dx = vec![0.0f32; g.n * in_len];
@@ -329,9 +162,9 @@ fn backward_x(w: &[f32], dy: &[f32], g: Geom) -> Vec<f32> {
         |col, (i, dxn)| {
             let dyn_ = &dy[i * g.o * p..(i + 1) * g.o * p];
             if g.pointwise() {
-                matmul(rows, p, g.o, dxn, false, w, true, dyn_, false);
+                matmul(rows, p, g.o, dxn, false, w, true, dyn_, false, One);
             } else {
-                matmul(rows, p, g.o, col, false, w, true, dyn_, false);
+                matmul(rows, p, g.o, col, false, w, true, dyn_, false, One);
                 g.col2im(col, dxn);
             }
         },
@@ -339,7 +172,7 @@ fn backward_x(w: &[f32], dy: &[f32], g: Geom) -> Vec<f32> {
     dx
 }
 
-fn backward_wb(x: &[f32], dy: &[f32], g: Geom) -> (Vec<f32>, Vec<f32>) {
+fn backward_wb(x: &[f32], dy: &[f32], g: ConvGeom) -> (Vec<f32>, Vec<f32>) {
     let (rows, p) = (g.rows(), g.positions());
     let in_len = g.c * g.h * g.w;
     let zero = || {
@@ -361,7 +194,7 @@ fn backward_wb(x: &[f32], dy: &[f32], g: Geom) -> (Vec<f32>, Vec<f32>) {
                 &col
             };
             // dW [O, rows] += dY_n [O, P] · col_nᵀ [P, rows]
-            matmul(g.o, rows, p, &mut dw, true, dyn_, false, cols, true);
+            matmul(g.o, rows, p, &mut dw, true, dyn_, false, cols, true, One);
             for (o, row) in dyn_.chunks(p).enumerate() {
                 db[o] += row.iter().sum::<f32>();
             }
@@ -517,11 +350,17 @@ impl FlexOps for Flex {
         padding: usize,
     ) -> FlexTensor {
         let (x, w, b) = (contiguous(x), contiguous(w), contiguous(b));
-        let g = Geom::new(&dims4(&x), &dims4(&w), stride, padding);
-        flex(
-            forward(slice(&x), slice(&w), slice(&b), g),
-            &[g.n, g.o, g.ho, g.wo],
-        )
+        // The forward is the sampler's fast CPU conv (im2col + GEMM).
+        let (y, shape) = flowmap::cpu::conv2d(
+            slice(&x),
+            &dims4(&x),
+            slice(&w),
+            &dims4(&w),
+            slice(&b),
+            Conv2d { stride, padding },
+            None,
+        );
+        flex(y, &shape)
     }
 
     fn fast_conv2d_dx(
@@ -533,7 +372,7 @@ impl FlexOps for Flex {
     ) -> FlexTensor {
         let xs = dims4(&x);
         let (w, dy) = (contiguous(w), contiguous(dy));
-        let g = Geom::new(&xs, &dims4(&w), stride, padding);
+        let g = ConvGeom::new(&xs, &dims4(&w), stride, padding);
         flex(backward_x(slice(&w), slice(&dy), g), &xs)
     }
 
@@ -546,7 +385,7 @@ impl FlexOps for Flex {
     ) -> (FlexTensor, FlexTensor) {
         let ws = dims4(&w);
         let (x, dy) = (contiguous(x), contiguous(dy));
-        let g = Geom::new(&dims4(&x), &ws, stride, padding);
+        let g = ConvGeom::new(&dims4(&x), &ws, stride, padding);
         let (dw, db) = backward_wb(slice(&x), slice(&dy), g);
         (flex(dw, &ws), flex(db, &[g.o]))
     }

@@ -71,7 +71,7 @@ fn burn_network_matches_the_sampler_backends() {
             )
             .unwrap();
 
-        let cpu = CpuBackend;
+        let cpu = CpuBackend::FAST;
         let cnet = flowmap::weights::network_from_tensors(&cfg, &tensors, &cpu).unwrap();
         let want = cpu
             .download(
@@ -328,7 +328,7 @@ fn training_lowers_the_loss_and_exports_a_loadable_model() {
     assert_eq!(w.meta.provenance["steps"], "60");
     assert!(w.meta.provenance.contains_key("git"));
     // The exported EMA weights sample in flowmap.
-    let cpu = CpuBackend;
+    let cpu = CpuBackend::FAST;
     let net = w.network(&cpu).unwrap();
     let noise = flowmap::sampler::initial_noise(&w.meta, 8, 0);
     let (out, _) = flowmap::sampler::sample(

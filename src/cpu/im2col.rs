@@ -1,0 +1,175 @@
+//! im2col: a convolution as a matrix product. For one sample x_n [C, H, W] the matrix
+//! col [C·k·k, Ho·Wo] holds, in row (c, ky, kx) and column (oy, ox), the input that tap meets at
+//! that output (zero in the padding), so conv(x_n, W) = W [O, C·k·k] · col. The sampler's fast
+//! conv and the trainer's flex conv (forward and both gradients) share this one geometry.
+
+/// Geometry of one convolution (square kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl ConvGeom {
+    /// From the input shape [N, C, H, W], the weight shape [O, C, k, k], stride and padding.
+    pub fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> Self {
+        let (n, c, h, wd) = (x[0], x[1], x[2], x[3]);
+        let (o, k) = (w[0], w[2]);
+        ConvGeom {
+            n,
+            c,
+            h,
+            w: wd,
+            o,
+            k,
+            stride,
+            pad,
+            ho: (h + 2 * pad - k) / stride + 1,
+            wo: (wd + 2 * pad - k) / stride + 1,
+        }
+    }
+
+    /// Rows of the im2col matrix (C·k·k).
+    pub fn rows(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    /// Output positions per sample (Ho·Wo).
+    pub fn positions(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Values of one input sample (C·H·W).
+    pub fn in_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// A 1×1, stride-1, unpadded convolution: the input already is its im2col matrix.
+    pub fn pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// For each im2col row r = (c, ky, kx) and output row oy in [y0, y1) whose input row is
+    /// inside the image: (offset of the output row in the band's col, offset of its first input
+    /// in x, the output columns [ox0, ox1) whose inputs are inside). Inputs of a row are
+    /// `stride` apart.
+    fn for_each_row(&self, y0: usize, y1: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+        let p = (y1 - y0) * self.wo;
+        let (pad, s) = (self.pad as isize, self.stride as isize);
+        for c in 0..self.c {
+            for ky in 0..self.k {
+                for kx in 0..self.k {
+                    let r = (c * self.k + ky) * self.k + kx;
+                    // Output columns with 0 ≤ ox·s + kx − pad < w.
+                    let lo = (pad - kx as isize).max(0);
+                    let ox0 = ((lo + s - 1) / s) as usize;
+                    let hi = self.w as isize + pad - kx as isize; // exclusive bound on ox·s
+                    let ox1 = (((hi + s - 1) / s).max(0) as usize).min(self.wo);
+                    if ox0 >= ox1 {
+                        continue;
+                    }
+                    for oy in y0..y1 {
+                        let iy = oy as isize * s + ky as isize - pad;
+                        if iy < 0 || iy >= self.h as isize {
+                            continue;
+                        }
+                        let ix0 = (ox0 as isize * s + kx as isize - pad) as usize;
+                        f(
+                            r * p + (oy - y0) * self.wo,
+                            (c * self.h + iy as usize) * self.w + ix0,
+                            ox0,
+                            ox1,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// col [C·k·k, Ho·Wo] of one sample x_n [C, H, W].
+    pub fn im2col(&self, x: &[f32], col: &mut [f32]) {
+        self.im2col_band(x, col, 0, self.ho);
+    }
+
+    /// The columns of output rows [y0, y1) only: col [C·k·k, (y1 − y0)·Wo].
+    pub fn im2col_band(&self, x: &[f32], col: &mut [f32], y0: usize, y1: usize) {
+        col[..self.rows() * (y1 - y0) * self.wo].fill(0.0);
+        let s = self.stride;
+        self.for_each_row(y0, y1, |out, inp, ox0, ox1| {
+            let dst = &mut col[out + ox0..out + ox1];
+            if s == 1 {
+                dst.copy_from_slice(&x[inp..inp + dst.len()]);
+            } else {
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = x[inp + j * s];
+                }
+            }
+        });
+    }
+
+    /// The adjoint of [`im2col`](Self::im2col): scatter-adds col into dx_n.
+    pub fn col2im(&self, col: &[f32], dx: &mut [f32]) {
+        let s = self.stride;
+        self.for_each_row(0, self.ho, |out, inp, ox0, ox1| {
+            for (j, v) in col[out + ox0..out + ox1].iter().enumerate() {
+                dx[inp + j * s] += v;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ⟨im2col(x), c⟩ = ⟨x, col2im(c)⟩ for every geometry the networks use, and each entry
+    /// of col is the input its tap meets.
+    #[test]
+    fn col2im_is_the_adjoint_and_entries_are_taps() {
+        for (k, s, p) in [(3, 1, 1), (3, 2, 1), (1, 1, 0), (3, 2, 0), (2, 2, 0)] {
+            let g = ConvGeom::new(&[1, 2, 5, 6], &[3, 2, k, k], s, p);
+            let x: Vec<f32> = (0..g.in_len()).map(|i| (i as f32 * 0.7).sin()).collect();
+            let mut col = vec![f32::NAN; g.rows() * g.positions()];
+            g.im2col(&x, &mut col);
+            for (r, row) in col.chunks(g.positions()).enumerate() {
+                let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+                for (q, &v) in row.iter().enumerate() {
+                    let iy = (q / g.wo * s + ky) as isize - p as isize;
+                    let ix = (q % g.wo * s + kx) as isize - p as isize;
+                    let inside = iy >= 0 && ix >= 0 && iy < 5 && ix < 6;
+                    let want = if inside {
+                        x[(c * 5 + iy as usize) * 6 + ix as usize]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(v, want, "k={k} s={s} p={p} row {r} col {q}");
+                }
+            }
+            // A band is the matching slice of every row.
+            let (y0, y1) = (1, g.ho.min(3));
+            let mut band = vec![f32::NAN; g.rows() * (y1 - y0) * g.wo];
+            g.im2col_band(&x, &mut band, y0, y1);
+            for (r, row) in band.chunks((y1 - y0) * g.wo).enumerate() {
+                let full = &col[r * g.positions() + y0 * g.wo..r * g.positions() + y1 * g.wo];
+                assert_eq!(row, full, "band row {r}");
+            }
+            let c: Vec<f32> = (0..col.len()).map(|i| (i as f32 * 0.3).cos()).collect();
+            let mut dx = vec![0.0f32; x.len()];
+            g.col2im(&c, &mut dx);
+            let lhs: f64 = col.iter().zip(&c).map(|(a, b)| (a * b) as f64).sum();
+            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| (a * b) as f64).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-4,
+                "k={k} s={s} p={p}: {lhs} vs {rhs}"
+            );
+        }
+    }
+}
