@@ -38,6 +38,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Draw samples by composing K flow-map jumps from noise (t = 0) to data (t = 1).
+    #[command(after_help = "Examples:
+  flowmap sample --steps 4 --out samples.png                  # 64 digits from the shipped MNIST model
+  flowmap sample --model checkerboard --steps 1 --n 20000 --out cb.png
+  flowmap sample --weights runs/cb-lsd/model.safetensors --steps 2 --out cb.npy --device cpu
+  flowmap sample --grid 0,0.5,0.8,1 --seed 7 --out custom-grid.png
+  flowmap sample --integrator heun --steps 8 --out heun.png   # the diagonal velocity, 16 evaluations")]
     Sample {
         /// A shipped model compiled into this binary: mnist (the default) or checkerboard.
         #[arg(long, conflicts_with = "weights")]
@@ -68,6 +74,9 @@ enum Command {
         integrator: String,
     },
     /// Print a weights file's config, parameter count, FLOPs per forward and provenance.
+    #[command(after_help = "Examples:
+  flowmap info mnist
+  flowmap info weights/checkerboard-f16.safetensors --tensors")]
     Info {
         /// A weights file, or the name of a shipped model (mnist, checkerboard).
         file: PathBuf,
@@ -76,6 +85,10 @@ enum Command {
         tensors: bool,
     },
     /// Time the forward pass and sampling on the GPU and the CPU backend, per op family.
+    #[command(after_help = "Examples:
+  flowmap bench --preset mnist --batch 16
+  flowmap bench --preset toy2d --batch 4096 --device cpu --reference   # fast path vs reference loops
+  flowmap bench --weights weights/mnist.safetensors --batch 64 --device gpu")]
     Bench {
         /// A weights file; without it, random weights for --preset (timing only).
         #[arg(long)]
@@ -83,6 +96,7 @@ enum Command {
         /// mnist (the default U-Net) or toy2d (the default MLP), used without --weights.
         #[arg(long, default_value = "mnist")]
         preset: String,
+        /// Samples per forward.
         #[arg(long, default_value_t = 64)]
         batch: usize,
         /// all (GPU adapter and CPU), gpu or cpu.

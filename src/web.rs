@@ -24,6 +24,8 @@ pub struct WebSampler {
     engine: Engine,
     device: String,
     gpu_error: Option<String>,
+    /// The CPU backend's kernels (fast by default; the reference loops for benchmarks).
+    cpu: CpuBackend,
 }
 
 /// The result of one sampling run.
@@ -92,6 +94,7 @@ impl WebSampler {
                         engine: Engine::Gpu(backend, net),
                         device,
                         gpu_error,
+                        cpu: CpuBackend::FAST,
                     });
                 }
                 Err(e) => gpu_error = Some(e.to_string()),
@@ -105,7 +108,18 @@ impl WebSampler {
             engine: Engine::Cpu(net),
             device: "CPU (wasm fallback)".into(),
             gpu_error,
+            cpu: CpuBackend::FAST,
         })
+    }
+
+    /// Runs the CPU fallback on the reference loops instead of the fast kernels (the page's
+    /// `?cpu=reference`, for the wasm benchmark's baseline).
+    pub fn set_reference_kernels(&mut self, on: bool) {
+        self.cpu = if on {
+            CpuBackend::REFERENCE
+        } else {
+            CpuBackend::FAST
+        };
     }
 
     #[wasm_bindgen(getter)]
@@ -169,7 +183,7 @@ impl WebSampler {
                 b.download_async(&x).await.map_err(js_err)?
             }
             Engine::Cpu(net) => {
-                let b = &CpuBackend::FAST;
+                let b = &self.cpu;
                 let mut x = b.upload(&noise, &shape).map_err(js_err)?;
                 for w in grid.windows(2) {
                     let t0 = Stopwatch::start();

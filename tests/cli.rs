@@ -308,3 +308,32 @@ fn sample_without_weights_draws_from_the_shipped_models() {
     assert!(stdout.contains("method:"), "{stdout}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Each subcommand's help shows examples, and every flag a line of help (clap prints an
+/// argument with no help as a bare `--flag <VALUE>` line followed by the next flag).
+#[test]
+fn every_subcommand_help_has_examples_and_every_flag_a_description() {
+    for sub in ["sample", "info", "bench"] {
+        let (ok, out, err) = flowmap(&[sub, "--help"]);
+        assert!(ok, "{sub} --help failed: {err}");
+        assert!(
+            out.contains("Examples:"),
+            "`flowmap {sub} --help` has no examples"
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            if t.starts_with("--") || (t.starts_with('-') && t.contains(", --")) {
+                let described = t
+                    .split("  ")
+                    .filter(|p| !p.trim().is_empty())
+                    .skip(1)
+                    .any(|p| !p.trim().starts_with("[default"))
+                    || lines
+                        .get(i + 1)
+                        .is_some_and(|n| !n.trim().is_empty() && !n.trim_start().starts_with('-'));
+                assert!(described, "`flowmap {sub} --help`: no help for `{t}`");
+            }
+        }
+    }
+}

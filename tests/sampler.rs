@@ -116,6 +116,22 @@ fn splitting_the_batch_does_not_change_samples() {
     let (parts, r2) = sampler::sample(&cpu, &net, &noise, &grid, Integrator::Heun, 3).unwrap();
     assert_eq!((r1.chunks, r2.chunks), (1, 4));
     assert_eq!(whole, parts);
+    // The default U-Net on the CPU fast path: GEMM conv (per sample, or in bands of rows when a
+    // chunk has fewer samples than cores) and fixed-shape GEMM blocks in linear keep every
+    // sample's bits whatever the chunk size.
+    let w = model("split-unet", flowmap::config::ModelConfig::mnist_default());
+    let net = w.network(&cpu).unwrap();
+    let noise = initial_noise(&w.meta, 5, 4);
+    let grid = uniform_grid(2).unwrap();
+    let (whole, _) = sampler::sample(&cpu, &net, &noise, &grid, Integrator::FlowMap, 5).unwrap();
+    for chunk in [1, 2, 3] {
+        let (parts, _) =
+            sampler::sample(&cpu, &net, &noise, &grid, Integrator::FlowMap, chunk).unwrap();
+        assert!(
+            whole == parts,
+            "U-Net samples change with chunk size {chunk}"
+        );
+    }
     // The batch limit follows the largest buffer of one sample.
     let meta = meta_for(tiny_unet());
     let per_sample = sampler::max_batch(&meta, usize::MAX / 2).unwrap();

@@ -1,7 +1,8 @@
 // The demo page: glue and drawing only. Sampling is flowmap's Rust sampler compiled to wasm
 // (web/pkg, built by web/build.sh), running the WGSL kernels on WebGPU or, without WebGPU, the
 // CPU backend. Query parameters (used by the tests, handy for links): ?model=URL, ?k=, ?seed=,
-// ?n= set the starting state; ?gpu=off forces the CPU fallback.
+// ?n= set the starting state; ?gpu=off forces the CPU fallback; ?cpu=reference runs the fallback
+// on the reference loops (the wasm benchmark's baseline, web/bench.mjs).
 import init, { WebSampler } from './pkg/flowmap.js';
 
 const $ = (id) => document.getElementById(id);
@@ -31,7 +32,9 @@ async function loadModel(url) {
       const bytes = new Uint8Array(await res.arrayBuffer());
       const useGpu = !!navigator.gpu && params.get('gpu') !== 'off';
       try {
-        return await WebSampler.create(bytes, useGpu);
+        const s = await WebSampler.create(bytes, useGpu);
+        if (params.get('cpu') === 'reference') s.set_reference_kernels(true);
+        return s;
       } catch (e) {
         throw new Error(`${url} is not a usable flowmap model: ${e.message ?? e}`);
       }
@@ -102,7 +105,7 @@ async function drain() {
       $('flowmap-time').textContent = `${fm.total_ms.toFixed(1)} ms total`;
       $('euler-time').textContent = `${eu.total_ms.toFixed(1)} ms total`;
       $('step-times').textContent = `Per jump: ${ms.map((m) => m.toFixed(1) + ' ms').join(', ')}`;
-      window.flowmapResult = { k: job.k, seed: job.seed, n: job.n, samples: Array.from(fmSamples), euler: Array.from(eu.samples), device: sampler.device, gpu: sampler.is_gpu };
+      window.flowmapResult = { k: job.k, seed: job.seed, n: job.n, samples: Array.from(fmSamples), euler: Array.from(eu.samples), device: sampler.device, gpu: sampler.is_gpu, ms: fm.total_ms };
       setStatus(`${job.n} samples, K = ${job.k} jumps, seed ${job.seed}${sampler.is_gpu ? '' : ' (CPU fallback)'}`, sampler.is_gpu ? '' : 'warn');
     } catch (e) {
       setStatus(`Sampling failed: ${e.message ?? e}`, 'error');
@@ -183,7 +186,11 @@ async function main() {
   try {
     await init();
   } catch (e) {
-    setStatus(`Could not load the wasm module: ${e.message ?? e}`, 'error');
+    // The package is built with WebAssembly SIMD (web/build.sh), which every current browser
+    // has (Chrome/Edge 91+, Firefox 89+, Safari 16.4+); older ones fail to compile it.
+    const simd = WebAssembly.validate(new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11]));
+    const why = simd ? '' : ' (this browser lacks WebAssembly SIMD, which the package needs: update the browser)';
+    setStatus(`Could not load the wasm module: ${e.message ?? e}${why}`, 'error');
     return;
   }
   let models;

@@ -99,20 +99,43 @@ impl ConvGeom {
         self.im2col_band(x, col, 0, self.ho);
     }
 
-    /// The columns of output rows [y0, y1) only: col [C·k·k, (y1 − y0)·Wo].
+    /// The columns of output rows [y0, y1) only: col [C·k·k, (y1 − y0)·Wo]. Every value is
+    /// written once (zeros only where a tap falls in the padding), no clearing pass.
     pub fn im2col_band(&self, x: &[f32], col: &mut [f32], y0: usize, y1: usize) {
-        col[..self.rows() * (y1 - y0) * self.wo].fill(0.0);
-        let s = self.stride;
-        self.for_each_row(y0, y1, |out, inp, ox0, ox1| {
-            let dst = &mut col[out + ox0..out + ox1];
-            if s == 1 {
-                dst.copy_from_slice(&x[inp..inp + dst.len()]);
-            } else {
-                for (j, d) in dst.iter_mut().enumerate() {
-                    *d = x[inp + j * s];
+        let (wo, p) = (self.wo, (y1 - y0) * self.wo);
+        let (pad, s) = (self.pad as isize, self.stride as isize);
+        for c in 0..self.c {
+            for ky in 0..self.k {
+                for kx in 0..self.k {
+                    let r = (c * self.k + ky) * self.k + kx;
+                    let row = &mut col[r * p..(r + 1) * p];
+                    // Output columns with 0 ≤ ox·s + kx − pad < w.
+                    let lo = (pad - kx as isize).max(0);
+                    let ox0 = (((lo + s - 1) / s) as usize).min(wo);
+                    let hi = self.w as isize + pad - kx as isize;
+                    let ox1 = (((hi + s - 1) / s).max(0) as usize).clamp(ox0, wo);
+                    for (oy, dst) in (y0..y1).zip(row.chunks_mut(wo)) {
+                        let iy = oy as isize * s + ky as isize - pad;
+                        if iy < 0 || iy >= self.h as isize || ox0 == ox1 {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        dst[..ox0].fill(0.0);
+                        dst[ox1..].fill(0.0);
+                        let ix0 = (ox0 as isize * s + kx as isize - pad) as usize;
+                        let src = &x[(c * self.h + iy as usize) * self.w + ix0..];
+                        let dst = &mut dst[ox0..ox1];
+                        if s == 1 {
+                            dst.copy_from_slice(&src[..dst.len()]);
+                        } else {
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                *d = src[j * self.stride];
+                            }
+                        }
+                    }
                 }
             }
-        });
+        }
     }
 
     /// The adjoint of [`im2col`](Self::im2col): scatter-adds col into dx_n.

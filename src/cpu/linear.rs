@@ -1,15 +1,18 @@
 //! Fully connected layer with the fused time scale-shift and activation: the reference loops
 //! for `shaders/linear.wgsl` (weights are [out, in], so each output is a dot product of two
 //! contiguous rows) and the fast path (one GEMM Y = X · Wᵀ started at the bias, then the
-//! modulation and activation in one pass over each row).
+//! modulation and activation in one pass over each row), in fixed blocks of rows.
 
 use super::elementwise::{act_scalar, activate_in_place};
 use super::gemm::{matmul, Threads};
 use crate::config::Activation;
 use rayon::prelude::*;
 
-/// Rows per epilogue task.
-const ROWS_PER_TASK: usize = 64;
+/// Rows per GEMM call. Every call has this shape, the last block padded with zero rows, so a
+/// sample's output does not depend on how many samples share the batch or on the thread count
+/// (the GEMM picks kernels and blocking by shape): the sampler's batch splitting stays
+/// bit-exact on the fast path too.
+const ROWS: usize = 32;
 
 /// The fast path; same arguments and result as [`linear_reference`].
 #[allow(clippy::too_many_arguments)]
@@ -26,17 +29,28 @@ pub fn linear(
     assert_eq!(w.len(), out * inp, "linear: weight is not [{out}, {inp}]");
     assert_eq!(x.len(), n * inp, "linear: input is not [{n}, {inp}]");
     let mut y = vec![0.0f32; n * out];
-    for row in y.chunks_mut(out) {
-        row.copy_from_slice(&bias[..out]);
-    }
-    matmul(n, out, inp, &mut y, true, x, false, w, true, Threads::All);
-    if modulation.is_none() && act == Activation::None {
-        return y;
-    }
-    let epilogue = |(blk, rows): (usize, &mut [f32])| {
-        for (r, yr) in rows.chunks_mut(out).enumerate() {
+    let block = |(xpad, ypad): &mut (Vec<f32>, Vec<f32>), (blk, yb): (usize, &mut [f32])| {
+        let rows = yb.len() / out;
+        let xb = &x[blk * ROWS * inp..][..rows * inp];
+        let (xs, ys): (&[f32], &mut [f32]) = if rows == ROWS {
+            (xb, yb)
+        } else {
+            xpad.clear();
+            xpad.extend_from_slice(xb);
+            xpad.resize(ROWS * inp, 0.0);
+            ypad.resize(ROWS * out, 0.0);
+            (xpad, ypad)
+        };
+        for row in ys.chunks_mut(out) {
+            row.copy_from_slice(&bias[..out]);
+        }
+        matmul(ROWS, out, inp, ys, true, xs, false, w, true, Threads::One);
+        if rows != ROWS {
+            yb.copy_from_slice(&ypad[..rows * out]);
+        }
+        for (r, yr) in yb.chunks_mut(out).enumerate() {
             if let Some(m) = modulation {
-                let m = &m[(blk * ROWS_PER_TASK + r) * 2 * out..][..2 * out];
+                let m = &m[(blk * ROWS + r) * 2 * out..][..2 * out];
                 let (scale, shift) = m.split_at(out);
                 for ((v, s), t) in yr.iter_mut().zip(scale).zip(shift) {
                     *v = *v * (1.0 + s) + t;
@@ -45,14 +59,12 @@ pub fn linear(
             activate_in_place(yr, act);
         }
     };
-    if n * out < (1 << 14) {
-        y.chunks_mut(ROWS_PER_TASK * out)
-            .enumerate()
-            .for_each(epilogue);
+    if n <= ROWS {
+        block(&mut (Vec::new(), Vec::new()), (0, &mut y));
     } else {
-        y.par_chunks_mut(ROWS_PER_TASK * out)
+        y.par_chunks_mut(ROWS * out)
             .enumerate()
-            .for_each(epilogue);
+            .for_each_init(|| (Vec::new(), Vec::new()), block);
     }
     y
 }
@@ -116,7 +128,7 @@ mod tests {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
             (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
         };
-        for (n, inp, out) in [(1, 3, 5), (130, 37, 19), (300, 64, 129)] {
+        for (n, inp, out) in [(1, 3, 5), (130, 37, 19), (300, 64, 129), (32, 8, 8)] {
             let x: Vec<f32> = (0..n * inp).map(|_| rnd()).collect();
             let w: Vec<f32> = (0..out * inp).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..out).map(|_| rnd()).collect();
@@ -129,6 +141,16 @@ mod tests {
             ] {
                 for modulation in [None, Some(m.as_slice())] {
                     let f = linear(&x, n, inp, &w, out, &b, modulation, act);
+                    // Row by row: the same bits whatever the batch.
+                    if n > 1 {
+                        let m1 = modulation.map(|m| &m[2 * out..4 * out]);
+                        let one = linear(&x[inp..2 * inp], 1, inp, &w, out, &b, m1, act);
+                        assert_eq!(
+                            one,
+                            f[out..2 * out],
+                            "row 1 alone differs from row 1 of {n}"
+                        );
+                    }
                     let r = linear_reference(&x, n, inp, &w, out, &b, modulation, act);
                     for (a, e) in f.iter().zip(&r) {
                         assert!(

@@ -114,7 +114,9 @@ impl Schedule {
     }
 }
 
-mod d {
+/// The defaults, in one place: serde fills a config file's gaps from them and the CLI's help
+/// prints them.
+pub mod d {
     pub fn steps() -> usize {
         2000
     }

@@ -40,34 +40,54 @@ struct Cli {
     command: Command,
 }
 
+/// Help text for a flag whose value comes from the run config, with the config's default
+/// (`config::d`), so the help and the behaviour cannot disagree.
+fn with_default(what: &str, default: impl std::fmt::Display) -> String {
+    format!("{what} [default: {default}]")
+}
+
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  trainer train --objective lsd --data checkerboard --steps 20000 --batch 1024 --out runs/cb-lsd
+  trainer train --objective fm --data mnist --steps 20000 --out runs/mnist-fm
+  trainer train --objective lmd --data mnist --teacher runs/mnist-fm/model.safetensors --init runs/mnist-fm/model.safetensors --out runs/mnist-lmd
+  trainer train --resume weights/runs/mnist-lsd                 # continue a committed run
+  trainer train --resume weights/runs/mnist-lsd --steps 200000  # ... and train it longer
+  trainer train --config docs/sweep/c-raw-radam-rsqrt.toml --out runs/sweep-raw
+
+Flags override the --config file, which overrides the defaults; the resolved config is saved as
+OUT/config.toml beside the checkpoint.")]
 struct TrainArgs {
-    /// A TOML run config (fields of TrainConfig); flags override it.
+    /// A TOML run config (fields of TrainConfig, trainer/src/config.rs); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// fm, lmd, emd, pfmm, lsd, psd or esd.
+    /// fm, lmd, emd, pfmm, lsd, psd or esd (METHOD §4); required unless --config or --resume
+    /// gives it.
     #[arg(long)]
     objective: Option<String>,
-    /// mnist, checkerboard, eight-gaussians, two-moons or spiral.
+    /// mnist, checkerboard, eight-gaussians, two-moons or spiral; required unless --config or
+    /// --resume gives it.
     #[arg(long)]
     data: Option<String>,
-    /// IDX images (with --labels) instead of the bundled MNIST subset.
+    /// IDX images (with --labels) instead of the bundled MNIST subset [default: data/].
     #[arg(long)]
     images: Option<PathBuf>,
+    /// IDX labels matching --images.
     #[arg(long)]
     labels: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, help = with_default("Optimizer steps", config::d::steps()))]
     steps: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = with_default("Samples per step", config::d::batch()))]
     batch: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = with_default("Peak learning rate", config::d::lr()))]
     lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, help = with_default("Linear warm-up steps", config::d::warmup()))]
     warmup: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = with_default("Global gradient-norm clip", config::d::grad_clip()))]
     grad_clip: Option<f32>,
-    #[arg(long)]
+    #[arg(long, help = with_default("EMA decay of the exported weights", config::d::ema()))]
     ema: Option<f32>,
+    /// Seed of initialisation, data order, noise and times [default: 0].
     #[arg(long)]
     seed: Option<u64>,
     /// The frozen `fm` teacher (lmd, emd, pfmm).
@@ -76,24 +96,26 @@ struct TrainArgs {
     /// Start from these weights (same architecture) instead of a random initialisation.
     #[arg(long)]
     init: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, help = with_default("pfmm: number of stages", config::d::pfmm_stages()))]
     pfmm_stages: Option<usize>,
     /// psd with γ ~ U[0, 1] (PSD-U) instead of γ = 1/2 (PSD-M).
     #[arg(long)]
     psd_uniform: bool,
+    /// Base standard deviation σ0 [default: 1 for images, the data's standard deviation for 2-D
+    /// sets].
     #[arg(long)]
     sigma0: Option<f32>,
-    #[arg(long)]
+    #[arg(long, help = with_default("Steps between checkpoints", config::d::checkpoint_every()))]
     checkpoint_every: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = with_default("Steps between loss.csv rows", config::d::log_every()))]
     log_every: Option<usize>,
-    /// Learning-rate schedule after warm-up: cosine or rsqrt (flat until --decay-start, then 1/√).
+    /// Learning-rate schedule after warm-up: cosine (to lr × 0.1 at --steps) or rsqrt (flat
+    /// until --decay-start, then 1/√) [default: cosine].
     #[arg(long)]
     schedule: Option<String>,
-    /// rsqrt: the step where the 1/√ decay begins.
-    #[arg(long)]
+    #[arg(long, help = with_default("rsqrt: the step where the 1/√ decay begins", config::d::decay_start()))]
     decay_start: Option<usize>,
-    /// adam or radam.
+    /// adam or radam [default: adam].
     #[arg(long)]
     optimizer: Option<String>,
     /// The run directory: config.toml, checkpoint.safetensors, loss.csv, model.safetensors
@@ -118,9 +140,13 @@ enum Command {
     /// Train a model; the EMA weights are exported to OUT/model.safetensors at the end.
     Train(Box<TrainArgs>),
     /// Export a checkpoint's EMA weights in the sampler's format.
+    #[command(after_help = "Examples:
+  trainer export weights/runs/mnist-lsd --out weights/mnist.safetensors
+  trainer export weights/runs/mnist-lsd --out weights/mnist-f16.safetensors --f16")]
     Export {
         /// A run directory or its checkpoint.safetensors.
         run: PathBuf,
+        /// The weights file to write (replaced atomically).
         #[arg(long)]
         out: PathBuf,
         /// Store F16 tensors (half the size).
@@ -128,6 +154,11 @@ enum Command {
         f16: bool,
     },
     /// The quality table of METHOD §7 for K = 1, 2, 4, 8, 16 beside the teacher's Euler and Heun.
+    #[command(after_help = "Examples:
+  trainer eval --model runs/cb-lsd/model.safetensors --samples 20000   # runs/cb-lsd/eval.md
+  trainer eval --model runs/mnist-lsd/model.safetensors --teacher runs/mnist-fm/model.safetensors --ks 1,4
+  trainer eval --model weights/checkerboard.safetensors --out /tmp/cb-eval
+  trainer eval --update-results --model ...                             # the shipped models' docs/RESULTS.md")]
     Eval {
         /// Flow-map weights files to evaluate (repeat the flag).
         #[arg(long = "model", required = true)]
@@ -135,15 +166,21 @@ enum Command {
         /// The `fm` teacher, sampled with Euler and Heun at equal NFE.
         #[arg(long)]
         teacher: Option<PathBuf>,
-        /// The Markdown report.
-        #[arg(long, default_value = "docs/RESULTS.md")]
-        out: PathBuf,
+        /// The directory for the report (eval.md) and its figures [default: the first model's
+        /// run directory for a run's model.safetensors, else <file stem>-eval/ beside the file].
+        #[arg(long, conflicts_with = "update_results")]
+        out: Option<PathBuf>,
+        /// Write the report into the repository's docs/RESULTS.md (this data set's section; the
+        /// others are kept) and its figures under docs/results/, as for the shipped models.
+        #[arg(long)]
+        update_results: bool,
         /// Where sample grids and the plot go [default: results/<data set> beside the report].
         #[arg(long)]
         figures: Option<PathBuf>,
         /// Samples per cell (default 100000 for 2-D data, 1000 for images).
         #[arg(long)]
         samples: Option<usize>,
+        /// Jump counts K to evaluate.
         #[arg(long, default_value = "1,2,4,8,16", value_delimiter = ',')]
         ks: Vec<usize>,
         /// Sampling device for flowmap: auto, gpu or cpu.
@@ -152,6 +189,7 @@ enum Command {
         /// The MNIST feature classifier; trained and saved here when missing.
         #[arg(long, default_value = "weights/classifier.safetensors")]
         classifier: PathBuf,
+        /// Seed of the noise every cell starts from.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Network evaluations of the teacher's reference Heun sampler (images; even).
@@ -159,12 +197,18 @@ enum Command {
         teacher_nfe: usize,
     },
     /// Benchmarks: burn vs the flowmap sampler on one forward pass, and training throughput.
+    #[command(after_help = "Examples:
+  trainer bench --preset mnist --batch 16                 # forward: burn flex vs flowmap CPU (and GPU)
+  trainer bench --preset toy2d --batch 1024 --train-steps 20
+  trainer bench --preset mnist --batch 32 --profile 5 --objectives fm,lsd")]
     Bench {
-        /// mnist (the default U-Net) or toy2d (the default MLP).
+        /// mnist, mnist-s2 (stride-2 stem), toy2d or toy2d-raw (the architectures of the presets).
         #[arg(long, default_value = "mnist")]
         preset: String,
+        /// Samples per forward or training step.
         #[arg(long, default_value_t = 64)]
         batch: usize,
+        /// Timed repetitions of each forward.
         #[arg(long, default_value_t = 5)]
         iters: usize,
         /// Also time burn-wgpu (slow to start: CubeCL autotunes on first use).
@@ -193,6 +237,9 @@ enum Command {
         burn_ops: bool,
     },
     /// Inspect training data.
+    #[command(after_help = "Examples:
+  trainer data mnist
+  trainer data toy checkerboard 10000 /tmp/checkerboard.npy")]
     Data {
         #[command(subcommand)]
         what: DataCmd,
@@ -203,14 +250,19 @@ enum Command {
 enum DataCmd {
     /// Summarise an IDX image set (default: the bundled train split).
     Mnist {
+        /// IDX images [default: data/train-images-idx3-ubyte.gz].
         images: Option<PathBuf>,
+        /// IDX labels matching the images.
         labels: Option<PathBuf>,
     },
     /// Draw points of a 2-D set, optionally to .npy.
     Toy {
+        /// checkerboard, eight-gaussians, two-moons or spiral.
         name: String,
+        /// How many points.
         #[arg(default_value_t = 10_000)]
         n: usize,
+        /// A .npy file for the points.
         out: Option<PathBuf>,
     },
 }
@@ -386,6 +438,7 @@ fn run(cli: Cli) -> Result<()> {
             models,
             teacher,
             out,
+            update_results,
             figures,
             samples,
             ks,
@@ -394,6 +447,12 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             teacher_nfe,
         } => {
+            let out = if update_results {
+                PathBuf::from("docs/RESULTS.md")
+            } else {
+                out.unwrap_or_else(|| eval::default_dir(&models[0]))
+                    .join("eval.md")
+            };
             let md = eval::run(&eval::EvalArgs {
                 models,
                 teacher,
@@ -499,5 +558,73 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every subcommand has a help line, every subcommand shows
+    /// examples, and the train flags whose values come from the run config print the config's
+    /// own defaults.
+    #[test]
+    fn every_flag_has_help_and_train_shows_the_config_defaults() {
+        let mut cli = Cli::command();
+        cli.build();
+        for sub in cli.get_subcommands().filter(|s| s.get_name() != "help") {
+            let name = sub.get_name();
+            assert!(
+                sub.get_after_help()
+                    .is_some_and(|h| h.to_string().contains("Examples:")),
+                "`trainer {name} --help` has no examples"
+            );
+            let mut todo = vec![sub];
+            while let Some(cmd) = todo.pop() {
+                todo.extend(cmd.get_subcommands());
+                for arg in cmd.get_arguments() {
+                    let id = arg.get_id().as_str();
+                    if id == "help" {
+                        continue;
+                    }
+                    assert!(
+                        arg.get_help().is_some_and(|h| !h.to_string().is_empty()),
+                        "`trainer {} {id}` has no help line",
+                        cmd.get_name()
+                    );
+                }
+            }
+        }
+        let help = cli
+            .find_subcommand_mut("train")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for (flag, default) in [
+            ("--steps", config::d::steps().to_string()),
+            ("--batch", config::d::batch().to_string()),
+            ("--lr", config::d::lr().to_string()),
+            ("--warmup", config::d::warmup().to_string()),
+            ("--ema", config::d::ema().to_string()),
+            ("--grad-clip", config::d::grad_clip().to_string()),
+            ("--decay-start", config::d::decay_start().to_string()),
+            (
+                "--checkpoint-every",
+                config::d::checkpoint_every().to_string(),
+            ),
+            ("--log-every", config::d::log_every().to_string()),
+            ("--pfmm-stages", config::d::pfmm_stages().to_string()),
+        ] {
+            let at = help
+                .find(&format!("{flag} <"))
+                .unwrap_or_else(|| panic!("{flag} missing"));
+            let entry = &help[at..];
+            let entry = &entry[..entry[2..].find("\n  -").map_or(entry.len(), |e| e + 2)];
+            assert!(
+                entry.contains(&format!("[default: {default}]")),
+                "{flag} help does not show its default {default}: {entry}"
+            );
+        }
     }
 }

@@ -73,6 +73,21 @@ fn model_label(path: &std::path::Path) -> String {
     }
 }
 
+/// Where an eval of `model` goes by default: its run directory for a run's `model.safetensors`,
+/// else `<file stem>-eval/` beside the file, so an experiment never rewrites the repository's
+/// docs/RESULTS.md (that takes `--update-results`).
+pub fn default_dir(model: &std::path::Path) -> PathBuf {
+    let parent = model
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    match model.file_stem().and_then(|s| s.to_str()) {
+        Some("model") => parent.to_path_buf(),
+        Some(stem) => parent.join(format!("{stem}-eval")),
+        None => parent.join("eval"),
+    }
+}
+
 /// Samples per row of the across-K picture of an image model.
 const STRIP: usize = 12;
 
@@ -581,7 +596,7 @@ fn relative_to_report(figures: &std::path::Path, report: &std::path::Path) -> St
 
 #[cfg(test)]
 mod tests {
-    use super::merge_section;
+    use super::{default_dir, merge_section};
 
     #[test]
     fn a_data_sets_section_is_replaced_and_the_others_kept() {
@@ -592,6 +607,20 @@ mod tests {
         assert!(three.contains("new") && !three.contains("old"), "{three}");
         assert!(three.contains("board"), "{three}");
         assert_eq!(three.matches("<!-- trainer eval: mnist -->").count(), 1);
+        // By default a run's eval stays in the run: never the repository's docs/RESULTS.md.
+        use std::path::Path;
+        assert_eq!(
+            default_dir(Path::new("runs/cb-lmd/model.safetensors")),
+            Path::new("runs/cb-lmd")
+        );
+        assert_eq!(
+            default_dir(Path::new("weights/mnist.safetensors")),
+            Path::new("weights/mnist-eval")
+        );
+        assert_eq!(
+            default_dir(Path::new("m.safetensors")),
+            Path::new("./m-eval")
+        );
         // mnist stays where it was: before checkerboard.
         assert!(three.find("## mnist").unwrap() < three.find("## checkerboard").unwrap());
     }
