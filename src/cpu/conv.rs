@@ -229,11 +229,7 @@ mod tests {
 
     #[test]
     fn both_paths_match_the_definition_for_every_geometry() {
-        let mut seed = 1u32;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        };
+        let mut rnd = super::super::test_values(1);
         for (k, g) in [
             (3, Conv2d::SAME),
             (1, Conv2d::POINTWISE),

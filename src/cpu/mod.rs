@@ -246,3 +246,12 @@ impl Backend for CpuBackend {
         CpuTensor::new(flow_step(&x.data, &v.data, dt), &x.shape)
     }
 }
+
+/// Uniform values in [−0.5, 0.5) from a fixed LCG, for the op files' fast-vs-reference tests.
+#[cfg(test)]
+fn test_values(mut seed: u32) -> impl FnMut() -> f32 {
+    move || {
+        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+        (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+    }
+}

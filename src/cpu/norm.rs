@@ -161,11 +161,7 @@ mod tests {
     /// (where single-pass f32 statistics would lose digits), with and without modulation and SiLU.
     #[test]
     fn fast_path_matches_the_reference() {
-        let mut seed = 3u32;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        };
+        let mut rnd = super::super::test_values(3);
         for (shape, groups) in [
             ([2usize, 6, 5, 7], 3),
             ([3, 16, 14, 14], 8),
