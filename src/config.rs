@@ -17,6 +17,23 @@ pub const METADATA_KEY: &str = "flowmap";
 /// its accumulator in registers.
 pub const MAX_HEAD_DIM: usize = 64;
 
+/// Bounds on an architecture's sizes, checked before anything is laid out or allocated, so that
+/// a file declaring an absurd architecture (a width of 2^31, a product that overflows, even in
+/// the page's 32-bit wasm) gets a named error instead of an overflow or an allocation abort.
+/// They are far above anything this project trains: widths and channel counts up to 4,096,
+/// depths up to 64, images up to 1,024 × 1,024, and at most 2^26 values per sample in any
+/// activation.
+pub mod limits {
+    pub const MAX_WIDTH: usize = 4096;
+    pub const MAX_DEPTH: usize = 64;
+    pub const MAX_LEVELS: usize = 8;
+    pub const MAX_BLOCKS: usize = 16;
+    pub const MAX_IMAGE_SIDE: usize = 1024;
+    pub const MAX_IN_CHANNELS: usize = 64;
+    pub const MAX_MULT: usize = 64;
+    pub const MAX_SAMPLE_VALUES: u64 = 1 << 26;
+}
+
 /// Pointwise nonlinearity used by the `mlp` architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -344,8 +361,69 @@ impl ModelConfig {
         self.sample_shape().iter().product()
     }
 
+    /// Every size within [`limits`], checked with no arithmetic that can overflow.
+    fn check_limits(&self) -> Result<()> {
+        use limits::*;
+        let over = |what: &str, v: usize, max: usize| -> Result<()> {
+            if v > max {
+                Err(Error::Config(format!(
+                    "{what} {v} exceeds the supported maximum {max}"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        let t = self.time();
+        over("time.dim", t.dim, MAX_WIDTH)?;
+        over("time.hidden", t.hidden, MAX_WIDTH)?;
+        match self {
+            ModelConfig::Mlp(c) => {
+                over("mlp dim", c.dim, MAX_WIDTH)?;
+                over("mlp width", c.width, MAX_WIDTH)?;
+                over("mlp depth", c.depth, MAX_DEPTH)?;
+            }
+            ModelConfig::Unet(c) => {
+                over("unet in_channels", c.in_channels, MAX_IN_CHANNELS)?;
+                over("unet height", c.height, MAX_IMAGE_SIDE)?;
+                over("unet width", c.width, MAX_IMAGE_SIDE)?;
+                over("unet base_channels", c.base_channels, MAX_WIDTH)?;
+                over(
+                    "unet levels (channel_mult entries)",
+                    c.channel_mult.len(),
+                    MAX_LEVELS,
+                )?;
+                over("unet blocks_per_level", c.blocks_per_level, MAX_BLOCKS)?;
+                over("unet heads", c.heads, MAX_WIDTH)?;
+                over("unet groups", c.groups, MAX_WIDTH)?;
+                over(
+                    "unet attention levels",
+                    c.attention_levels.len(),
+                    MAX_LEVELS,
+                )?;
+                for &m in &c.channel_mult {
+                    over("unet channel_mult entry", m, MAX_MULT)?;
+                    // Both factors are bounded above, so the product fits even in 32 bits.
+                    over("unet channels at a level", c.base_channels * m, MAX_WIDTH)?;
+                    // Concatenated skips double a level's channels; 2 · channels · pixels.
+                    let values =
+                        2 * (c.base_channels * m) as u64 * c.height as u64 * c.width as u64;
+                    if values > MAX_SAMPLE_VALUES {
+                        return Err(Error::Config(format!(
+                            "a {}x{} level with {} channels holds {values} values per sample, over the supported {MAX_SAMPLE_VALUES}",
+                            c.height,
+                            c.width,
+                            c.base_channels * m
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
+        self.check_limits()?;
         let t = self.time();
         if t.dim == 0 || !t.dim.is_multiple_of(2) {
             return bad(format!("time.dim must be even and positive, got {}", t.dim));

@@ -337,3 +337,74 @@ fn every_subcommand_help_has_examples_and_every_flag_a_description() {
         }
     }
 }
+
+/// A file whose metadata declares an absurd architecture (sizes of 2^31 and more, products that
+/// overflow, too many levels) is refused by name before anything is laid out or allocated: no
+/// panic, no abort, no output file. The page loads through the same `Weights::from_bytes`.
+#[test]
+fn absurd_architectures_are_named_errors() {
+    let dir = temp_dir("cli-absurd");
+    let out = dir.join("out.png");
+    let tensors = valid_tensors();
+    let mlp = meta_json();
+    let unet = meta_for(tiny_unet()).to_json();
+    let cases = [
+        (
+            mlp.replace("\"width\":32", "\"width\":2147483648"),
+            "mlp width 2147483648 exceeds",
+        ),
+        (
+            mlp.replace("\"depth\":3", "\"depth\":4294967296"),
+            "mlp depth 4294967296 exceeds",
+        ),
+        (
+            mlp.replace("\"dim\":2,", "\"dim\":3000000000,"),
+            "mlp dim 3000000000 exceeds",
+        ),
+        (
+            mlp.replace("\"depth\":3", "\"depth\":18446744073709551616"),
+            "invalid flowmap metadata",
+        ),
+        (
+            mlp.replace("\"hidden\":32", "\"hidden\":2147483648"),
+            "time.hidden 2147483648 exceeds",
+        ),
+        (
+            unet.replace("\"base_channels\":8", "\"base_channels\":2147483648"),
+            "base_channels 2147483648 exceeds",
+        ),
+        (
+            unet.replace("\"channel_mult\":[1,2]", "\"channel_mult\":[1,2147483648]"),
+            "channel_mult entry 2147483648 exceeds",
+        ),
+        (
+            unet.replace(
+                "\"height\":8,\"width\":8",
+                "\"height\":2147483648,\"width\":8",
+            ),
+            "unet height 2147483648 exceeds",
+        ),
+        (
+            unet.replace(
+                "\"channel_mult\":[1,2]",
+                &format!("\"channel_mult\":[{}]", vec!["1"; 100].join(",")),
+            ),
+            "levels (channel_mult entries) 100 exceeds",
+        ),
+        (
+            unet.replace("\"height\":8,\"width\":8", "\"height\":1024,\"width\":1024")
+                .replace("\"base_channels\":8", "\"base_channels\":512"),
+            "values per sample",
+        ),
+    ];
+    for (i, (meta, needle)) in cases.into_iter().enumerate() {
+        assert!(
+            meta != mlp && meta != unet,
+            "case {i}: the replacement did not apply"
+        );
+        let p = dir.join(format!("absurd-{i}.safetensors"));
+        raw_file(&p, &tensors, Some(meta));
+        expect_failure(&p, &[], &out, needle);
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
