@@ -57,12 +57,11 @@ impl ConvGeom {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
 
-    /// For each im2col row r = (c, ky, kx) and output row oy in [y0, y1) whose input row is
-    /// inside the image: (offset of the output row in the band's col, offset of its first input
-    /// in x, the output columns [ox0, ox1) whose inputs are inside). Inputs of a row are
-    /// `stride` apart.
-    fn for_each_row(&self, y0: usize, y1: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
-        let p = (y1 - y0) * self.wo;
+    /// For each im2col row r = (c, ky, kx) and output row oy whose input row is inside the
+    /// image: (offset of the output row in col, offset of its first input in x, the output
+    /// columns [ox0, ox1) whose inputs are inside). Inputs of a row are `stride` apart.
+    fn for_each_row(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
+        let p = self.positions();
         let (pad, s) = (self.pad as isize, self.stride as isize);
         for c in 0..self.c {
             for ky in 0..self.k {
@@ -76,14 +75,14 @@ impl ConvGeom {
                     if ox0 >= ox1 {
                         continue;
                     }
-                    for oy in y0..y1 {
+                    for oy in 0..self.ho {
                         let iy = oy as isize * s + ky as isize - pad;
                         if iy < 0 || iy >= self.h as isize {
                             continue;
                         }
                         let ix0 = (ox0 as isize * s + kx as isize - pad) as usize;
                         f(
-                            r * p + (oy - y0) * self.wo,
+                            r * p + oy * self.wo,
                             (c * self.h + iy as usize) * self.w + ix0,
                             ox0,
                             ox1,
@@ -141,7 +140,7 @@ impl ConvGeom {
     /// The adjoint of [`im2col`](Self::im2col): scatter-adds col into dx_n.
     pub fn col2im(&self, col: &[f32], dx: &mut [f32]) {
         let s = self.stride;
-        self.for_each_row(0, self.ho, |out, inp, ox0, ox1| {
+        self.for_each_row(|out, inp, ox0, ox1| {
             for (j, v) in col[out + ox0..out + ox1].iter().enumerate() {
                 dx[inp + j * s] += v;
             }
