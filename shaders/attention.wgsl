@@ -4,8 +4,13 @@
 // channels); the output is [N, C, L].
 //
 // One workgroup of 64 threads handles 64 queries of one (sample, head); each thread keeps its
-// query and accumulator (head_dim ≤ 64) in registers. Keys and values stream through workgroup
-// memory 32 at a time. Reference: src/cpu/attention.rs (the three steps written out).
+// query and accumulator (head_dim ≤ 64, zero-padded to whole vec4s) in registers. Keys and values
+// stream through workgroup memory 16 at a time (8 KiB in all, half WebGPU's default limit).
+//
+// Every loop that indexes a private array has a constant trip count (16 vec4s of head
+// dimension, 16 keys per tile), with the runtime bounds as uniform guards inside, so the driver
+// can unroll them and keep the arrays in registers: with runtime-bounded loops the arrays went
+// to local memory on NVIDIA (issue 10, docs/GPU.md). Reference: src/cpu/attention.rs.
 
 struct Params {
     batch: u32, channels: u32, len: u32, heads: u32,
@@ -17,11 +22,12 @@ struct Params {
 @group(0) @binding(2) var<uniform> p: Params;
 
 const BQ: u32 = 64u;
-const BKV: u32 = 32u;
-const MAX_D: u32 = 64u;
+const BKV: u32 = 16u;
+// vec4s of head dimension: MAX_D = 64 channels.
+const D4: u32 = 16u;
 
-var<workgroup> k_tile: array<f32, 2048>; // BKV * MAX_D
-var<workgroup> v_tile: array<f32, 2048>;
+var<workgroup> k_tile: array<vec4<f32>, 256>; // BKV * D4
+var<workgroup> v_tile: array<vec4<f32>, 256>;
 
 @compute @workgroup_size(64, 1, 1)
 fn main(
@@ -38,6 +44,7 @@ fn main(
     let n = nh / p.heads;
     let h = nh % p.heads;
     let d = p.head_dim;
+    let d4 = (d + 3u) / 4u;
     let len = p.len;
     let c = p.channels;
     let i = qt * BQ + lid.x;
@@ -46,56 +53,74 @@ fn main(
     let kbase = qbase + c * len;
     let vbase = qbase + 2u * c * len;
 
-    var q: array<f32, 64>;
-    var acc: array<f32, 64>;
-    for (var dd = 0u; dd < d; dd++) {
-        acc[dd] = 0.0;
-        q[dd] = 0.0;
-        if (valid) {
-            q[dd] = qkv[qbase + dd * len + i] * p.scale;
+    var q: array<vec4<f32>, 16>;
+    var acc: array<vec4<f32>, 16>;
+    for (var c4 = 0u; c4 < D4; c4++) {
+        var qv = vec4<f32>(0.0);
+        if (valid && c4 < d4) {
+            for (var e = 0u; e < 4u; e++) {
+                let dd = 4u * c4 + e;
+                if (dd < d) {
+                    qv[e] = qkv[qbase + dd * len + i] * p.scale;
+                }
+            }
         }
+        q[c4] = qv;
+        acc[c4] = vec4<f32>(0.0);
     }
     var m = -3.0e38;
     var l = 0.0;
 
     for (var j0 = 0u; j0 < len; j0 += BKV) {
-        // Consecutive threads read consecutive positions of one channel row.
-        for (var e = lid.x; e < BKV * d; e += BQ) {
+        // 16 keys × 64 channels of K and of V, 16 values per thread; consecutive threads read
+        // consecutive positions of one channel row. Channels past d are zero.
+        for (var r = 0u; r < 16u; r++) {
+            let e = lid.x + r * BQ;
             let jj = e % BKV;
             let dd = e / BKV;
             let j = j0 + jj;
             var kv = 0.0;
             var vv = 0.0;
-            if (j < len) {
+            if (j < len && dd < d) {
                 kv = qkv[kbase + dd * len + j];
                 vv = qkv[vbase + dd * len + j];
             }
-            k_tile[jj * MAX_D + dd] = kv;
-            v_tile[jj * MAX_D + dd] = vv;
+            k_tile[jj * D4 + dd / 4u][dd % 4u] = kv;
+            v_tile[jj * D4 + dd / 4u][dd % 4u] = vv;
         }
         workgroupBarrier();
         let count = min(BKV, len - j0);
-        var s: array<f32, 32>;
+        var s: array<f32, 16>;
         var tile_max = -3.0e38;
-        for (var jj = 0u; jj < count; jj++) {
-            var dot = 0.0;
-            for (var dd = 0u; dd < d; dd++) {
-                dot = fma(q[dd], k_tile[jj * MAX_D + dd], dot);
+        for (var jj = 0u; jj < BKV; jj++) {
+            var sc = -3.0e38;
+            if (jj < count) {
+                var dot4 = vec4<f32>(0.0);
+                for (var c4 = 0u; c4 < D4; c4++) {
+                    if (c4 < d4) {
+                        dot4 = fma(q[c4], k_tile[jj * D4 + c4], dot4);
+                    }
+                }
+                sc = dot4.x + dot4.y + dot4.z + dot4.w;
+                tile_max = max(tile_max, sc);
             }
-            s[jj] = dot;
-            tile_max = max(tile_max, dot);
+            s[jj] = sc;
         }
         let m_new = max(m, tile_max);
         let correction = exp(m - m_new);
         l *= correction;
-        for (var dd = 0u; dd < d; dd++) {
-            acc[dd] *= correction;
+        for (var c4 = 0u; c4 < D4; c4++) {
+            acc[c4] *= correction;
         }
-        for (var jj = 0u; jj < count; jj++) {
-            let pj = exp(s[jj] - m_new);
-            l += pj;
-            for (var dd = 0u; dd < d; dd++) {
-                acc[dd] = fma(pj, v_tile[jj * MAX_D + dd], acc[dd]);
+        for (var jj = 0u; jj < BKV; jj++) {
+            if (jj < count) {
+                let pj = exp(s[jj] - m_new);
+                l += pj;
+                for (var c4 = 0u; c4 < D4; c4++) {
+                    if (c4 < d4) {
+                        acc[c4] = fma(vec4<f32>(pj), v_tile[jj * D4 + c4], acc[c4]);
+                    }
+                }
             }
         }
         m = m_new;
@@ -104,8 +129,16 @@ fn main(
 
     if (valid) {
         let inv = 1.0 / l;
-        for (var dd = 0u; dd < d; dd++) {
-            out[(n * c + h * d + dd) * len + i] = acc[dd] * inv;
+        for (var c4 = 0u; c4 < D4; c4++) {
+            if (c4 < d4) {
+                let a = acc[c4] * inv;
+                for (var e = 0u; e < 4u; e++) {
+                    let dd = 4u * c4 + e;
+                    if (dd < d) {
+                        out[(n * c + h * d + dd) * len + i] = a[e];
+                    }
+                }
+            }
         }
     }
 }

@@ -3,9 +3,10 @@
 // each workgroup gathers its 16 × 64 slice straight from x into workgroup memory.
 //
 // Tiling: a 16×16 workgroup computes a 64 (channels) × 64 (pixels) output tile, each thread a
-// 4 × 4 register block (rows ty + 16 i, columns tx + 16 j, so that neighbouring threads touch
-// neighbouring addresses in workgroup memory and in the output). K advances 16 at a time.
-// Serves 3×3 and 1×1 kernels, any stride and padding. Reference: src/cpu/conv.rs.
+// 4 × 4 register block held in four vec4 accumulators (channels 4ty.., pixels 4tx..), read from
+// workgroup memory as two 16-byte loads per k: 16 FMAs per 2 loads. K advances 16 at a time.
+// Serves 3×3 and 1×1 kernels, any stride and padding. Reference: src/cpu/conv.rs. Analysis and
+// measurements: docs/GPU.md.
 
 struct Params {
     batch: u32, c_in: u32, h_in: u32, w_in: u32,
@@ -24,11 +25,33 @@ struct Params {
 const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
-// The weight tile is stored transposed; one padding column avoids bank conflicts on the store.
-const BMP: u32 = 65u;
+// vec4s per k-row of a tile: 16 hold 64 values, one pads, so the transposed weight stores of 16
+// consecutive k land on different banks.
+const ROW: u32 = 17u;
 
-var<workgroup> a_tile: array<f32, 1040>; // BK * BMP
-var<workgroup> b_tile: array<f32, 1024>; // BK * BN
+// Tiles stored [k][channel] and [k][pixel] as vec4s: a thread's 4 channels (or 4 pixels) are
+// one 16-byte load.
+var<workgroup> a_tile: array<vec4<f32>, 272>; // BK * ROW
+var<workgroup> b_tile: array<vec4<f32>, 272>;
+
+// One output channel's four pixels: bias, residual, bounds (pixels may straddle two images).
+fn store4(gm: u32, gn0: u32, npix: u32, hw_out: u32, v: vec4<f32>) {
+    if (gm >= p.c_out) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let gn = gn0 + j;
+        if (gn < npix) {
+            let b = gn / hw_out;
+            let idx = (b * p.c_out + gm) * hw_out + gn % hw_out;
+            var o = v[j] + bias[gm];
+            if (p.has_residual != 0u) {
+                o += residual[idx];
+            }
+            y[idx] = o;
+        }
+    }
+}
 
 @compute @workgroup_size(16, 16, 1)
 fn main(
@@ -48,82 +71,88 @@ fn main(
     let npix = p.batch * hw_out;
     let tid = lid.y * 16u + lid.x;
 
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    // Thread (tx, ty) owns channels 4ty..4ty+3 and pixels 4tx..4tx+3 of the tile: four vec4
+    // accumulators, one per channel. Named registers, not an indexed array: a private array
+    // indexed in a loop can be placed in local memory by the driver (it was, on NVIDIA: issue 10).
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
+
+    // Each thread's share of the tile loads is fixed for the whole K loop (256 threads, 1024
+    // values per operand): weights at (k = tid % 16, channels tid / 16 + 16r), the im2col slice at
+    // (k = tid / 64 + 4r, pixel tid % 64). So the pixel's decomposition into (image, row, column)
+    // is done once here, not per load, and the per-load work is the k decomposition alone, by
+    // constants for the 3×3 and 1×1 kernels the networks use.
+    let ka = tid % BK;
+    let ma = tid / BK;
+    let nb = tid % BN;
+    let kb0 = tid / BN;
+    let gn_b = tile_n + nb;
+    let pix_ok = gn_b < npix;
+    let img = gn_b / hw_out;
+    let pix = gn_b % hw_out;
+    let oy = i32((pix / p.w_out) * p.stride) - i32(p.pad);
+    let ox = i32((pix % p.w_out) * p.stride) - i32(p.pad);
+    let x_img = img * p.c_in * p.h_in * p.w_in;
 
     for (var k0 = 0u; k0 < kdim; k0 += BK) {
-        // Weights [c_out, kdim]: 16 consecutive threads read 16 consecutive k.
         for (var r = 0u; r < 4u; r++) {
-            let e = tid + r * 256u;
-            let m = e / BK;
-            let k = e % BK;
+            // Weights [c_out, kdim]: 16 consecutive threads read 16 consecutive k, stored
+            // transposed.
+            let m = ma + 16u * r;
             let gm = tile_m + m;
-            let gk = k0 + k;
+            let gk = k0 + ka;
             var v = 0.0;
             if (gm < p.c_out && gk < kdim) {
                 v = w[gm * kdim + gk];
             }
-            a_tile[k * BMP + m] = v;
-        }
-        // im2col slice: consecutive threads take consecutive output pixels (coalesced rows of x).
-        for (var r = 0u; r < 4u; r++) {
-            let e = tid + r * 256u;
-            let k = e / BN;
-            let n = e % BN;
-            let gk = k0 + k;
-            let gn = tile_n + n;
-            var v = 0.0;
-            if (gk < kdim && gn < npix) {
-                let ci = gk / kk2;
-                let tap = gk % kk2;
-                let ky = tap / p.ksize;
-                let kx = tap % p.ksize;
-                let b = gn / hw_out;
-                let pix = gn % hw_out;
-                let iy = i32((pix / p.w_out) * p.stride + ky) - i32(p.pad);
-                let ix = i32((pix % p.w_out) * p.stride + kx) - i32(p.pad);
+            a_tile[ka * ROW + m / 4u][m % 4u] = v;
+
+            // im2col slice: consecutive threads take consecutive output pixels (coalesced rows
+            // of x).
+            let kb = kb0 + 4u * r;
+            let gkb = k0 + kb;
+            var xv = 0.0;
+            if (pix_ok && gkb < kdim) {
+                var ci = gkb;
+                var ky = 0u;
+                var kx = 0u;
+                if (p.ksize == 3u) {
+                    ci = gkb / 9u;
+                    let tap = gkb - ci * 9u;
+                    ky = tap / 3u;
+                    kx = tap - ky * 3u;
+                } else if (p.ksize != 1u) {
+                    ci = gkb / kk2;
+                    let tap = gkb - ci * kk2;
+                    ky = tap / p.ksize;
+                    kx = tap - ky * p.ksize;
+                }
+                let iy = oy + i32(ky);
+                let ix = ox + i32(kx);
                 if (iy >= 0 && ix >= 0 && iy < i32(p.h_in) && ix < i32(p.w_in)) {
-                    v = x[((b * p.c_in + ci) * p.h_in + u32(iy)) * p.w_in + u32(ix)];
+                    xv = x[x_img + (ci * p.h_in + u32(iy)) * p.w_in + u32(ix)];
                 }
             }
-            b_tile[k * BN + n] = v;
+            b_tile[kb * ROW + nb / 4u][nb % 4u] = xv;
         }
         workgroupBarrier();
         for (var k = 0u; k < BK; k++) {
-            var a: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = a_tile[k * BMP + lid.y + 16u * i];
-                bv[i] = b_tile[k * BN + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(a[i], bv[j], acc[i * 4u + j]);
-                }
-            }
+            let a = a_tile[k * ROW + lid.y];
+            let b = b_tile[k * ROW + lid.x];
+            c0 = fma(vec4<f32>(a.x), b, c0);
+            c1 = fma(vec4<f32>(a.y), b, c1);
+            c2 = fma(vec4<f32>(a.z), b, c2);
+            c3 = fma(vec4<f32>(a.w), b, c3);
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i++) {
-        let gm = tile_m + lid.y + 16u * i;
-        if (gm >= p.c_out) {
-            continue;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let gn = tile_n + lid.x + 16u * j;
-            if (gn >= npix) {
-                continue;
-            }
-            let b = gn / hw_out;
-            let idx = (b * p.c_out + gm) * hw_out + gn % hw_out;
-            var v = acc[i * 4u + j] + bias[gm];
-            if (p.has_residual != 0u) {
-                v += residual[idx];
-            }
-            y[idx] = v;
-        }
-    }
+    let gm = tile_m + 4u * lid.y;
+    let gn = tile_n + 4u * lid.x;
+    store4(gm, gn, npix, hw_out, c0);
+    store4(gm + 1u, gn, npix, hw_out, c1);
+    store4(gm + 2u, gn, npix, hw_out, c2);
+    store4(gm + 3u, gn, npix, hw_out, c3);
 }

@@ -1,8 +1,10 @@
 // Fully connected layer y[m, n] = act((Σ_k x[m, k] · W[n, k] + b[n]) · (1 + scale[m, n]) + shift[m, n])
 // with W stored [out, in] and the optional time modulation [rows, 2·out] = [scale | shift].
-// Tiled GEMM: a 16×16 workgroup computes a 64 × 64 tile, each thread a 4×4 register block;
-// both operands are k-contiguous, so tiles load with k fastest and are stored transposed (with
-// one padding column) in workgroup memory. Reference: src/cpu/linear.rs.
+// Tiled GEMM: a 16×16 workgroup computes a 64 × 64 tile, each thread a 4×4 register block of
+// four vec4 accumulators; both operands are k-contiguous, so tiles load with k fastest and are
+// stored transposed (one padding vec4 per row) in workgroup memory, from which each thread reads
+// its four rows and four columns as two 16-byte loads per k: 16 FMAs per 2 loads.
+// Reference: src/cpu/linear.rs. Analysis and measurements: docs/GPU.md.
 
 struct Params {
     rows: u32, inp: u32, outp: u32, has_mod: u32,
@@ -19,10 +21,13 @@ struct Params {
 const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
-const BP: u32 = 65u;
+// vec4s per k-row of a tile: 16 hold 64 values, one pads, so the transposed stores of 16
+// consecutive k land on different banks.
+const ROW: u32 = 17u;
 
-var<workgroup> a_tile: array<f32, 1040>; // BK * BP
-var<workgroup> b_tile: array<f32, 1040>;
+// Tiles stored [k][m] and [k][n] as vec4s: a thread's 4 rows (or 4 columns) are one 16-byte load.
+var<workgroup> a_tile: array<vec4<f32>, 272>; // BK * ROW
+var<workgroup> b_tile: array<vec4<f32>, 272>;
 
 fn erf_approx(v: f32) -> f32 {
     // Abramowitz & Stegun 7.1.26, |error| < 1.5e-7.
@@ -42,6 +47,24 @@ fn activate(v: f32, act: u32) -> f32 {
     }
 }
 
+// One output row's four columns: bias, modulation, activation, bounds.
+fn store4(gm: u32, gn0: u32, v: vec4<f32>) {
+    if (gm >= p.rows) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let gn = gn0 + j;
+        if (gn < p.outp) {
+            var o = v[j] + bias[gn];
+            if (p.has_mod != 0u) {
+                let base = gm * 2u * p.outp;
+                o = o * (1.0 + modulation[base + gn]) + modulation[base + p.outp + gn];
+            }
+            y[gm * p.outp + gn] = activate(o, p.act);
+        }
+    }
+}
+
 @compute @workgroup_size(16, 16, 1)
 fn main(
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -56,12 +79,17 @@ fn main(
     let tile_n = (tile % p.tiles_n) * BN;
     let tid = lid.y * 16u + lid.x;
 
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    // Thread (tx, ty) owns rows 4ty..4ty+3 and columns 4tx..4tx+3 of the tile: four vec4
+    // accumulators, one per row. Named registers, not an indexed array: a private array indexed
+    // in a loop can be placed in local memory by the driver (it was, on NVIDIA: issue 10).
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
 
     for (var k0 = 0u; k0 < p.inp; k0 += BK) {
+        // Both operands are k-contiguous: 16 consecutive threads read 16 consecutive k of one
+        // row (coalesced) and store them transposed.
         for (var r = 0u; r < 4u; r++) {
             let e = tid + r * 256u;
             let m = e / BK;
@@ -71,46 +99,29 @@ fn main(
             if (tile_m + m < p.rows && gk < p.inp) {
                 av = x[(tile_m + m) * p.inp + gk];
             }
-            a_tile[k * BP + m] = av;
+            a_tile[k * ROW + m / 4u][m % 4u] = av;
             var bv = 0.0;
             if (tile_n + m < p.outp && gk < p.inp) {
                 bv = w[(tile_n + m) * p.inp + gk];
             }
-            b_tile[k * BP + m] = bv;
+            b_tile[k * ROW + m / 4u][m % 4u] = bv;
         }
         workgroupBarrier();
         for (var k = 0u; k < BK; k++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = a_tile[k * BP + lid.y + 16u * i];
-                b[i] = b_tile[k * BP + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]);
-                }
-            }
+            let a = a_tile[k * ROW + lid.y];
+            let b = b_tile[k * ROW + lid.x];
+            c0 = fma(vec4<f32>(a.x), b, c0);
+            c1 = fma(vec4<f32>(a.y), b, c1);
+            c2 = fma(vec4<f32>(a.z), b, c2);
+            c3 = fma(vec4<f32>(a.w), b, c3);
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i++) {
-        let gm = tile_m + lid.y + 16u * i;
-        if (gm >= p.rows) {
-            continue;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let gn = tile_n + lid.x + 16u * j;
-            if (gn >= p.outp) {
-                continue;
-            }
-            var v = acc[i * 4u + j] + bias[gn];
-            if (p.has_mod != 0u) {
-                let base = gm * 2u * p.outp;
-                v = v * (1.0 + modulation[base + gn]) + modulation[base + p.outp + gn];
-            }
-            y[gm * p.outp + gn] = activate(v, p.act);
-        }
-    }
+    let gm = tile_m + 4u * lid.y;
+    let gn = tile_n + 4u * lid.x;
+    store4(gm, gn, c0);
+    store4(gm + 1u, gn, c1);
+    store4(gm + 2u, gn, c2);
+    store4(gm + 3u, gn, c3);
 }

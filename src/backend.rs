@@ -94,6 +94,10 @@ pub trait Backend {
     fn download(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     /// Waits until all recorded work has finished (for timing); a no-op on the CPU.
     fn sync(&self) -> Result<()>;
+    /// Starts the work recorded so far without waiting for it (the GPU submits its command
+    /// encoder), so the host records the next step while the device runs this one. A no-op
+    /// where ops run as they are called.
+    fn flush(&self) {}
 
     /// y = conv(x, w) + bias (+ residual). x: [N, Cin, H, W], w: [Cout, Cin, k, k].
     fn conv2d(

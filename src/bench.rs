@@ -20,19 +20,49 @@ pub struct FamilyStats {
     pub bytes: f64,
 }
 
+/// One op call as the wrapper saw it, in program order (one GPU dispatch each).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub family: OpFamily,
+    /// The family's name, or `conv3x3` / `conv1x1` for convolutions by kernel size.
+    pub label: String,
+    pub flops: f64,
+    pub bytes: f64,
+}
+
 pub struct Profiled<'a, B: Backend> {
     inner: &'a B,
     shapes: ShapeBackend,
     stats: RefCell<BTreeMap<OpFamily, FamilyStats>>,
+    calls: RefCell<Vec<Call>>,
+    /// Synchronise and time each op on the host clock (false: only record the calls, for
+    /// callers that time on the GPU's clock).
+    sync_each: bool,
 }
 
 impl<'a, B: Backend> Profiled<'a, B> {
+    /// Times every op on the host clock, synchronising after each.
     pub fn new(inner: &'a B) -> Self {
         Profiled {
             inner,
             shapes: ShapeBackend::new(),
             stats: RefCell::default(),
+            calls: RefCell::default(),
+            sync_each: true,
         }
+    }
+
+    /// Records each op's call (family, label, cost) without synchronising or timing.
+    pub fn recording(inner: &'a B) -> Self {
+        Profiled {
+            sync_each: false,
+            ..Self::new(inner)
+        }
+    }
+
+    /// The calls recorded since the last [`Self::reset`].
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.borrow().clone()
     }
 
     pub fn stats(&self) -> BTreeMap<OpFamily, FamilyStats> {
@@ -41,6 +71,7 @@ impl<'a, B: Backend> Profiled<'a, B> {
 
     pub fn reset(&self) {
         self.stats.borrow_mut().clear();
+        self.calls.borrow_mut().clear();
     }
 
     /// Times `run` (synchronised) and books it with the cost the shape backend computes.
@@ -49,9 +80,27 @@ impl<'a, B: Backend> Profiled<'a, B> {
         cost: impl FnOnce(&ShapeBackend) -> ShapeTensor,
         run: impl FnOnce(&B) -> T,
     ) -> T {
+        self.labelled(None, cost, run)
+    }
+
+    fn labelled<T>(
+        &self,
+        label: Option<String>,
+        cost: impl FnOnce(&ShapeBackend) -> ShapeTensor,
+        run: impl FnOnce(&B) -> T,
+    ) -> T {
         let before = self.shapes.ops().len();
         cost(&self.shapes);
         let c = self.shapes.ops()[before];
+        self.calls.borrow_mut().push(Call {
+            family: c.family,
+            label: label.unwrap_or_else(|| c.family.name().to_string()),
+            flops: c.flops,
+            bytes: c.bytes,
+        });
+        if !self.sync_each {
+            return run(self.inner);
+        }
         let t0 = Instant::now();
         let out = run(self.inner);
         // A failed sync shows up at the caller's next download.
@@ -82,6 +131,9 @@ impl<B: Backend> Backend for Profiled<'_, B> {
     fn sync(&self) -> Result<()> {
         self.inner.sync()
     }
+    fn flush(&self) {
+        self.inner.flush()
+    }
     fn conv2d(
         &self,
         x: &B::Tensor,
@@ -91,7 +143,9 @@ impl<B: Backend> Backend for Profiled<'_, B> {
         r: Option<&B::Tensor>,
     ) -> B::Tensor {
         let rs = r.map(st);
-        self.timed(
+        let k = w.shape()[2];
+        self.labelled(
+            Some(format!("conv{k}x{k}")),
             |s| s.conv2d(&st(x), &st(w), &st(b), g, rs.as_ref()),
             |i| i.conv2d(x, w, b, g, r),
         )

@@ -72,6 +72,10 @@ enum Command {
         /// flowmap (the learned jumps), or euler / heun on the diagonal velocity v(t, t, ·).
         #[arg(long, default_value = "flowmap")]
         integrator: String,
+        /// Print each step's time (waits for the device after every step, so the host no longer
+        /// records a step while the device runs the previous one).
+        #[arg(long)]
+        step_times: bool,
     },
     /// Print a weights file's config, parameter count, FLOPs per forward and provenance.
     #[command(after_help = "Examples:
@@ -125,6 +129,7 @@ pub fn main() -> ExitCode {
             device,
             grid,
             integrator,
+            step_times,
         } => run_sample(
             model.as_deref(),
             weights.as_deref(),
@@ -135,6 +140,7 @@ pub fn main() -> ExitCode {
             &device,
             grid.as_deref(),
             &integrator,
+            step_times,
         ),
         Command::Info { file, tensors } => run_info(&file, tensors),
         Command::Bench {
@@ -192,6 +198,7 @@ fn run_sample(
     device: &str,
     grid: Option<&str>,
     integrator: &str,
+    step_times: bool,
 ) -> Result<()> {
     // Check every argument before any work, so that bad input costs nothing.
     if n == 0 {
@@ -221,23 +228,26 @@ fn run_sample(
     }
     say!("device: {}", engine.describe());
     let noise = sampler::initial_noise(meta, n, seed);
+    let pace = if step_times {
+        sampler::Pace::TimeSteps
+    } else {
+        sampler::Pace::Pipelined
+    };
     let (samples, report) = match &engine {
         Engine::Cpu(b) => {
             let net = w.network(b)?;
-            sampler::sample(
-                b,
-                &net,
-                &noise,
-                &grid,
-                integrator,
-                sampler::max_batch(meta, 1 << 28)?,
-            )?
+            let chunk = sampler::max_batch(meta, 1 << 28)?;
+            sampler::sample_paced(b, &net, &noise, &grid, integrator, chunk, pace)?
         }
         Engine::Gpu(b) => {
             b.warm_up()?;
             let net = w.network(b.as_ref())?;
-            let chunk = sampler::max_batch(meta, b.context().max_binding_elems())?;
-            sampler::sample(b.as_ref(), &net, &noise, &grid, integrator, chunk)?
+            let chunk = sampler::max_gpu_batch(
+                meta,
+                b.context().max_binding_elems(),
+                sampler::GPU_PASS_BYTES,
+            )?;
+            sampler::sample_paced(b.as_ref(), &net, &noise, &grid, integrator, chunk, pace)?
         }
     };
     let k = grid.len() - 1;

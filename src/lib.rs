@@ -18,6 +18,8 @@ pub mod gpu;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod models;
 pub mod output;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod parity;
 pub mod rng;
 pub mod sampler;
 #[cfg(target_arch = "wasm32")]

@@ -142,6 +142,29 @@ pub fn max_batch(meta: &ModelMeta, max_elems: usize) -> Result<usize> {
     Ok(batch)
 }
 
+/// How many bytes of activations one pass may make on a GPU: 2 GiB natively, 256 MiB in a
+/// browser (which shares the card with the page and whose out-of-memory is a lost device). The
+/// pool recycles buffers op to op, but nothing bounds what a pass holds at once better than all
+/// it makes, so batches are split to fit that (issue 10: a card with a 2 GiB binding limit
+/// otherwise got chunks of tens of thousands of samples).
+pub const GPU_PASS_BYTES: usize = if cfg!(target_arch = "wasm32") {
+    256 << 20
+} else {
+    2 << 30
+};
+
+/// The largest batch for one GPU pass: every buffer within the binding limit (`max_elems` f32
+/// values, [`max_batch`]) and all of a pass's activations within `budget_bytes`.
+pub fn max_gpu_batch(meta: &ModelMeta, max_elems: usize, budget_bytes: usize) -> Result<usize> {
+    let single = max_batch(meta, max_elems)?;
+    let per_sample: usize = forward_costs(&meta.model, 1)?
+        .ops()
+        .iter()
+        .map(|o| o.max_elems * 4)
+        .sum();
+    Ok(single.min((budget_bytes / per_sample.max(1)).max(1)))
+}
+
 /// One step of an integrator from s to t.
 pub fn step<B: Backend>(
     b: &B,
@@ -168,9 +191,19 @@ pub fn step<B: Backend>(
     }
 }
 
+/// How [`sample`] paces the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Each step is submitted as soon as it is recorded and nothing waits until the final
+    /// readback, so the host records step k + 1 while the device runs step k. The fastest;
+    /// `SampleReport::step_times` stays empty.
+    Pipelined,
+    /// Wait for the device after every step and time each one (`flowmap sample --step-times`).
+    TimeSteps,
+}
+
 /// Runs the integrator over the grid from the given noise (model space, n × sample_len) and
-/// returns the samples in model space. `chunk` caps the batch per pass; `on_state` sees the
-/// state after every step (chunk index, step index, state) when intermediate states are wanted.
+/// returns the samples in model space. `chunk` caps the batch per pass.
 pub fn sample<B: Backend>(
     b: &B,
     net: &Network<B>,
@@ -178,6 +211,19 @@ pub fn sample<B: Backend>(
     grid: &[f32],
     integrator: Integrator,
     chunk: usize,
+) -> Result<(Vec<f32>, SampleReport)> {
+    sample_paced(b, net, noise, grid, integrator, chunk, Pace::Pipelined)
+}
+
+/// [`sample`] with the pacing chosen.
+pub fn sample_paced<B: Backend>(
+    b: &B,
+    net: &Network<B>,
+    noise: &[f32],
+    grid: &[f32],
+    integrator: Integrator,
+    chunk: usize,
+    pace: Pace,
 ) -> Result<(Vec<f32>, SampleReport)> {
     validate_grid(grid)?;
     let len: usize = net.sample_shape().iter().product();
@@ -190,7 +236,10 @@ pub fn sample<B: Backend>(
     let n = noise.len() / len;
     let chunk = chunk.clamp(1, n);
     let mut report = SampleReport {
-        step_times: vec![Duration::ZERO; grid.len() - 1],
+        step_times: match pace {
+            Pace::TimeSteps => vec![Duration::ZERO; grid.len() - 1],
+            Pace::Pipelined => Vec::new(),
+        },
         chunks: n.div_ceil(chunk),
         chunk_size: chunk,
         ..Default::default()
@@ -204,8 +253,13 @@ pub fn sample<B: Backend>(
         for (k, w) in grid.windows(2).enumerate() {
             let t0 = Stopwatch::start();
             x = step(b, net, &x, w[0], w[1], integrator)?;
-            b.sync()?;
-            report.step_times[k] += t0.elapsed();
+            match pace {
+                Pace::TimeSteps => {
+                    b.sync()?;
+                    report.step_times[k] += t0.elapsed();
+                }
+                Pace::Pipelined => b.flush(),
+            }
         }
         out.extend(b.download(&x)?);
     }

@@ -146,7 +146,8 @@ impl WebSampler {
 
     /// Draws `n` samples from `seed` with `steps` jumps (`integrator` = "flowmap", or "euler" on
     /// the diagonal v(t, t, ·) at the same number of evaluations), keeping the first `keep`
-    /// samples after every step.
+    /// samples after every step. On WebGPU only those `keep` samples are read back per step, and
+    /// with `keep` = 0 nothing is until the end (`step_ms` is then empty).
     pub async fn sample(
         &self,
         n: usize,
@@ -171,16 +172,37 @@ impl WebSampler {
         let samples = match &self.engine {
             Engine::Gpu(b, net) => {
                 let b = b.as_ref();
-                let mut x = b.upload(&noise, &shape).map_err(js_err)?;
-                for w in grid.windows(2) {
-                    let t0 = Stopwatch::start();
-                    x = sampler::step(b, net, &x, w[0], w[1], integrator).map_err(js_err)?;
-                    // Reading the state back both feeds the step view and waits for the GPU.
-                    let state = b.download_async(&x).await.map_err(js_err)?;
-                    states.extend_from_slice(&state[..keep_len]);
-                    step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+                // Batches are split so that a pass's activations fit the browser's budget.
+                let len = meta.model.sample_len();
+                let chunk = sampler::max_gpu_batch(
+                    meta,
+                    b.context().max_binding_elems(),
+                    sampler::GPU_PASS_BYTES,
+                )
+                .map_err(js_err)?;
+                let mut out = Vec::with_capacity(noise.len());
+                for (c, part) in noise.chunks(chunk * len).enumerate() {
+                    shape[0] = part.len() / len;
+                    let mut x = b.upload(part, &shape).map_err(js_err)?;
+                    // The step view shows the first samples, which are in the first chunk.
+                    let view = if c == 0 { keep_len.min(part.len()) } else { 0 };
+                    for w in grid.windows(2) {
+                        let t0 = Stopwatch::start();
+                        x = sampler::step(b, net, &x, w[0], w[1], integrator).map_err(js_err)?;
+                        if view > 0 {
+                            // Only the samples the step view shows come back; the readback
+                            // also waits for the step, which times it.
+                            let state = b.download_prefix_async(&x, view).await.map_err(js_err)?;
+                            states.extend_from_slice(&state);
+                            step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+                        } else {
+                            // Nothing to show: submit and go on; the readback at the end waits.
+                            b.flush();
+                        }
+                    }
+                    out.extend(b.download_async(&x).await.map_err(js_err)?);
                 }
-                b.download_async(&x).await.map_err(js_err)?
+                out
             }
             Engine::Cpu(net) => {
                 let b = &self.cpu;

@@ -95,6 +95,7 @@ fn sample_writes_png_and_npy() {
         png.to_str().unwrap(),
         "--device",
         "cpu",
+        "--step-times",
     ]);
     assert!(ok, "{err}");
     assert!(
@@ -104,7 +105,7 @@ fn sample_writes_png_and_npy() {
     assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
 
     let npy = dir.join("s.npy");
-    let (ok, _, err) = flowmap(&[
+    let (ok, piped, err) = flowmap(&[
         "sample",
         "--weights",
         w.to_str().unwrap(),
@@ -118,6 +119,11 @@ fn sample_writes_png_and_npy() {
         "cpu",
     ]);
     assert!(ok, "{err}");
+    // Without --step-times the steps are pipelined and only the total is timed.
+    assert!(
+        !piped.contains("  step ") && piped.contains("samples/s"),
+        "{piped}"
+    );
     let bytes = std::fs::read(&npy).unwrap();
     let header = String::from_utf8_lossy(&bytes[10..128]);
     assert!(header.contains("'shape': (5, 1, 8, 8)"), "{header}");

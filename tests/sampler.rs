@@ -53,7 +53,8 @@ fn one_step_is_one_flow_map_call() {
         4,
     )
     .unwrap();
-    assert_eq!(report.step_times.len(), 1);
+    // Pipelined by default: no per-step times.
+    assert!(report.step_times.is_empty());
     let mut shape = vec![4];
     shape.extend(w.meta.model.sample_shape());
     let x = cpu.upload(&noise, &shape).unwrap();
@@ -72,9 +73,23 @@ fn custom_grid_composes_the_given_jumps() {
     let net = w.network(&cpu).unwrap();
     let noise = initial_noise(&w.meta, 8, 2);
     let grid = sampler::parse_grid("0, 0.1,0.6,1").unwrap();
-    let (samples, report) =
-        sampler::sample(&cpu, &net, &noise, &grid, Integrator::FlowMap, 8).unwrap();
+    let (samples, report) = sampler::sample_paced(
+        &cpu,
+        &net,
+        &noise,
+        &grid,
+        Integrator::FlowMap,
+        8,
+        sampler::Pace::TimeSteps,
+    )
+    .unwrap();
     assert_eq!(report.step_times.len(), 3);
+    let (pipelined, _) =
+        sampler::sample(&cpu, &net, &noise, &grid, Integrator::FlowMap, 8).unwrap();
+    assert_eq!(
+        pipelined, samples,
+        "the pacing changes nothing but the waiting"
+    );
     let mut x = cpu.upload(&noise, &[8, 2]).unwrap();
     for (s, t) in [(0.0, 0.1), (0.1, 0.6), (0.6, 1.0)] {
         x = net.flow_map(&cpu, &x, s, t).unwrap();
@@ -143,6 +158,14 @@ fn splitting_the_batch_does_not_change_samples() {
         sampler::max_batch(&meta_for(tiny_mlp()), 1 << 20).unwrap(),
         (1 << 20) / 64
     );
+    // On a GPU the sum of a pass's activations is bounded too: a huge binding limit no longer
+    // means a huge chunk, and the chunk shrinks with the budget.
+    let huge = usize::MAX / 2;
+    let big = sampler::max_gpu_batch(&meta, huge, sampler::GPU_PASS_BYTES).unwrap();
+    assert!(big < per_sample, "{big} vs {per_sample}");
+    let small = sampler::max_gpu_batch(&meta, huge, sampler::GPU_PASS_BYTES / 8).unwrap();
+    assert!(small >= 1 && small <= big / 7, "{small} vs {big}");
+    assert_eq!(sampler::max_gpu_batch(&meta, huge, 1).unwrap(), 1);
 }
 
 #[test]

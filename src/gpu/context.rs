@@ -30,17 +30,55 @@ impl std::fmt::Display for AdapterSummary {
     }
 }
 
+/// What the kernels need of a device, beyond WebGPU's downlevel defaults: 5 storage buffers per
+/// stage (conv2d, linear and group norm bind 5), 8,704 bytes of workgroup memory (the conv and
+/// linear tiles, 2 × 272 vec4s), 256-invocation workgroups. Buffer sizes are taken as large as
+/// the adapter allows (the sampler sizes its batches against them).
+pub fn needed_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
+    wgpu::Limits {
+        max_storage_buffers_per_shader_stage: 5,
+        max_compute_workgroup_storage_size: 8704,
+        max_compute_invocations_per_workgroup: 256,
+        max_compute_workgroup_size_x: 256,
+        max_compute_workgroup_size_y: 16,
+        max_compute_workgroups_per_dimension: 65535,
+        max_storage_buffer_binding_size: adapter.max_storage_buffer_binding_size,
+        max_buffer_size: adapter.max_buffer_size,
+        ..wgpu::Limits::downlevel_defaults()
+    }
+}
+
+/// The limits in `needed` that `adapter` falls short of, named with both values.
+pub fn missing_limits(needed: &wgpu::Limits, adapter: &wgpu::Limits) -> Vec<String> {
+    let mut missing = Vec::new();
+    needed.check_limits_with_fail_fn(adapter, false, |name, want, have| {
+        missing.push(format!("{name}: needs {want}, the adapter allows {have}"));
+    });
+    missing
+}
+
+/// Where wgpu's asynchronous errors collect until the next check.
+pub(crate) type ErrorSink = Arc<Mutex<Vec<String>>>;
+
 /// A device and queue with the limits this adapter allows.
 pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub limits: wgpu::Limits,
     pub adapter: AdapterSummary,
-    errors: Arc<Mutex<Vec<String>>>,
+    /// What the adapter offers (the GPU report lists these); `limits` is what the device was
+    /// opened with ([`needed_limits`]).
+    pub adapter_limits: wgpu::Limits,
+    pub adapter_features: wgpu::Features,
+    /// What the device was opened with: `TIMESTAMP_QUERY` where the adapter has it, so kernels
+    /// can be timed on the GPU's own clock ([`super::GpuBackend::start_timing`]).
+    pub features: wgpu::Features,
+    errors: ErrorSink,
 }
 
 impl GpuContext {
-    /// Finds an adapter (high-performance preferred) and opens a device with its full limits.
+    /// Finds an adapter (high-performance preferred) and opens a device with the limits the
+    /// kernels need ([`needed_limits`]); an adapter short of them is refused by name.
     /// `allow_software` = false refuses CPU-emulated adapters.
     pub async fn new_async(allow_software: bool) -> Result<Self> {
         let instance =
@@ -72,11 +110,21 @@ impl GpuContext {
                 "only a software adapter is available: {summary}"
             )));
         }
-        let limits = adapter.limits();
+        let adapter_limits = adapter.limits();
+        let limits = needed_limits(&adapter_limits);
+        let missing = missing_limits(&limits, &adapter_limits);
+        if !missing.is_empty() {
+            return Err(Error::NoAdapter(format!(
+                "{summary} cannot run flowmap's kernels: {}",
+                missing.join("; ")
+            )));
+        }
+        let adapter_features = adapter.features();
+        let features = adapter_features & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("flowmap"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -91,11 +139,22 @@ impl GpuContext {
                 v.push(e.to_string());
             }
         }));
+        // A lost device (driver reset, GPU process crash, tab backgrounded too long) is an error
+        // at the next check, not silent zeros.
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(format!("the GPU device was lost ({reason:?}): {message}"));
+            }
+        });
         Ok(GpuContext {
             device,
             queue,
             limits,
             adapter: summary,
+            adapter_limits,
+            adapter_features,
+            features,
             errors,
         })
     }
@@ -108,8 +167,17 @@ impl GpuContext {
 
     /// Returns the first error wgpu reported since the last check.
     pub fn take_error(&self) -> Result<()> {
-        let mut v = self
-            .errors
+        Self::check(&self.errors)
+    }
+
+    /// The error sink, for futures that check it after `self` is out of reach.
+    pub(crate) fn error_sink(&self) -> ErrorSink {
+        self.errors.clone()
+    }
+
+    /// Returns (and clears) the first error in `sink`.
+    pub(crate) fn check(sink: &ErrorSink) -> Result<()> {
+        let mut v = sink
             .lock()
             .map_err(|_| Error::Gpu("error sink poisoned".into()))?;
         let first = v.drain(..).next();
@@ -126,5 +194,30 @@ impl GpuContext {
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size);
         (bytes / 4) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An adapter with only 4 storage buffers per stage (some GLES drivers) is refused with the
+    /// limit named; WebGPU's defaults and lavapipe-like limits are enough.
+    #[test]
+    fn adapters_short_of_the_kernels_needs_are_named() {
+        // wgpu's downlevel defaults allow 4 storage buffers per stage, as such drivers do.
+        let gles = wgpu::Limits::downlevel_defaults();
+        let missing = missing_limits(&needed_limits(&gles), &gles);
+        assert_eq!(
+            missing,
+            vec!["max_storage_buffers_per_shader_stage: needs 5, the adapter allows 4".to_string()]
+        );
+        let web = wgpu::Limits::default();
+        assert!(missing_limits(&needed_limits(&web), &web).is_empty());
+        // Buffer sizes follow the adapter rather than a fixed request.
+        assert_eq!(
+            needed_limits(&web).max_storage_buffer_binding_size,
+            web.max_storage_buffer_binding_size
+        );
     }
 }

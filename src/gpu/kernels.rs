@@ -66,6 +66,31 @@ pub struct GpuBackend {
     encoder: RefCell<Option<wgpu::CommandEncoder>>,
     /// Bound where an optional input (residual, modulation) is absent.
     dummy: wgpu::Buffer,
+    /// GPU timestamps around every dispatch while timing is on ([`Self::start_timing`]).
+    timer: RefCell<Option<Timer>>,
+}
+
+/// The most dispatches one timing window records (two timestamps each; wgpu caps a query set at
+/// 4,096 queries). Dispatches past it run untimed and are counted in [`GpuTimes::untimed`].
+const MAX_TIMED_DISPATCHES: u32 = 2048;
+
+struct Timer {
+    queries: wgpu::QuerySet,
+    /// The shader of each timed dispatch, in order.
+    labels: Vec<&'static str>,
+    untimed: usize,
+}
+
+/// What one timing window measured on the GPU's clock.
+#[derive(Debug, Clone, Default)]
+pub struct GpuTimes {
+    /// Each timed dispatch: its shader file and the time from its pass's start to its end.
+    pub dispatches: Vec<(&'static str, f64)>,
+    /// From the first timed pass's start to the last one's end, in seconds: the GPU time of the
+    /// window, gaps between passes included.
+    pub span: f64,
+    /// Dispatches that ran past [`MAX_TIMED_DISPATCHES`].
+    pub untimed: usize,
 }
 
 impl GpuBackend {
@@ -83,7 +108,91 @@ impl GpuBackend {
             pipelines: RefCell::default(),
             encoder: RefCell::default(),
             dummy,
+            timer: RefCell::default(),
         }
+    }
+
+    /// Whether the device can time kernels on the GPU's clock (`TIMESTAMP_QUERY`).
+    pub fn has_timestamps(&self) -> bool {
+        self.ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Starts recording a timestamp pair around every dispatch; `false` (and nothing recorded)
+    /// where the device lacks timestamp queries. Work recorded before this call is submitted
+    /// first, so the window holds only what follows.
+    pub fn start_timing(&self) -> bool {
+        if !self.has_timestamps() {
+            return false;
+        }
+        self.submit();
+        let queries = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("flowmap timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2 * MAX_TIMED_DISPATCHES,
+        });
+        *self.timer.borrow_mut() = Some(Timer {
+            queries,
+            labels: Vec::new(),
+            untimed: 0,
+        });
+        true
+    }
+
+    /// Ends the window opened by [`Self::start_timing`]: waits for its work and reads the
+    /// timestamps back. `None` when no window was open.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn finish_timing(&self) -> Result<Option<GpuTimes>> {
+        let Some(timer) = self.timer.borrow_mut().take() else {
+            return Ok(None);
+        };
+        let n = timer.labels.len() as u32;
+        if n == 0 {
+            self.sync()?;
+            return Ok(Some(GpuTimes {
+                untimed: timer.untimed,
+                ..Default::default()
+            }));
+        }
+        let bytes = u64::from(2 * n) * 8;
+        let resolve = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("flowmap timestamps resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        {
+            let mut enc = self.encoder.borrow_mut();
+            let enc = enc.get_or_insert_with(|| self.new_encoder());
+            enc.resolve_query_set(&timer.queries, 0..2 * n, &resolve, 0);
+        }
+        let raw = pollster::block_on(self.read_back(&resolve, bytes, "timestamp readback"))?;
+        let ticks: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunks")))
+            .collect();
+        let period = f64::from(self.ctx.queue.get_timestamp_period()) * 1e-9;
+        let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 * period;
+        let dispatches = timer
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (*l, secs(ticks[2 * i], ticks[2 * i + 1])))
+            .collect();
+        let first = ticks.iter().step_by(2).copied().min().unwrap_or(0);
+        let last = ticks.iter().skip(1).step_by(2).copied().max().unwrap_or(0);
+        Ok(Some(GpuTimes {
+            dispatches,
+            span: secs(first, last),
+            untimed: timer.untimed,
+        }))
+    }
+
+    fn new_encoder(&self) -> wgpu::CommandEncoder {
+        self.ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("flowmap"),
+            })
     }
 
     pub fn context(&self) -> &GpuContext {
@@ -204,17 +313,28 @@ impl GpuBackend {
         let max = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
         let gx = groups.clamp(1, max);
         let gy = groups.div_ceil(gx).max(1);
-        let mut enc = self.encoder.borrow_mut();
-        let enc = enc.get_or_insert_with(|| {
-            self.ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("flowmap"),
+        let mut timer = self.timer.borrow_mut();
+        let timestamp_writes = match timer.as_mut() {
+            Some(t) if (t.labels.len() as u32) < MAX_TIMED_DISPATCHES => {
+                let i = 2 * t.labels.len() as u32;
+                t.labels.push(shader);
+                Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &t.queries,
+                    beginning_of_pass_write_index: Some(i),
+                    end_of_pass_write_index: Some(i + 1),
                 })
-        });
+            }
+            Some(t) => {
+                t.untimed += 1;
+                None
+            }
+            None => None,
+        };
+        let mut enc = self.encoder.borrow_mut();
+        let enc = enc.get_or_insert_with(|| self.new_encoder());
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(entry),
-            timestamp_writes: None,
+            timestamp_writes,
         });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
@@ -242,46 +362,63 @@ impl GpuBackend {
         &self,
         t: &GpuTensor,
     ) -> impl Future<Output = Result<Vec<f32>>> + 'static {
-        let size = (t.len().max(1) * 4) as u64;
-        let n = t.len();
+        self.download_prefix_async(t, t.len())
+    }
+
+    /// Copies the first `n` values of a tensor back (the page's intermediate-states view reads
+    /// only the samples it shows).
+    pub fn download_prefix_async(
+        &self,
+        t: &GpuTensor,
+        n: usize,
+    ) -> impl Future<Output = Result<Vec<f32>>> + 'static {
+        let n = n.min(t.len());
+        let bytes = self.read_back(t.buffer(), (n.max(1) * 4) as u64, "readback");
+        async move { Ok(bytemuck_cast(&bytes.await?[..n * 4])) }
+    }
+
+    /// Copies the first `size` bytes of `src` to a mappable buffer after everything recorded so
+    /// far, submits, and resolves to them. The one readback path (tensors and timestamps).
+    fn read_back(
+        &self,
+        src: &wgpu::Buffer,
+        size: u64,
+        what: &'static str,
+    ) -> impl Future<Output = Result<Vec<u8>>> + 'static {
         let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("flowmap readback"),
+            label: Some(what),
             size,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         {
             let mut enc = self.encoder.borrow_mut();
-            let enc = enc.get_or_insert_with(|| {
-                self.ctx
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("flowmap"),
-                    })
-            });
-            enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, size);
+            let enc = enc.get_or_insert_with(|| self.new_encoder());
+            enc.copy_buffer_to_buffer(src, 0, &staging, 0, size);
         }
         self.submit();
         let state: Arc<Mutex<MapState>> = Arc::default();
         let cb_state = state.clone();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let mut s = cb_state.lock().expect("map state");
-            s.result = Some(r.map_err(|e| Error::Gpu(format!("readback failed: {e}"))));
+            s.result = Some(r.map_err(|e| Error::Gpu(format!("{what} failed: {e}"))));
             if let Some(w) = s.waker.take() {
                 w.wake();
             }
         });
         let waited = self.wait();
+        let errors = self.ctx.error_sink();
         async move {
             waited?;
             MapFuture(state).await?;
-            let data = {
-                let view = staging
-                    .slice(..)
-                    .get_mapped_range()
-                    .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
-                bytemuck_cast(&view[..n * 4])
-            };
+            // On the web, nothing waits before the map resolves: errors raised by the work this
+            // readback waited for (validation, out of memory, a lost device) arrive only now.
+            GpuContext::check(&errors)?;
+            let data = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("{what} failed: {e}")))?
+                .to_vec();
             staging.unmap();
             Ok(data)
         }
@@ -370,6 +507,10 @@ impl Backend for GpuBackend {
     fn sync(&self) -> Result<()> {
         self.submit();
         self.wait()
+    }
+
+    fn flush(&self) {
+        self.submit();
     }
 
     fn conv2d(

@@ -7,7 +7,7 @@ mod kernels;
 mod pool;
 
 pub use context::{AdapterSummary, GpuContext};
-pub use kernels::{GpuBackend, GpuTensor};
+pub use kernels::{GpuBackend, GpuTensor, GpuTimes};
 
 /// Every WGSL source, by file name (for validation tests and pipeline creation).
 pub const SHADERS: &[(&str, &str)] = &[

@@ -66,6 +66,11 @@ pub struct TrainConfig {
     /// Seed of initialisation, data order, noise and times. Default 0.
     #[serde(default)]
     pub seed: u64,
+    /// Stop after this many minutes of training, checkpointing and exporting as at the last
+    /// step (`--minutes`, for a fixed time budget such as a lent GPU's). A property of one
+    /// invocation, not of the run, so it is never saved in config.toml.
+    #[serde(skip)]
+    pub minutes: Option<f64>,
     /// A flowmap weights file of a trained `fm` teacher (lmd, emd, pfmm).
     #[serde(default)]
     pub teacher: Option<PathBuf>,

@@ -10,6 +10,7 @@ mod eval;
 mod export;
 mod flex_ops;
 mod flow;
+mod gpu_report;
 mod interpolant;
 mod objectives;
 mod optim;
@@ -130,6 +131,10 @@ struct TrainArgs {
     /// auto (wgpu only on a real GPU adapter), flex (CPU) or wgpu.
     #[arg(long, default_value = "auto")]
     backend: String,
+    /// Stop after this many minutes (checkpoint and export as at the last step), e.g. to fit a
+    /// lent GPU's time; not saved in the run's config.
+    #[arg(long)]
+    minutes: Option<f64>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -139,6 +144,20 @@ struct TrainArgs {
 enum Command {
     /// Train a model; the EMA weights are exported to OUT/model.safetensors at the end.
     Train(Box<TrainArgs>),
+    /// The GPU report (scripts/gpu-report.sh): the adapter, kernel parity at production sizes,
+    /// flowmap's WGSL forward against burn-wgpu's, kernel GFLOP/s against a same-run matmul,
+    /// sampling throughput and the issue's goals, as Markdown and JSON.
+    #[command(after_help = "Examples:
+  trainer gpu-report --out gpu-report            # on a machine with a GPU (about 3 minutes)
+  trainer gpu-report --out /tmp/r --dry-run      # tiny sizes, any adapter (CI runs this on lavapipe)")]
+    GpuReport {
+        /// The directory for gpu-report.md and gpu-report.json.
+        #[arg(long)]
+        out: PathBuf,
+        /// Tiny sizes: checks every code path in seconds, on any adapter (software included).
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Export a checkpoint's EMA weights in the sampler's format.
     #[command(after_help = "Examples:
   trainer export weights/runs/mnist-lsd --out weights/mnist.safetensors
@@ -384,6 +403,12 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         cfg.data.labels = a.labels.clone();
     }
     cfg.psd_uniform |= a.psd_uniform;
+    if let Some(m) = a.minutes {
+        if !(m > 0.0 && m.is_finite()) {
+            bail!("--minutes must be a positive number, got {m}");
+        }
+        cfg.minutes = Some(m);
+    }
     cfg.validate().map_err(anyhow::Error::msg)?;
     Ok(cfg)
 }
@@ -515,6 +540,15 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 (None, None) => bench::forward(&model, batch, iters, wgpu),
             }
+        }
+        Command::GpuReport { out, dry_run } => {
+            let report = gpu_report::run(&out, dry_run, &mut |line| eprintln!("{line}"))?;
+            print!("{}", report.markdown());
+            println!("\nwrote {}", out.join("gpu-report.md").display());
+            if report.failed() {
+                bail!("a GPU parity check failed (see the report's Parity table)");
+            }
+            Ok(())
         }
         Command::Data { what } => match what {
             DataCmd::Mnist { images, labels } => {

@@ -352,7 +352,30 @@ fn resuming_continues_the_run_exactly() {
     let mut half = full.clone();
     half.steps = 6;
     crate::train::train(&half, Device::flex(), &b, false, true).unwrap();
+    // A run killed between checkpoints logged steps past its checkpoint (6): the resumed run
+    // drops them and logs them again, so loss.csv reads as if it had never stopped.
+    let mut log = std::fs::read_to_string(b.join("loss.csv")).unwrap();
+    log.push_str("10,1e-3,9.0,9.0,1.0,1.0\n");
+    std::fs::write(b.join("loss.csv"), log).unwrap();
     crate::train::train(&full, Device::flex(), &b, true, true).unwrap();
+    // (step, loss) of each row; the resumed log also has the half run's last step, 6.
+    let rows = |d: &std::path::Path| -> Vec<(String, String)> {
+        std::fs::read_to_string(d.join("loss.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[0].to_string(), f[2].to_string())
+            })
+            .filter(|r| r.0 != "6")
+            .collect()
+    };
+    assert_eq!(
+        rows(&b),
+        rows(&a),
+        "the stale step-10 row is replaced, nothing doubled"
+    );
     let wa = flowmap::weights::Weights::read(&a.join("model.safetensors")).unwrap();
     let wb = flowmap::weights::Weights::read(&b.join("model.safetensors")).unwrap();
     for (name, ta) in &wa.tensors {
@@ -694,6 +717,115 @@ fn a_run_continues_across_gpu_and_cpu() {
             &a.tensors[name].data,
             &t.data,
             1e-3,
+        );
+    }
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+/// `--minutes` stops a run between checkpoints, saves a checkpoint at the step it reached and
+/// exports the model, so a fixed time budget (a lent GPU's) loses no steps; it is not saved in
+/// the run's config, so resuming does not inherit it.
+#[test]
+fn minutes_stops_between_checkpoints_and_keeps_every_step() {
+    let root = tmp("minutes");
+    let toml = recipe_toml(&root);
+    let out = root.join("run");
+    let (toml, out_s) = (toml.display().to_string(), out.display().to_string());
+    // A million steps with checkpoints every 10^6 would never checkpoint; 0.02 minutes stops
+    // far earlier.
+    cli(&[
+        "train",
+        "--config",
+        &toml,
+        "--out",
+        &out_s,
+        "--steps",
+        "1000000",
+        "--checkpoint-every",
+        "1000000",
+        "--minutes",
+        "0.02",
+        "--quiet",
+    ])
+    .unwrap();
+    let (state, _) = crate::checkpoint::load(&out.join("checkpoint.safetensors")).unwrap();
+    let w = flowmap::weights::Weights::read(&out.join("model.safetensors")).unwrap();
+    let steps: usize = w.meta.provenance["steps"].parse().unwrap();
+    assert!(steps > 0 && steps < 1_000_000, "stopped at {steps}");
+    assert_eq!(state.step, steps, "the checkpoint holds the last step");
+    let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(!saved.contains("minutes"), "{saved}");
+    let e = cli(&[
+        "train",
+        "--config",
+        &toml,
+        "--out",
+        &out_s,
+        "--minutes",
+        "0",
+    ])
+    .unwrap_err();
+    assert!(e.to_string().contains("--minutes"), "{e}");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+/// The GPU report's dry run (issue 10): every section runs on whatever adapter there is (lavapipe
+/// in CI), the Markdown and JSON are written, and the kernels agree with the CPU backend.
+#[test]
+fn gpu_report_dry_run_writes_every_section() {
+    if flowmap::gpu::GpuContext::new(true).is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no wgpu adapter: the GPU report's dry run needs one under CI"
+        );
+        eprintln!("GPU TEST NOT RUN: no wgpu adapter (install mesa-vulkan-drivers)");
+        return;
+    }
+    let root = tmp("gpu-report");
+    cli(&[
+        "gpu-report",
+        "--out",
+        &root.display().to_string(),
+        "--dry-run",
+    ])
+    .unwrap();
+    let md = std::fs::read_to_string(root.join("gpu-report.md")).unwrap();
+    for section in [
+        "## Adapter",
+        "## Parity",
+        "## Reachable peak",
+        "## Forward",
+        "## Sampling",
+        "## Goals",
+    ] {
+        assert!(md.contains(section), "{section} missing:\n{md}");
+    }
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("gpu-report.json")).unwrap())
+            .unwrap();
+    let parity = j["parity"].as_array().unwrap();
+    // Every op family the two networks use, and both whole forwards.
+    for scope in ["conv2d", "group_norm", "linear", "attention", "forward"] {
+        assert!(
+            parity.iter().any(|p| p["scope"] == scope),
+            "{scope}: {parity:?}"
+        );
+    }
+    assert!(parity.iter().all(|p| p["pass"] == true), "{parity:?}");
+    let forward = j["forward"].as_array().unwrap();
+    assert_eq!(forward.len(), 3, "U-Net at 1 and 2, MLP at 64: {forward:?}");
+    assert!(
+        forward.iter().all(|f| f["burn_wall_ms"].as_f64().is_some()),
+        "burn-wgpu timed beside every WGSL forward: {forward:?}; notes {}",
+        j["notes"]
+    );
+    assert_eq!(j["peaks"].as_array().unwrap().len(), 2, "{}", j["notes"]);
+    assert_eq!(j["sampling"].as_array().unwrap().len(), 2);
+    if j["adapter"]["timestamp_query"] == true {
+        let kernels = j["kernels"].as_array().unwrap();
+        assert!(
+            kernels.iter().any(|k| k["kernel"] == "conv3x3"),
+            "{kernels:?}"
         );
     }
     std::fs::remove_dir_all(root).unwrap();

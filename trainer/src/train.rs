@@ -294,14 +294,21 @@ pub fn train(
     std::fs::write(paths.config(), toml::to_string(cfg)?)
         .with_context(|| format!("writing {}", paths.config().display()))?;
 
-    let mut log = open_log(&paths.log(), sess.step_count() > 0)?;
+    let mut log = open_log(&paths.log(), sess.step_count())?;
     let bar = progress_bar(cfg.steps as u64, sess.step_count() as u64, quiet);
     let meta = export::model_meta(cfg, &sess.model_cfg, sess.data.spec(), sess.sigma0);
     let started = Instant::now();
     let start_step = sess.step_count();
     let mut last_loss = f32::NAN;
 
+    let deadline = cfg
+        .minutes
+        .map(|m| std::time::Duration::from_secs_f64(m.max(0.0) * 60.0));
+    let mut saved_at = sess.step_count();
     while sess.step_count() < cfg.steps {
+        if deadline.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
         let out = sess.step()?;
         let step = sess.step_count();
         last_loss = out.loss;
@@ -327,7 +334,12 @@ pub fn train(
         bar.set_position(step as u64);
         if step % cfg.checkpoint_every == 0 || step == cfg.steps {
             sess.save(&paths.checkpoint())?;
+            saved_at = step;
         }
+    }
+    if saved_at != sess.step_count() {
+        // Stopped by --minutes between checkpoints.
+        sess.save(&paths.checkpoint())?;
     }
     bar.finish();
     let secs = started.elapsed().as_secs_f64();
@@ -490,8 +502,31 @@ fn restore(
     })
 }
 
-fn open_log(path: &Path, append: bool) -> Result<std::fs::File> {
+/// Opens loss.csv for a run at `step`: a fresh file for a new run; for a resumed one, the log with
+/// any rows past the checkpoint's step dropped first (a run killed between checkpoints logged
+/// steps that the resumed run will log again).
+fn open_log(path: &Path, step: usize) -> Result<std::fs::File> {
+    let append = step > 0;
     let exists = path.exists();
+    if append && exists {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let keep: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.split(',')
+                    .next()
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .is_none_or(|s| s <= step)
+            })
+            .collect();
+        if keep.len() != text.lines().count() {
+            let tmp = path.with_extension("csv.tmp");
+            std::fs::write(&tmp, keep.join("\n") + "\n")
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(append)

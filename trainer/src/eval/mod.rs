@@ -113,7 +113,11 @@ fn draw(
         }
         Engine::Gpu(g) => {
             let net = w.network(g.as_ref())?;
-            let chunk = sampler::max_batch(&w.meta, g.context().max_binding_elems())?;
+            let chunk = sampler::max_gpu_batch(
+                &w.meta,
+                g.context().max_binding_elems(),
+                sampler::GPU_PASS_BYTES,
+            )?;
             sampler::sample(g.as_ref(), &net, &noise, &grid, integrator, chunk)?.0
         }
     };

@@ -1,0 +1,845 @@
+//! `trainer gpu-report` (scripts/gpu-report.sh): everything one run on a GPU must show, in one
+//! command (issue 10). On the adapter wgpu picks, in this order:
+//! 1. the adapter: name, backend, driver, the features that matter (SHADER_F16, timestamps) and
+//!    the limits the kernels meet;
+//! 2. kernel parity at production sizes: the shipped U-Net at batch 256 and MLP at batch 65,536
+//!    run op by op on the CPU backend and the WGSL kernels with the same inputs
+//!    ([`flowmap::parity::OpParity`]), and whole forwards GPU against CPU;
+//! 3. timings on the same adapter and weights: flowmap's WGSL forward (GPU timestamps where the
+//!    adapter has them, and wall clock with readback), burn-wgpu's forward, a 4096² matmul
+//!    through burn-wgpu and through flowmap's linear kernel as the reachable peak, GFLOP/s per
+//!    kernel family against that peak, and sampling throughput at K = 1, 4, 16;
+//! 4. the issue's performance goals, checked;
+//!
+//! and writes `gpu-report.md` and `gpu-report.json` to the output directory. `--dry-run` runs
+//! the same code at tiny sizes (CI runs it on lavapipe so the report cannot rot).
+
+use crate::burn_backend::BurnBackend;
+use crate::params::ParamStore;
+use anyhow::{bail, Context, Result};
+use burn::tensor::{Device, DeviceKind};
+use flowmap::backend::Backend;
+use flowmap::bench::Profiled;
+use flowmap::cpu::CpuBackend;
+use flowmap::gpu::{GpuBackend, GpuContext};
+use flowmap::net::Network;
+use flowmap::parity::{scaled_error, OpParity};
+use flowmap::rng::Rng;
+use flowmap::sampler::{self, Integrator};
+use flowmap::weights::Weights;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+/// Per-op parity tolerance: max |gpu − cpu| ≤ tol · max(1, max |cpu|), as in tests/common.
+pub const OP_TOL: f32 = 1e-4;
+/// Whole-forward tolerance (rounding differences compound through ~100 ops).
+pub const NET_TOL: f32 = 1e-3;
+
+/// The sizes of one report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sizes {
+    pub unet_batches: Vec<usize>,
+    pub mlp_batches: Vec<usize>,
+    pub parity_unet: usize,
+    pub parity_mlp: usize,
+    pub matmul: usize,
+    pub sample_counts: Vec<usize>,
+    pub jumps: Vec<usize>,
+    pub iters: usize,
+}
+
+impl Sizes {
+    pub fn full() -> Self {
+        Sizes {
+            unet_batches: vec![1, 16, 64, 256],
+            mlp_batches: vec![4096, 65536],
+            parity_unet: 256,
+            parity_mlp: 65536,
+            matmul: 4096,
+            sample_counts: vec![64, 256],
+            jumps: vec![1, 4, 16],
+            iters: 10,
+        }
+    }
+
+    /// Tiny sizes that exercise every path on a software adapter in seconds.
+    pub fn dry_run() -> Self {
+        Sizes {
+            unet_batches: vec![1, 2],
+            mlp_batches: vec![64],
+            parity_unet: 2,
+            parity_mlp: 64,
+            matmul: 64,
+            sample_counts: vec![2],
+            jumps: vec![1, 4],
+            iters: 1,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub software: bool,
+    pub shader_f16: bool,
+    pub timestamp_query: bool,
+    pub features: Vec<String>,
+    pub limits: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ParityRow {
+    pub model: String,
+    pub batch: usize,
+    /// An op family, or `forward` for the whole network GPU against CPU.
+    pub scope: String,
+    pub calls: usize,
+    pub max_abs: f32,
+    pub scale: f32,
+    pub tol: f32,
+    pub pass: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PeakRow {
+    pub what: String,
+    pub n: usize,
+    pub ms: f64,
+    pub gflops: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ForwardRow {
+    pub model: String,
+    pub batch: usize,
+    pub gflop: f64,
+    /// flowmap WGSL, GPU clock (first pass start to last pass end), median.
+    pub wgsl_gpu_ms: Option<f64>,
+    /// flowmap WGSL, wall clock with upload-free forward and readback, median.
+    pub wgsl_wall_ms: f64,
+    /// burn-wgpu, wall clock with readback, median.
+    pub burn_wall_ms: Option<f64>,
+    pub wgsl_gflops: f64,
+    pub pct_of_peak: f64,
+    pub wgsl_over_burn: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KernelRow {
+    pub model: String,
+    pub batch: usize,
+    /// `conv3x3`, `conv1x1`, `group_norm`, ...
+    pub kernel: String,
+    pub dispatches: usize,
+    pub ms: f64,
+    pub share: f64,
+    pub gflops: f64,
+    pub gbytes_per_s: f64,
+    pub pct_of_peak: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SampleRow {
+    pub model: String,
+    pub samples: usize,
+    pub jumps: usize,
+    pub ms: f64,
+    pub samples_per_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Goal {
+    pub goal: String,
+    pub measured: String,
+    pub met: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub dry_run: bool,
+    pub sizes: Sizes,
+    pub adapter: AdapterReport,
+    /// `gpu timestamps` or `wall clock`.
+    pub clock: String,
+    pub parity: Vec<ParityRow>,
+    pub peaks: Vec<PeakRow>,
+    pub forward: Vec<ForwardRow>,
+    pub kernels: Vec<KernelRow>,
+    pub sampling: Vec<SampleRow>,
+    pub goals: Vec<Goal>,
+    pub notes: Vec<String>,
+    pub seconds: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn adapter_report(ctx: &GpuContext) -> AdapterReport {
+    let l = &ctx.adapter_limits;
+    let limits = [
+        ("max_buffer_size", l.max_buffer_size),
+        (
+            "max_storage_buffer_binding_size",
+            l.max_storage_buffer_binding_size,
+        ),
+        (
+            "max_storage_buffers_per_shader_stage",
+            l.max_storage_buffers_per_shader_stage as u64,
+        ),
+        (
+            "max_compute_workgroup_storage_size",
+            l.max_compute_workgroup_storage_size as u64,
+        ),
+        (
+            "max_compute_invocations_per_workgroup",
+            l.max_compute_invocations_per_workgroup as u64,
+        ),
+        (
+            "max_compute_workgroups_per_dimension",
+            l.max_compute_workgroups_per_dimension as u64,
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let f = ctx.adapter_features;
+    AdapterReport {
+        name: ctx.adapter.name.clone(),
+        backend: ctx.adapter.backend.clone(),
+        device_type: ctx.adapter.device_type.clone(),
+        driver: ctx.adapter.driver.clone(),
+        software: ctx.adapter.is_software,
+        shader_f16: f.contains(wgpu::Features::SHADER_F16),
+        timestamp_query: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+        features: f.iter_names().map(|(n, _)| n.to_string()).collect(),
+        limits,
+    }
+}
+
+/// The network input of a forward: seeded noise and the times every row uses.
+fn input(w: &Weights, batch: usize) -> (Vec<f32>, Vec<usize>, Vec<f32>, Vec<f32>) {
+    let mut shape = vec![batch];
+    shape.extend(w.meta.model.sample_shape());
+    let x = Rng::new(1).normals(shape.iter().product(), 1.0);
+    (x, shape, vec![0.25; batch], vec![0.75; batch])
+}
+
+fn parity(
+    gpu: &GpuBackend,
+    name: &str,
+    w: &Weights,
+    batch: usize,
+    rows: &mut Vec<ParityRow>,
+) -> Result<()> {
+    let cpu = CpuBackend::FAST;
+    let (x, shape, s, t) = input(w, batch);
+    // Op by op, each kernel on the CPU's inputs.
+    let op = OpParity::new(cpu, gpu);
+    let net = w.network(&op)?;
+    let want = op.download(&net.velocity(&op, &op.upload(&x, &shape)?, &s, &t)?)?;
+    for (family, worst) in op.results()? {
+        rows.push(ParityRow {
+            model: name.into(),
+            batch,
+            scope: family.name().into(),
+            calls: worst.calls,
+            max_abs: worst.max_abs,
+            scale: worst.scale,
+            tol: OP_TOL,
+            pass: worst.rel <= OP_TOL,
+        });
+    }
+    // The whole forward on the GPU alone.
+    let gnet = w.network(gpu)?;
+    let got = gpu.download(&gnet.velocity(gpu, &gpu.upload(&x, &shape)?, &s, &t)?)?;
+    let (abs, scale) = scaled_error(&got, &want);
+    rows.push(ParityRow {
+        model: name.into(),
+        batch,
+        scope: "forward".into(),
+        calls: 1,
+        max_abs: abs,
+        scale,
+        tol: NET_TOL,
+        pass: abs <= NET_TOL * scale,
+    });
+    Ok(())
+}
+
+/// Median wall time of forward + readback.
+fn wall_forward<B: Backend>(
+    b: &B,
+    net: &Network<B>,
+    w: &Weights,
+    batch: usize,
+    iters: usize,
+) -> Result<f64> {
+    let (x, shape, s, t) = input(w, batch);
+    let xt = b.upload(&x, &shape)?;
+    b.download(&net.velocity(b, &xt, &s, &t)?)?; // warm-up (and compilation / autotuning)
+    b.download(&net.velocity(b, &xt, &s, &t)?)?;
+    let mut times = Vec::new();
+    for _ in 0..iters {
+        let t0 = Instant::now();
+        b.download(&net.velocity(b, &xt, &s, &t)?)?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+/// GPU-clock times of one forward: the span, and (label, seconds, flops, bytes) per dispatch.
+type Dispatches = Vec<(String, f64, f64, f64)>;
+
+fn gpu_forward(
+    gpu: &GpuBackend,
+    w: &Weights,
+    batch: usize,
+    iters: usize,
+) -> Result<Option<(f64, Dispatches)>> {
+    if !gpu.has_timestamps() {
+        return Ok(None);
+    }
+    let prof = Profiled::recording(gpu);
+    let net = w.network(&prof)?;
+    let (x, shape, s, t) = input(w, batch);
+    let xt = gpu.upload(&x, &shape)?;
+    gpu.download(&net.velocity(&prof, &xt, &s, &t)?)?;
+    let mut spans = Vec::new();
+    let mut best: Option<Dispatches> = None;
+    let mut best_span = f64::INFINITY;
+    for _ in 0..iters.max(1) {
+        prof.reset();
+        gpu.start_timing();
+        let y = net.velocity(&prof, &xt, &s, &t)?;
+        gpu.sync()?;
+        let times = gpu.finish_timing()?.context("timing window was open")?;
+        drop(y);
+        let calls = prof.calls();
+        if times.untimed > 0 || times.dispatches.len() != calls.len() {
+            bail!(
+                "{} dispatches timed for {} op calls ({} untimed)",
+                times.dispatches.len(),
+                calls.len(),
+                times.untimed
+            );
+        }
+        spans.push(times.span);
+        if times.span < best_span {
+            best_span = times.span;
+            best = Some(
+                calls
+                    .into_iter()
+                    .zip(times.dispatches)
+                    .map(|(c, (_, secs))| (c.label, secs, c.flops, c.bytes))
+                    .collect(),
+            );
+        }
+    }
+    Ok(Some((median(spans), best.unwrap_or_default())))
+}
+
+/// flowmap's linear kernel on an n×n by n×n product, GPU clock where it can (else wall clock).
+fn wgsl_matmul(gpu: &GpuBackend, n: usize, iters: usize) -> Result<f64> {
+    let a = gpu.upload(&Rng::new(3).normals(n * n, 1.0), &[n, n])?;
+    let w = gpu.upload(&Rng::new(4).normals(n * n, 1.0), &[n, n])?;
+    let b = gpu.upload(&vec![0.0; n], &[n])?;
+    let act = flowmap::config::Activation::None;
+    gpu.download(&gpu.linear(&a, &w, &b, None, act))?;
+    let mut times = Vec::new();
+    for _ in 0..iters.max(3) {
+        let t0 = Instant::now();
+        let timing = gpu.start_timing();
+        let y = gpu.linear(&a, &w, &b, None, act);
+        gpu.sync()?;
+        let secs = match (timing, gpu.finish_timing()?) {
+            (true, Some(t)) => t.span,
+            _ => t0.elapsed().as_secs_f64(),
+        };
+        drop(y);
+        times.push(secs);
+    }
+    Ok(median(times))
+}
+
+fn burn_forward(w: &Weights, batch: usize, iters: usize) -> Result<f64> {
+    let dev = Device::wgpu(DeviceKind::DefaultDevice);
+    let be = BurnBackend::new(dev.clone());
+    let net = ParamStore::from_weights(w, &dev)?.network(&w.meta.model)?;
+    wall_forward(&be, &net, w, batch, iters)
+}
+
+fn sampling(gpu: &GpuBackend, name: &str, w: &Weights, n: usize, k: usize) -> Result<SampleRow> {
+    let net = w.network(gpu)?;
+    let noise = sampler::initial_noise(&w.meta, n, 0);
+    let grid = sampler::uniform_grid(k)?;
+    sampler::sample(gpu, &net, &noise, &grid, Integrator::FlowMap, n)?; // warm-up
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        sampler::sample(gpu, &net, &noise, &grid, Integrator::FlowMap, n)?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    let secs = median(times);
+    Ok(SampleRow {
+        model: name.into(),
+        samples: n,
+        jumps: k,
+        ms: secs * 1e3,
+        samples_per_s: n as f64 / secs,
+    })
+}
+
+/// Runs the whole report and writes it to `out` (gpu-report.md, gpu-report.json). Errors only
+/// when no adapter opens or the report cannot be written; a failed section is noted in the report
+/// and makes [`Report::failed`] true.
+pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Report> {
+    let started = Instant::now();
+    let sizes = if dry_run {
+        Sizes::dry_run()
+    } else {
+        Sizes::full()
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let gpu = GpuBackend::new(GpuContext::new(true).context("opening a GPU adapter")?);
+    gpu.warm_up()?;
+    let adapter = adapter_report(gpu.context());
+    log(&format!(
+        "adapter: {} (shader-f16 {}, timestamps {})",
+        gpu.context().adapter,
+        adapter.shader_f16,
+        adapter.timestamp_query
+    ));
+    let mut notes: Vec<String> = Vec::new();
+    if adapter.software {
+        notes.push(
+            "software adapter: the numbers below check the code paths, not kernel quality".into(),
+        );
+    }
+    let clock = if gpu.has_timestamps() {
+        "gpu timestamps"
+    } else {
+        notes.push("no timestamp queries: GPU times are wall clock".into());
+        "wall clock"
+    };
+    let mut report = Report {
+        dry_run,
+        sizes: sizes.clone(),
+        adapter,
+        clock: clock.into(),
+        parity: Vec::new(),
+        peaks: Vec::new(),
+        forward: Vec::new(),
+        kernels: Vec::new(),
+        sampling: Vec::new(),
+        goals: Vec::new(),
+        notes: std::mem::take(&mut notes),
+        seconds: 0.0,
+    };
+    let models: Vec<(&str, Weights)> = ["mnist", "checkerboard"]
+        .iter()
+        .map(|n| Ok((*n, flowmap::models::find(n)?.load()?)))
+        .collect::<Result<_>>()?;
+    let model = |n: &str| pick(&models, n);
+    let batches = |n: &str| {
+        if n == "mnist" {
+            sizes.unet_batches.clone()
+        } else {
+            sizes.mlp_batches.clone()
+        }
+    };
+
+    // 2. Parity.
+    for (name, batch) in [
+        ("mnist", sizes.parity_unet),
+        ("checkerboard", sizes.parity_mlp),
+    ] {
+        log(&format!("parity: {name} at batch {batch}"));
+        if let Err(e) = parity(&gpu, name, model(name), batch, &mut report.parity) {
+            report
+                .notes
+                .push(format!("parity {name} batch {batch} failed to run: {e:#}"));
+            report.parity.push(ParityRow {
+                model: name.into(),
+                batch,
+                scope: "error".into(),
+                calls: 0,
+                max_abs: f32::NAN,
+                scale: f32::NAN,
+                tol: OP_TOL,
+                pass: false,
+            });
+        }
+        report.save(out, started)?;
+    }
+
+    // 3. Peaks.
+    log(&format!("matmul {0}×{0}×{0}", sizes.matmul));
+    let n = sizes.matmul;
+    let flop = 2.0 * (n as f64).powi(3);
+    let mut peaks = Vec::new();
+    let burn_peak = std::panic::catch_unwind(|| {
+        crate::profile::matmul_gflops(&Device::wgpu(DeviceKind::DefaultDevice), n)
+    });
+    match burn_peak {
+        Ok(g) => peaks.push(PeakRow {
+            what: "burn-wgpu matmul (wall clock, with a sum readback)".into(),
+            n,
+            ms: flop / g / 1e6,
+            gflops: g,
+        }),
+        Err(_) => notes.push("burn-wgpu matmul panicked".into()),
+    }
+    match wgsl_matmul(&gpu, n, sizes.iters) {
+        Ok(secs) => peaks.push(PeakRow {
+            what: format!("flowmap linear.wgsl ({clock})"),
+            n,
+            ms: secs * 1e3,
+            gflops: flop / secs / 1e9,
+        }),
+        Err(e) => notes.push(format!("flowmap matmul failed: {e:#}")),
+    }
+    let peak = peaks.iter().map(|p| p.gflops).fold(0.0, f64::max).max(1e-9);
+    report.peaks = peaks;
+    report.notes.append(&mut notes);
+    report.save(out, started)?;
+
+    // Sampling.
+    for &n in &sizes.sample_counts {
+        for &k in &sizes.jumps {
+            log(&format!("sampling: {n} MNIST samples at K = {k}"));
+            match sampling(&gpu, "mnist", model("mnist"), n, k) {
+                Ok(r) => report.sampling.push(r),
+                Err(e) => notes.push(format!("sampling {n} at K = {k} failed: {e:#}")),
+            }
+        }
+    }
+    report.notes.append(&mut notes);
+    report.save(out, started)?;
+
+    // Forwards and kernels.
+    for name in ["mnist", "checkerboard"] {
+        let w = model(name);
+        for batch in batches(name) {
+            log(&format!("forward: {name} at batch {batch}"));
+            let gflop = flowmap::net::forward_costs(&w.meta.model, batch)?.total_flops() / 1e9;
+            let net = w.network(&gpu)?;
+            let wall = match wall_forward(&gpu, &net, w, batch, sizes.iters) {
+                Ok(v) => v,
+                Err(e) => {
+                    notes.push(format!("{name} batch {batch}: WGSL forward failed: {e:#}"));
+                    continue;
+                }
+            };
+            let timed = match gpu_forward(&gpu, w, batch, sizes.iters) {
+                Ok(t) => t,
+                Err(e) => {
+                    notes.push(format!("{name} batch {batch}: GPU timing failed: {e:#}"));
+                    None
+                }
+            };
+            let burn = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                burn_forward(w, batch, sizes.iters)
+            })) {
+                Ok(Ok(v)) => Some(v),
+                Ok(Err(e)) => {
+                    notes.push(format!("{name} batch {batch}: burn-wgpu failed: {e:#}"));
+                    None
+                }
+                Err(_) => {
+                    notes.push(format!("{name} batch {batch}: burn-wgpu panicked"));
+                    None
+                }
+            };
+            let gpu_secs = timed.as_ref().map(|t| t.0);
+            let secs = gpu_secs.unwrap_or(wall);
+            report.forward.push(ForwardRow {
+                model: name.into(),
+                batch,
+                gflop,
+                wgsl_gpu_ms: gpu_secs.map(|s| s * 1e3),
+                wgsl_wall_ms: wall * 1e3,
+                burn_wall_ms: burn.map(|s| s * 1e3),
+                wgsl_gflops: gflop / secs,
+                pct_of_peak: 100.0 * gflop / secs / peak,
+                wgsl_over_burn: burn.map(|b| wall / b),
+            });
+            if let Some((span, dispatches)) = timed {
+                let mut by: BTreeMap<String, (usize, f64, f64, f64)> = BTreeMap::new();
+                for (label, secs, flops, bytes) in dispatches {
+                    let e = by.entry(label).or_default();
+                    e.0 += 1;
+                    e.1 += secs;
+                    e.2 += flops;
+                    e.3 += bytes;
+                }
+                for (kernel, (count, secs, flops, bytes)) in by {
+                    let secs = secs.max(1e-9);
+                    report.kernels.push(KernelRow {
+                        model: name.into(),
+                        batch,
+                        kernel,
+                        dispatches: count,
+                        ms: secs * 1e3,
+                        share: secs / span.max(1e-9),
+                        gflops: flops / secs / 1e9,
+                        gbytes_per_s: bytes / secs / 1e9,
+                        pct_of_peak: 100.0 * flops / secs / 1e9 / peak,
+                    });
+                }
+            }
+            report.notes.append(&mut notes);
+            report.save(out, started)?;
+        }
+    }
+
+    report.goals = goals(
+        &report.sizes,
+        &report.forward,
+        &report.kernels,
+        &report.sampling,
+        &report.peaks,
+    );
+    report.save(out, started)?;
+    Ok(report)
+}
+
+fn pick<'a>(models: &'a [(&str, Weights)], name: &str) -> &'a Weights {
+    &models
+        .iter()
+        .find(|m| m.0 == name)
+        .expect("a shipped model")
+        .1
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The issue's performance goals (issue 10 §2), checked against this run.
+fn goals(
+    sizes: &Sizes,
+    forward: &[ForwardRow],
+    kernels: &[KernelRow],
+    samples: &[SampleRow],
+    peaks: &[PeakRow],
+) -> Vec<Goal> {
+    let mut goals = Vec::new();
+    let big = *sizes.unet_batches.iter().max().unwrap_or(&1);
+    for batch in [64, big] {
+        let row = forward
+            .iter()
+            .find(|r| r.model == "mnist" && r.batch == batch);
+        goals.push(Goal {
+            goal: format!("WGSL U-Net forward ≤ 0.5× burn-wgpu's at batch {batch}"),
+            measured: match row.and_then(|r| r.wgsl_over_burn) {
+                Some(x) => format!("{x:.2}×"),
+                None => "not measured".into(),
+            },
+            met: row.and_then(|r| r.wgsl_over_burn).map(|x| x <= 0.5),
+        });
+    }
+    let burn_peak = peaks.iter().find(|p| p.what.starts_with("burn"));
+    let conv = kernels
+        .iter()
+        .find(|k| k.model == "mnist" && k.batch == big && k.kernel == "conv3x3");
+    goals.push(Goal {
+        goal: format!("conv3x3 ≥ 70% of the same-run matmul (burn-wgpu) at batch {big}"),
+        measured: match (conv, burn_peak) {
+            (Some(c), Some(p)) => format!(
+                "{:.0} GFLOP/s = {:.0}% of {:.0}",
+                c.gflops,
+                100.0 * c.gflops / p.gflops,
+                p.gflops
+            ),
+            _ => "not measured".into(),
+        },
+        met: match (conv, burn_peak) {
+            (Some(c), Some(p)) => Some(c.gflops >= 0.7 * p.gflops),
+            _ => None,
+        },
+    });
+    let s = samples.iter().find(|s| s.samples == 64 && s.jumps == 4);
+    goals.push(Goal {
+        goal: "64 MNIST samples at K = 4 in < 20 ms end to end (H100-class)".into(),
+        measured: s.map_or("not measured".into(), |s| format!("{:.2} ms", s.ms)),
+        met: s.map(|s| s.ms < 20.0),
+    });
+    goals
+}
+
+/// A rate with three significant digits or so, whatever its size.
+fn rate(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".into(), |v| format!("{v:.digits$}"))
+}
+
+impl Report {
+    /// Writes gpu-report.json and gpu-report.md as they stand (after every section, so a run
+    /// cut short still leaves what it measured).
+    fn save(&mut self, out: &Path, started: Instant) -> Result<()> {
+        self.seconds = started.elapsed().as_secs_f64();
+        write_atomic(
+            &out.join("gpu-report.json"),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )?;
+        write_atomic(&out.join("gpu-report.md"), self.markdown().as_bytes())
+    }
+
+    /// True when a parity check failed or could not run.
+    pub fn failed(&self) -> bool {
+        self.parity.iter().any(|p| !p.pass)
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut m = String::new();
+        let a = &self.adapter;
+        let _ = writeln!(
+            m,
+            "# flowmap GPU report{}\n",
+            if self.dry_run {
+                " (dry run: tiny sizes)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            m,
+            "Written by `scripts/gpu-report.sh` (`trainer gpu-report`) in {:.0} s. Times of flowmap's kernels are on the {}.\n",
+            self.seconds, self.clock
+        );
+        let _ = writeln!(m, "## Adapter\n");
+        let _ = writeln!(m, "| | |\n|---|---|");
+        let _ = writeln!(m, "| name | {} |", a.name);
+        let _ = writeln!(m, "| backend | {} |", a.backend);
+        let _ = writeln!(
+            m,
+            "| type | {}{} |",
+            a.device_type,
+            if a.software { " (software)" } else { "" }
+        );
+        let _ = writeln!(m, "| driver | {} |", a.driver);
+        let _ = writeln!(m, "| SHADER_F16 | {} |", a.shader_f16);
+        let _ = writeln!(m, "| TIMESTAMP_QUERY | {} |", a.timestamp_query);
+        for (k, v) in &a.limits {
+            let _ = writeln!(m, "| {k} | {v} |");
+        }
+        let _ = writeln!(m, "| features | {} |\n", a.features.join(", "));
+
+        let _ = writeln!(m, "## Parity (GPU against the CPU backend)\n");
+        let _ = writeln!(m, "Each op family: every call of one forward, the GPU kernel run on the CPU's inputs; `forward`: the whole network on the GPU against the CPU. Pass: max |gpu − cpu| ≤ tol × scale, scale = max(1, max |cpu|).\n");
+        let _ = writeln!(m, "| model | batch | scope | calls | max abs | scale | tol | pass |\n|---|---:|---|---:|---:|---:|---:|---|");
+        for p in &self.parity {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {:.3e} | {:.3} | {:.0e} | {} |",
+                p.model,
+                p.batch,
+                p.scope,
+                p.calls,
+                p.max_abs,
+                p.scale,
+                p.tol,
+                if p.pass { "yes" } else { "**NO**" }
+            );
+        }
+        let _ = writeln!(
+            m,
+            "\n## Reachable peak\n\n| what | n | ms | GFLOP/s |\n|---|---:|---:|---:|"
+        );
+        for p in &self.peaks {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {:.3} | {} |",
+                p.what,
+                p.n,
+                p.ms,
+                rate(p.gflops)
+            );
+        }
+        let _ = writeln!(
+            m,
+            "\n## Forward: flowmap WGSL against burn-wgpu (same adapter, same weights)\n"
+        );
+        let _ = writeln!(m, "WGSL GPU: first pass start to last pass end on the GPU clock. Wall: forward + readback of the output, input already on the GPU. % of peak: WGSL GFLOP/s (GPU clock where there is one) against the best matmul above.\n");
+        let _ = writeln!(m, "| model | batch | GFLOP | WGSL GPU ms | WGSL wall ms | burn-wgpu wall ms | WGSL ÷ burn (wall) | WGSL GFLOP/s | % of peak |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for f in &self.forward {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {:.3} | {} | {:.3} | {} | {} | {} | {:.1} |",
+                f.model,
+                f.batch,
+                f.gflop,
+                opt(f.wgsl_gpu_ms, 3),
+                f.wgsl_wall_ms,
+                opt(f.burn_wall_ms, 3),
+                opt(f.wgsl_over_burn, 2),
+                rate(f.wgsl_gflops),
+                f.pct_of_peak
+            );
+        }
+        if !self.kernels.is_empty() {
+            let _ = writeln!(m, "\n## Kernels (GPU clock, one forward)\n\n| model | batch | kernel | dispatches | ms | share | GFLOP/s | GB/s | % of peak |\n|---|---:|---|---:|---:|---:|---:|---:|---:|");
+            for k in &self.kernels {
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {} | {} | {:.3} | {:.0}% | {} | {} | {:.1} |",
+                    k.model,
+                    k.batch,
+                    k.kernel,
+                    k.dispatches,
+                    k.ms,
+                    100.0 * k.share,
+                    rate(k.gflops),
+                    rate(k.gbytes_per_s),
+                    k.pct_of_peak
+                );
+            }
+        }
+        let _ = writeln!(m, "\n## Sampling (end to end: upload, K jumps, readback; wall clock)\n\n| model | samples | K | ms | samples/s |\n|---|---:|---:|---:|---:|");
+        for s in &self.sampling {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {:.2} | {:.0} |",
+                s.model, s.samples, s.jumps, s.ms, s.samples_per_s
+            );
+        }
+        let _ = writeln!(
+            m,
+            "\n## Goals (issue 10)\n\n| goal | measured | met |\n|---|---|---|"
+        );
+        for g in &self.goals {
+            let met = match g.met {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "–",
+            };
+            let _ = writeln!(m, "| {} | {} | {met} |", g.goal, g.measured);
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(m, "\n## Notes\n");
+            for n in &self.notes {
+                let _ = writeln!(m, "- {n}");
+            }
+        }
+        m
+    }
+}
