@@ -195,3 +195,20 @@ fn upsample_concat_elementwise_match_cpu() {
             .activation(&t[0], act));
     }
 }
+
+/// Hundreds of dispatches in one submission, each with its own parameters: the parameter blocks
+/// span several uniform buffers of the ring (256 slots each) and every dispatch reads its own.
+#[test]
+fn many_dispatches_in_one_submission_each_read_their_parameters() {
+    let Some(g) = gpu() else { return };
+    let n = 5;
+    let x = vec![0.0f32; n];
+    let v = vec![1.0f32; n];
+    let (mut y, ones) = (g.upload(&x, &[n]).unwrap(), g.upload(&v, &[n]).unwrap());
+    // x ← x + dt_k · 1 with dt_k = k: after 600 steps every value is Σ k = 179,700.
+    for k in 0..600 {
+        y = g.flow_step(&y, &ones, k as f32);
+    }
+    let got = g.download(&y).unwrap();
+    assert_eq!(got, vec![179_700.0; n]);
+}

@@ -3,6 +3,7 @@
 
 use super::context::GpuContext;
 use super::pool::{self, Pool, PooledBuffer};
+use super::uniforms::Uniforms;
 use super::SHADERS;
 use crate::backend::{conv2d_out_shape, Backend, Conv2d, Shaped};
 use crate::config::Activation;
@@ -35,6 +36,13 @@ impl GpuTensor {
     }
 }
 
+/// A compute pipeline and its bind group layout.
+#[derive(Clone)]
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
 /// A kernel parameter: the WGSL `Params` structs hold only 32-bit scalars.
 enum P {
     U(u32),
@@ -62,7 +70,11 @@ pub struct GpuBackend {
     ctx: GpuContext,
     pool: Pool,
     modules: RefCell<HashMap<&'static str, wgpu::ShaderModule>>,
-    pipelines: RefCell<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
+    /// Each pipeline with its bind group layout (asked of the pipeline once, not per dispatch).
+    pipelines: RefCell<HashMap<(&'static str, &'static str), Pipeline>>,
+    uniforms: RefCell<Uniforms>,
+    /// The embedding's frequency tables, uploaded once per (half dimension, max period).
+    freqs: RefCell<HashMap<(usize, u32), GpuTensor>>,
     encoder: RefCell<Option<wgpu::CommandEncoder>>,
     /// Bound where an optional input (residual, modulation) is absent.
     dummy: wgpu::Buffer,
@@ -95,6 +107,7 @@ pub struct GpuTimes {
 
 impl GpuBackend {
     pub fn new(ctx: GpuContext) -> Self {
+        let align = ctx.limits.min_uniform_buffer_offset_alignment;
         let dummy = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("flowmap dummy"),
             size: 16,
@@ -106,6 +119,8 @@ impl GpuBackend {
             pool: Pool::default(),
             modules: RefCell::default(),
             pipelines: RefCell::default(),
+            uniforms: RefCell::new(Uniforms::new(align)),
+            freqs: RefCell::default(),
             encoder: RefCell::default(),
             dummy,
             timer: RefCell::default(),
@@ -218,7 +233,7 @@ impl GpuBackend {
         self.ctx.take_error()
     }
 
-    fn pipeline(&self, shader: &'static str, entry: &'static str) -> wgpu::ComputePipeline {
+    fn pipeline(&self, shader: &'static str, entry: &'static str) -> Pipeline {
         if let Some(p) = self.pipelines.borrow().get(&(shader, entry)) {
             return p.clone();
         }
@@ -247,6 +262,10 @@ impl GpuBackend {
                 compilation_options: Default::default(),
                 cache: None,
             });
+        let p = Pipeline {
+            layout: p.get_bind_group_layout(0),
+            pipeline: p,
+        };
         self.pipelines
             .borrow_mut()
             .insert((shader, entry), p.clone());
@@ -282,14 +301,10 @@ impl GpuBackend {
         groups: usize,
     ) {
         let pipeline = self.pipeline(shader, entry);
-        let uniform = self
-            .ctx
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("flowmap params"),
-                contents: &param_bytes(params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        let (uniform, offset, size) = self
+            .uniforms
+            .borrow_mut()
+            .push(&self.ctx.device, &param_bytes(params));
         let params_binding = buffers.iter().map(|(b, _)| b + 1).max().unwrap_or(0);
         let mut entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
@@ -300,14 +315,18 @@ impl GpuBackend {
             .collect();
         entries.push(wgpu::BindGroupEntry {
             binding: params_binding,
-            resource: uniform.as_entire_binding(),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &uniform,
+                offset,
+                size: Some(size),
+            }),
         });
         let bind_group = self
             .ctx
             .device
             .create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(entry),
-                layout: &pipeline.get_bind_group_layout(0),
+                layout: &pipeline.layout,
                 entries: &entries,
             });
         let max = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
@@ -336,7 +355,7 @@ impl GpuBackend {
             label: Some(entry),
             timestamp_writes,
         });
-        pass.set_pipeline(&pipeline);
+        pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(gx as u32, gy as u32, 1);
     }
@@ -344,6 +363,8 @@ impl GpuBackend {
     /// Submits everything recorded so far.
     fn submit(&self) {
         if let Some(enc) = self.encoder.borrow_mut().take() {
+            // The parameter blocks land before the commands that read them (queue order).
+            self.uniforms.borrow_mut().write(&self.ctx.queue);
             self.ctx.queue.submit([enc.finish()]);
         }
     }
@@ -635,10 +656,18 @@ impl Backend for GpuBackend {
         let n = times.shape[0];
         let half = dim / 2;
         let y = self.alloc(&[n, dim]);
-        let freqs = crate::cpu::embedding_frequencies(half, max_period);
         let freqs = self
-            .upload(&freqs, &[half])
-            .expect("a small frequency table fits any adapter");
+            .freqs
+            .borrow_mut()
+            .entry((half, max_period.to_bits()))
+            .or_insert_with(|| {
+                self.upload(
+                    &crate::cpu::embedding_frequencies(half, max_period),
+                    &[half],
+                )
+                .expect("a small frequency table fits any adapter")
+            })
+            .clone();
         let params = [u(n), u(half), P::F(max_period), P::F(time_scale)];
         let bufs = [(0, times.buffer()), (1, freqs.buffer()), (2, y.buffer())];
         self.dispatch(

@@ -5,6 +5,7 @@
 mod context;
 mod kernels;
 mod pool;
+mod uniforms;
 
 pub use context::{AdapterSummary, GpuContext};
 pub use kernels::{GpuBackend, GpuTensor, GpuTimes};
