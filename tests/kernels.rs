@@ -212,3 +212,30 @@ fn many_dispatches_in_one_submission_each_read_their_parameters() {
     let got = g.download(&y).unwrap();
     assert_eq!(got, vec![179_700.0; n]);
 }
+
+/// The buffer pool keeps freed buffers for reuse, but never more than its cap: sizes from
+/// earlier batches do not pile up.
+#[test]
+fn the_buffer_pool_stays_under_its_cap() {
+    let Some(g) = gpu() else { return };
+    let run = |n: usize| {
+        let x = g.upload(&vec![1.0; n], &[n]).unwrap();
+        let mut y = g.add(&x, &x);
+        for _ in 0..4 {
+            y = g.add(&y, &x);
+        }
+        g.download(&y).unwrap()
+    };
+    assert_eq!(run(1000), vec![6.0; 1000]);
+    assert!(g.pooled_bytes() > 0, "freed buffers are kept for reuse");
+    g.set_pool_cap(8 * 1024);
+    assert!(g.pooled_bytes() <= 8 * 1024);
+    for n in [1500, 1700, 1900, 2100] {
+        assert_eq!(run(n), vec![6.0; n]);
+        assert!(
+            g.pooled_bytes() <= 8 * 1024,
+            "{} bytes pooled",
+            g.pooled_bytes()
+        );
+    }
+}

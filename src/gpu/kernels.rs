@@ -127,6 +127,16 @@ impl GpuBackend {
         }
     }
 
+    /// Bytes of free buffers the pool holds for reuse.
+    pub fn pooled_bytes(&self) -> u64 {
+        self.pool.borrow().bytes()
+    }
+
+    /// The most bytes of free buffers the pool keeps (default `sampler::GPU_PASS_BYTES`).
+    pub fn set_pool_cap(&self, bytes: u64) {
+        self.pool.borrow_mut().set_cap(bytes);
+    }
+
     /// Whether the device can time kernels on the GPU's clock (`TIMESTAMP_QUERY`).
     pub fn has_timestamps(&self) -> bool {
         self.ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY)

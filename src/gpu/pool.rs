@@ -3,12 +3,50 @@
 //! is safe because passes execute in recording order; uploads never reuse a pooled buffer
 //! (they use fresh mapped-at-creation buffers), since `queue.write_buffer` would run ahead of
 //! commands still waiting in the encoder.
+//!
+//! The pool keeps at most `cap` bytes of free buffers (by default the activations one pass may
+//! make, `sampler::GPU_PASS_BYTES`); a buffer dropped beyond that is freed, so sizes from
+//! earlier batches (the page's sample count changes run to run) do not pile up (issue 10).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-pub type Pool = Rc<RefCell<HashMap<u64, Vec<wgpu::Buffer>>>>;
+#[derive(Debug)]
+pub struct PoolState {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    /// Bytes of free buffers held.
+    bytes: u64,
+    cap: u64,
+}
+
+impl Default for PoolState {
+    fn default() -> Self {
+        PoolState {
+            free: HashMap::new(),
+            bytes: 0,
+            cap: crate::sampler::GPU_PASS_BYTES as u64,
+        }
+    }
+}
+
+impl PoolState {
+    /// Bytes of free buffers held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Sets the most bytes of free buffers to keep, freeing what is over it now.
+    pub fn set_cap(&mut self, cap: u64) {
+        self.cap = cap;
+        if self.bytes > cap {
+            self.free.clear();
+            self.bytes = 0;
+        }
+    }
+}
+
+pub type Pool = Rc<RefCell<PoolState>>;
 
 /// A storage buffer that goes back to its pool when the last tensor using it is dropped.
 pub struct PooledBuffer {
@@ -32,12 +70,22 @@ impl PooledBuffer {
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let Some(b) = self.buffer.take() {
-            self.pool.borrow_mut().entry(b.size()).or_default().push(b);
+            let mut pool = self.pool.borrow_mut();
+            if pool.bytes + b.size() <= pool.cap {
+                pool.bytes += b.size();
+                pool.free.entry(b.size()).or_default().push(b);
+            }
+            // Otherwise `b` is dropped here and wgpu frees it once no command uses it.
         }
     }
 }
 
 /// Takes a buffer of exactly `size` bytes from the pool, if one is free.
 pub fn take(pool: &Pool, size: u64) -> Option<wgpu::Buffer> {
-    pool.borrow_mut().get_mut(&size).and_then(|v| v.pop())
+    let mut pool = pool.borrow_mut();
+    let b = pool.free.get_mut(&size).and_then(|v| v.pop());
+    if b.is_some() {
+        pool.bytes -= size;
+    }
+    b
 }
