@@ -8,6 +8,7 @@ use crate::config::ModelMeta;
 use crate::error::{Error, Result};
 use crate::net::{forward_costs, Network};
 use crate::rng::Rng;
+use crate::shape::OpCost;
 use std::time::Duration;
 
 /// More steps than this is a mistake, not a request (the grid would be finer than f32 resolves
@@ -125,7 +126,11 @@ pub struct SampleReport {
 /// The largest batch whose every buffer fits in `max_elems` f32 values: activations grow with the
 /// batch, parameters do not (a parameter over the limit is an error whatever the batch).
 pub fn max_batch(meta: &ModelMeta, max_elems: usize) -> Result<usize> {
-    let ops = forward_costs(&meta.model, 1)?.ops();
+    max_batch_of(&forward_costs(&meta.model, 1)?.ops(), max_elems)
+}
+
+/// [`max_batch`] from the op costs of one sample's forward.
+fn max_batch_of(ops: &[OpCost], max_elems: usize) -> Result<usize> {
     let per_sample = ops.iter().map(|o| o.max_elems).max().unwrap_or(1);
     let largest_param = ops.iter().map(|o| o.param_elems).max().unwrap_or(0);
     if largest_param > max_elems {
@@ -156,12 +161,9 @@ pub const GPU_PASS_BYTES: usize = if cfg!(target_arch = "wasm32") {
 /// The largest batch for one GPU pass: every buffer within the binding limit (`max_elems` f32
 /// values, [`max_batch`]) and all of a pass's activations within `budget_bytes`.
 pub fn max_gpu_batch(meta: &ModelMeta, max_elems: usize, budget_bytes: usize) -> Result<usize> {
-    let single = max_batch(meta, max_elems)?;
-    let per_sample: usize = forward_costs(&meta.model, 1)?
-        .ops()
-        .iter()
-        .map(|o| o.max_elems * 4)
-        .sum();
+    let ops = forward_costs(&meta.model, 1)?.ops();
+    let single = max_batch_of(&ops, max_elems)?;
+    let per_sample: usize = ops.iter().map(|o| o.max_elems * 4).sum();
     Ok(single.min((budget_bytes / per_sample.max(1)).max(1)))
 }
 

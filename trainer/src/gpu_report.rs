@@ -23,6 +23,7 @@ use flowmap::bench::Profiled;
 use flowmap::cpu::CpuBackend;
 use flowmap::gpu::{GpuBackend, GpuContext};
 use flowmap::net::Network;
+use flowmap::output::write_atomic;
 use flowmap::parity::{scaled_error, OpParity};
 use flowmap::rng::Rng;
 use flowmap::sampler::{self, Integrator};
@@ -619,12 +620,6 @@ fn pick<'a>(models: &'a [(&str, Weights)], name: &str) -> &'a Weights {
         .1
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
 /// The issue's performance goals (issue 10 §2), checked against this run.
 fn goals(
     sizes: &Sizes,
@@ -701,7 +696,10 @@ impl Report {
             &out.join("gpu-report.json"),
             serde_json::to_string_pretty(self)?.as_bytes(),
         )?;
-        write_atomic(&out.join("gpu-report.md"), self.markdown().as_bytes())
+        Ok(write_atomic(
+            &out.join("gpu-report.md"),
+            self.markdown().as_bytes(),
+        )?)
     }
 
     /// True when a parity check failed or could not run.

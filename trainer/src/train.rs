@@ -521,10 +521,7 @@ fn open_log(path: &Path, step: usize) -> Result<std::fs::File> {
             })
             .collect();
         if keep.len() != text.lines().count() {
-            let tmp = path.with_extension("csv.tmp");
-            std::fs::write(&tmp, keep.join("\n") + "\n")
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+            flowmap::output::write_atomic(path, (keep.join("\n") + "\n").as_bytes())?;
         }
     }
     let mut f = std::fs::OpenOptions::new()
