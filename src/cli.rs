@@ -12,6 +12,7 @@ use flowmap::net::{forward_costs, param_specs, Network};
 use flowmap::output::{encode, write_atomic, OutputFormat};
 use flowmap::sampler::{self, Integrator};
 use flowmap::weights::{random_tensors, Weights};
+use flowmap::Error;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -214,6 +215,7 @@ fn run_sample(
     check_writable(out)?;
     let (w, label) = choose(model, weights)?;
     let meta = &w.meta;
+    check_memory(meta, n)?;
     say!(
         "model: {} ({} {:?}, method {}, {} parameters)",
         label,
@@ -247,7 +249,26 @@ fn run_sample(
                 b.context().max_binding_elems(),
                 sampler::GPU_PASS_BYTES,
             )?;
-            sampler::sample_paced(b.as_ref(), &net, &noise, &grid, integrator, chunk, pace)?
+            let run = |chunk| {
+                sampler::sample_paced(b.as_ref(), &net, &noise, &grid, integrator, chunk, pace)
+            };
+            if choice == DeviceChoice::Auto {
+                // An out-of-memory pass is retried in smaller chunks.
+                let (result, used) = sampler::halve_on_oom(chunk, run)?;
+                if used < chunk {
+                    eprintln!(
+                        "notice: the GPU ran out of memory at {chunk} samples a pass; sampled {used} at a time"
+                    );
+                }
+                result
+            } else {
+                run(chunk).map_err(|e| match e {
+                    Error::GpuOutOfMemory(m) => anyhow::anyhow!(
+                        "the GPU ran out of memory ({m}); --device auto retries in smaller chunks"
+                    ),
+                    e => e.into(),
+                })?
+            }
         }
     };
     let k = grid.len() - 1;
@@ -281,6 +302,32 @@ fn run_sample(
     write_atomic(out, &bytes)?;
     say!("wrote {}", out.display());
     Ok(())
+}
+
+/// Refuses a sample count whose host buffers ([`sampler::host_bytes`]) exceed the memory the
+/// system has available (`MemAvailable` in /proc/meminfo; 8 GiB where that cannot be read).
+fn check_memory(meta: &ModelMeta, n: usize) -> Result<()> {
+    let (limit, source) = match available_memory() {
+        Some(b) => (b, "available memory"),
+        None => (8 << 30, "the assumed 8 GiB"),
+    };
+    let per_sample = sampler::host_bytes(meta, 1).unwrap_or(u64::MAX).max(1);
+    let most = limit / per_sample;
+    match sampler::host_bytes(meta, n) {
+        Some(b) if b <= limit => Ok(()),
+        need => bail!(
+            "--n {n} needs {} of memory for the samples, more than {source} ({:.1} GiB); the most that fits is --n {most}",
+            need.map_or("more than 16 EiB".into(), |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)),
+            limit as f64 / (1u64 << 30) as f64
+        ),
+    }
+}
+
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Fails early (before sampling) when the output's directory does not exist or is not writable.

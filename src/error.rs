@@ -49,6 +49,8 @@ pub enum Error {
     NoAdapter(String),
     #[error("GPU error: {0}")]
     Gpu(String),
+    #[error("the GPU ran out of memory ({0})")]
+    GpuOutOfMemory(String),
     #[error("output error: {0}")]
     Output(String),
 }

@@ -22,6 +22,7 @@ pub mod output;
 pub mod parity;
 pub mod rng;
 pub mod sampler;
+pub mod tolerance;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 pub mod weights;

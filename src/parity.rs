@@ -10,6 +10,7 @@ use crate::config::Activation;
 use crate::cpu::{CpuBackend, CpuTensor};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuBackend, GpuTensor};
+pub use crate::tolerance::scaled_error;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
@@ -23,30 +24,6 @@ pub struct Worst {
     pub scale: f32,
     /// max_abs / scale, the number held to a tolerance.
     pub rel: f32,
-}
-
-/// Worst relative difference of `got` against `want`: max |a − b| / max(1, max |b|) (NaN counts
-/// as infinitely wrong). The measure of every GPU parity test and of the GPU report.
-pub fn scaled_error(got: &[f32], want: &[f32]) -> (f32, f32) {
-    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let worst = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| {
-            let d = (a - b).abs();
-            if d.is_nan() {
-                f32::INFINITY
-            } else {
-                d
-            }
-        })
-        .fold(0.0f32, f32::max);
-    let worst = if got.len() == want.len() {
-        worst
-    } else {
-        f32::INFINITY
-    };
-    (worst, scale)
 }
 
 pub struct OpParity<'a> {

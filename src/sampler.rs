@@ -167,6 +167,30 @@ pub fn max_gpu_batch(meta: &ModelMeta, max_elems: usize, budget_bytes: usize) ->
     Ok(single.min((budget_bytes / per_sample.max(1)).max(1)))
 }
 
+/// Runs `attempt(chunk)`, halving `chunk` after each GPU out-of-memory error until an attempt
+/// succeeds or a chunk of one sample runs out of memory too (that error is returned). Returns
+/// the result and the chunk that worked. `flowmap sample --device auto` samples through this.
+pub fn halve_on_oom<T>(
+    mut chunk: usize,
+    mut attempt: impl FnMut(usize) -> Result<T>,
+) -> Result<(T, usize)> {
+    loop {
+        match attempt(chunk) {
+            Err(Error::GpuOutOfMemory(_)) if chunk > 1 => chunk /= 2,
+            r => return r.map(|v| (v, chunk)),
+        }
+    }
+}
+
+/// Host bytes `flowmap sample` holds for `n` samples: the noise, the result, its data-space copy
+/// and the encoded file (at most 4 bytes a value), 16 bytes per value in all; `None` when the
+/// count overflows.
+pub fn host_bytes(meta: &ModelMeta, n: usize) -> Option<u64> {
+    (n as u64)
+        .checked_mul(meta.model.sample_len() as u64)?
+        .checked_mul(16)
+}
+
 /// One step of an integrator from s to t.
 pub fn step<B: Backend>(
     b: &B,

@@ -251,6 +251,19 @@ fn bad_arguments_are_named_errors() {
     expect_failure(&w, &["--steps", "0"], &out, "steps must be at least 1");
     expect_failure(&w, &["--steps", "1000000"], &out, "more than the limit");
     expect_failure(&w, &["--n", "0"], &out, "--n must be at least 1");
+    // More samples than memory holds: refused before any work, with the most that fits.
+    expect_failure(
+        &w,
+        &["--n", "100000000000000"],
+        &out,
+        "the most that fits is --n",
+    );
+    expect_failure(
+        &w,
+        &["--n", "18446744073709551615"],
+        &out,
+        "more than 16 EiB",
+    );
     expect_failure(&w, &["--grid", "0,0.7,0.3,1"], &out, "increase strictly");
     expect_failure(&w, &["--device", "tpu"], &out, "unknown device");
     expect_failure(&w, &["--integrator", "rk4"], &out, "unknown integrator");

@@ -197,3 +197,33 @@ fn gpu_sampling_matches_cpu_sampling() {
     assert_eq!(rep.chunks, 3);
     assert_close("gpu sampling", &got, &expected);
 }
+
+/// `--device auto` retries an out-of-memory pass in halves; other errors and a one-sample
+/// out-of-memory are returned as they are.
+#[test]
+fn out_of_memory_passes_are_retried_in_halves() {
+    use flowmap::Error;
+    let mut tried = Vec::new();
+    let (v, used) = sampler::halve_on_oom(100, |c| {
+        tried.push(c);
+        if c > 20 {
+            Err(Error::GpuOutOfMemory(format!("{c} samples")))
+        } else {
+            Ok(c * 2)
+        }
+    })
+    .unwrap();
+    assert_eq!((v, used, tried), (24, 12, vec![100, 50, 25, 12]));
+    let e = sampler::halve_on_oom(4, |c| -> flowmap::Result<()> {
+        Err(Error::GpuOutOfMemory(format!("{c}")))
+    })
+    .unwrap_err();
+    assert!(matches!(e, Error::GpuOutOfMemory(ref m) if m == "1"), "{e}");
+    let mut calls = 0;
+    let e = sampler::halve_on_oom(8, |_| -> flowmap::Result<()> {
+        calls += 1;
+        Err(Error::Gpu("lost".into()))
+    })
+    .unwrap_err();
+    assert!(matches!(e, Error::Gpu(_)) && calls == 1);
+}

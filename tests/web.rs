@@ -29,17 +29,7 @@ async fn read(g: &GpuBackend, t: &GpuTensor) -> Vec<f32> {
 }
 
 fn close(what: &str, a: &[f32], b: &[f32]) {
-    assert_eq!(a.len(), b.len(), "{what}");
-    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let worst = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(
-        worst <= 1e-4 * scale,
-        "{what}: max abs error {worst} > 1e-4 × {scale}"
-    );
+    flowmap::tolerance::assert_close(what, a, b, 1e-4);
 }
 
 #[wasm_bindgen_test]

@@ -1,17 +1,21 @@
-// The demo page: glue and drawing only. Sampling is flowmap's Rust sampler compiled to wasm
-// (web/pkg, built by web/build.sh), running the WGSL kernels on WebGPU or, without WebGPU, the
+// The demo page: glue and drawing only. Sampling is flowmap's Rust sampler compiled to wasm,
+// reached through flowmap's JavaScript API (web/flowmap.mjs): the WGSL kernels on WebGPU or the
 // CPU backend. Query parameters (used by the tests, handy for links): ?model=URL, ?k=, ?seed=,
-// ?n= set the starting state; ?gpu=off forces the CPU fallback; ?cpu=reference runs the fallback
-// on the reference loops (the wasm benchmark's baseline, web/bench.mjs).
-import init, { WebSampler } from './pkg/flowmap.js';
+// ?n= set the starting state (n is clamped to the API's MAX_SAMPLES); ?device=auto|gpu|cpu
+// chooses where to sample (auto passes a software WebGPU adapter over for the wasm CPU path;
+// ?gpu=off is ?device=cpu); ?cpu=reference runs the CPU path on the reference loops (the wasm
+// benchmark's baseline, web/bench.mjs).
+import { load, initialize, MAX_SAMPLES } from './flowmap.mjs';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const cache = new Map(); // url → Promise<WebSampler>: every model is downloaded once
-let sampler = null;
+const cache = new Map(); // url + device → Promise<Model>: every model is downloaded once
+let model = null; // the model in use; a failed load leaves it in place
+let modelUrl = null;
 let meta = null;
 let pending = null;
 let running = false;
+let notice = ''; // e.g. a clamped ?n=, shown with the next status
 
 function setStatus(text, kind = '') {
   const el = $('status');
@@ -19,69 +23,65 @@ function setStatus(text, kind = '') {
   el.className = kind;
 }
 
-async function loadModel(url) {
-  if (!cache.has(url)) {
-    cache.set(url, (async () => {
-      let res;
-      try {
-        res = await fetch(url);
-      } catch (e) {
-        throw new Error(`could not download ${url}: ${e.message}`);
-      }
-      if (!res.ok) throw new Error(`could not download ${url}: HTTP ${res.status}`);
-      const bytes = new Uint8Array(await res.arrayBuffer());
-      const useGpu = !!navigator.gpu && params.get('gpu') !== 'off';
-      try {
-        const s = await WebSampler.create(bytes, useGpu);
-        if (params.get('cpu') === 'reference') s.set_reference_kernels(true);
-        return s;
-      } catch (e) {
-        throw new Error(`${url} is not a usable flowmap model: ${e.message ?? e}`);
-      }
-    })());
+function loadModel(url, device) {
+  const key = `${device} ${url}`;
+  if (!cache.has(key)) {
+    cache.set(key, load(url, { device }).then((m) => {
+      if (params.get('cpu') === 'reference') m.setReferenceKernels(true);
+      return m;
+    }));
   }
-  try {
-    return await cache.get(url);
-  } catch (e) {
-    cache.delete(url); // a failed download may be retried
+  return cache.get(key).catch((e) => {
+    cache.delete(key); // a failed download may be retried
     throw e;
-  }
+  });
 }
 
 function counts() {
   return meta.data.kind === 'image' ? [16, 64, 144] : [1000, 5000, 20000];
 }
 
+function describeDevice() {
+  const dev = $('device');
+  if (model.isGpu) dev.textContent = `Adapter: ${model.device}`;
+  else dev.textContent = `Sampling on the CPU backend compiled to wasm: ${model.gpuError ?? 'WebGPU is off'}.`;
+}
+
 async function selectModel(url) {
   setStatus(`Loading ${url}…`);
+  let next;
   try {
-    sampler = await loadModel(url);
+    next = await loadModel(url, $('device-choice').value);
   } catch (e) {
-    sampler = null;
-    setStatus(e.message, 'error');
+    // The previous model stays selected and usable.
+    if (model) $('model').value = modelUrl;
+    setStatus(model ? `${e.message}. Still showing the previous model.` : e.message, 'error');
     return;
   }
-  meta = JSON.parse(sampler.meta_json);
+  model = next;
+  modelUrl = url;
+  meta = model.meta;
   const count = $('count');
   const before = Number(count.value);
   const options = counts();
-  const asked = Number(params.get('n'));
+  const max = MAX_SAMPLES[meta.data.kind];
+  let asked = Math.floor(Number(params.get('n')));
+  if (!(asked > 0)) asked = 0;
+  if (asked > max) {
+    notice = ` (?n=${params.get('n')} clamped to ${max}, the most one run draws)`;
+    asked = max;
+  }
   if (asked > 0 && !options.includes(asked)) options.unshift(asked); // ?n= (tests, links)
   count.innerHTML = options.map((c) => `<option value="${c}">${c}</option>`).join('');
   if (asked > 0) count.value = String(asked);
   else if (options.includes(before)) count.value = String(before);
   else count.value = String(options[0]);
-  const dev = $('device');
-  if (sampler.is_gpu) {
-    dev.textContent = `Adapter: ${sampler.device}`;
-  } else {
-    dev.textContent = `WebGPU unavailable (${sampler.gpu_error}): sampling on the CPU backend compiled to wasm.`;
-  }
+  describeDevice();
   request();
 }
 
 function request() {
-  if (!sampler) return;
+  if (!model) return;
   pending = { k: Number($('steps').value), seed: Number($('seed').value) >>> 0, n: Number($('count').value) };
   if (!running) drain();
 }
@@ -95,18 +95,18 @@ async function drain() {
     try {
       setStatus(`Sampling ${job.n} with K = ${job.k}…`);
       const keep = meta.data.kind === 'image' ? 8 : Math.min(job.n, 2000);
-      const fm = await sampler.sample(job.n, job.k, job.seed, 'flowmap', keep);
-      const eu = await sampler.sample(job.n, job.k, job.seed, 'euler', 0);
-      const fmSamples = fm.samples;
-      draw($('flowmap'), fmSamples, job.n);
+      const fm = await model.sample({ n: job.n, k: job.k, seed: job.seed, integrator: 'flowmap', keep });
+      const eu = await model.sample({ n: job.n, k: job.k, seed: job.seed, integrator: 'euler' });
+      if (fm.fellBack || eu.fellBack) describeDevice();
+      draw($('flowmap'), fm.samples, job.n);
       draw($('euler'), eu.samples, job.n);
       drawStates(fm.states, job.k, keep);
-      const ms = Array.from(fm.step_ms);
-      $('flowmap-time').textContent = `${fm.total_ms.toFixed(1)} ms total`;
-      $('euler-time').textContent = `${eu.total_ms.toFixed(1)} ms total`;
-      $('step-times').textContent = `Per jump: ${ms.map((m) => m.toFixed(1) + ' ms').join(', ')}`;
-      window.flowmapResult = { k: job.k, seed: job.seed, n: job.n, samples: Array.from(fmSamples), euler: Array.from(eu.samples), device: sampler.device, gpu: sampler.is_gpu, ms: fm.total_ms };
-      setStatus(`${job.n} samples, K = ${job.k} jumps, seed ${job.seed}${sampler.is_gpu ? '' : ' (CPU fallback)'}`, sampler.is_gpu ? '' : 'warn');
+      $('flowmap-time').textContent = `${fm.totalMs.toFixed(1)} ms total`;
+      $('euler-time').textContent = `${eu.totalMs.toFixed(1)} ms total`;
+      $('step-times').textContent = `Per jump: ${fm.stepMs.map((m) => m.toFixed(1) + ' ms').join(', ')}`;
+      window.flowmapResult = { k: job.k, seed: job.seed, n: job.n, samples: Array.from(fm.samples), euler: Array.from(eu.samples), device: model.device, gpu: model.isGpu, fellBack: fm.fellBack || eu.fellBack, ms: fm.totalMs };
+      const where = model.isGpu ? '' : fm.fellBack || eu.fellBack ? ' (the GPU was lost: continuing on the CPU fallback)' : ' (CPU fallback)';
+      setStatus(`${job.n} samples, K = ${job.k} jumps, seed ${job.seed}${where}${notice}`, model.isGpu ? '' : 'warn');
     } catch (e) {
       setStatus(`Sampling failed: ${e.message ?? e}`, 'error');
     }
@@ -184,13 +184,9 @@ function drawStates(states, k, keep) {
 
 async function main() {
   try {
-    await init();
+    await initialize();
   } catch (e) {
-    // The package is built with WebAssembly SIMD (web/build.sh), which every current browser
-    // has (Chrome/Edge 91+, Firefox 89+, Safari 16.4+); older ones fail to compile it.
-    const simd = WebAssembly.validate(new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11]));
-    const why = simd ? '' : ' (this browser lacks WebAssembly SIMD, which the package needs: update the browser)';
-    setStatus(`Could not load the wasm module: ${e.message ?? e}${why}`, 'error');
+    setStatus(`Could not start: ${e.message ?? e}`, 'error');
     return;
   }
   let models;
@@ -206,10 +202,13 @@ async function main() {
   }
   if (params.get('k')) $('steps').value = params.get('k');
   if (params.get('seed')) $('seed').value = params.get('seed');
+  const device = params.get('gpu') === 'off' ? 'cpu' : params.get('device') ?? 'auto';
+  if (['auto', 'gpu', 'cpu'].includes(device)) $('device-choice').value = device;
   $('steps-out').textContent = $('steps').value;
   const select = $('model');
   select.innerHTML = models.map((m) => `<option value="${m.url}">${m.name}</option>`).join('');
   select.addEventListener('change', () => selectModel(select.value));
+  $('device-choice').addEventListener('change', () => selectModel(modelUrl ?? select.value));
   $('steps').addEventListener('input', () => {
     $('steps-out').textContent = $('steps').value;
     request();

@@ -58,7 +58,7 @@ pub fn missing_limits(needed: &wgpu::Limits, adapter: &wgpu::Limits) -> Vec<Stri
 }
 
 /// Where wgpu's asynchronous errors collect until the next check.
-pub(crate) type ErrorSink = Arc<Mutex<Vec<String>>>;
+pub(crate) type ErrorSink = Arc<Mutex<Vec<Error>>>;
 
 /// A device and queue with the limits this adapter allows.
 pub struct GpuContext {
@@ -135,8 +135,12 @@ impl GpuContext {
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let e = match e {
+                wgpu::Error::OutOfMemory { .. } => Error::GpuOutOfMemory(e.to_string()),
+                _ => Error::Gpu(e.to_string()),
+            };
             if let Ok(mut v) = sink.lock() {
-                v.push(e.to_string());
+                v.push(e);
             }
         }));
         // A lost device (driver reset, GPU process crash, tab backgrounded too long) is an error
@@ -144,7 +148,9 @@ impl GpuContext {
         let sink = errors.clone();
         device.set_device_lost_callback(move |reason, message| {
             if let Ok(mut v) = sink.lock() {
-                v.push(format!("the GPU device was lost ({reason:?}): {message}"));
+                v.push(Error::Gpu(format!(
+                    "the GPU device was lost ({reason:?}): {message}"
+                )));
             }
         });
         Ok(GpuContext {
@@ -182,7 +188,7 @@ impl GpuContext {
             .map_err(|_| Error::Gpu("error sink poisoned".into()))?;
         let first = v.drain(..).next();
         match first {
-            Some(e) => Err(Error::Gpu(e)),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }

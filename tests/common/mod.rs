@@ -34,22 +34,7 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32]) {
 }
 
 pub fn assert_close_tol(what: &str, a: &[f32], b: &[f32], tol: f32) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
-    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let (mut worst, mut at) = (0.0f32, 0);
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        let d = (x - y).abs();
-        if d.is_nan() || d > worst {
-            worst = d;
-            at = i;
-        }
-    }
-    assert!(
-        !worst.is_nan() && worst <= tol * scale,
-        "{what}: max abs error {worst} at {at} (gpu {} vs cpu {}) exceeds {tol} × {scale}",
-        a[at],
-        b[at]
-    );
+    flowmap::tolerance::assert_close(what, a, b, tol);
 }
 
 pub fn tiny_unet() -> ModelConfig {

@@ -12,6 +12,7 @@ use flowmap::backend::{Backend, Shaped};
 use flowmap::config::{Interpolant, ModelConfig};
 use flowmap::cpu::CpuBackend;
 use flowmap::rng::Rng;
+use flowmap::tolerance::assert_close;
 use flowmap::weights::random_tensors;
 use flowmap::Result;
 
@@ -101,19 +102,6 @@ fn burn_network_matches_the_sampler_backends() {
             Err(e) => eprintln!("\n*** GPU PARITY NOT RUN: {e} ***\n"),
         }
     }
-}
-
-fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
-    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let worst = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(
-        worst <= tol * scale,
-        "{what}: max abs error {worst} > {tol} × {scale}"
-    );
 }
 
 /// A flow map that is exact on the diagonal but breaks the Lagrangian, Eulerian and semigroup

@@ -283,6 +283,10 @@ pub fn train(
         eprintln!("note: no checkpoint in {}, starting fresh", dir.display());
     }
     let ckpt = paths.checkpoint();
+    // A run killed while writing left its temporary files; the files themselves are whole.
+    for p in [&ckpt, &paths.model(), &paths.log()] {
+        flowmap::output::remove_stale_temporaries(p);
+    }
     let mut sess = Session::open(cfg, device, resume.then_some(ckpt.as_path()))?;
     if !quiet {
         println!(

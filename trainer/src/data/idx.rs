@@ -32,24 +32,40 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
+/// The largest IDX body accepted (4 GiB: the full MNIST training images are 47 MB). A gzipped
+/// file is inflated only up to this, so a small file that inflates without end is refused.
+pub const MAX_IDX_BYTES: u64 = 1 << 32;
+
 /// Reads an unsigned-byte IDX file (gzipped or not).
 pub fn read_idx(path: &Path) -> Result<IdxArray, IdxError> {
-    let io = |source| IdxError::Io {
+    let raw = std::fs::read(path).map_err(|source| IdxError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let raw = std::fs::read(path).map_err(io)?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(io)?;
-        out
-    } else {
-        raw
-    };
-    parse_idx(&bytes).map_err(|problem| IdxError::Malformed {
+    })?;
+    decode_idx(&raw).map_err(|problem| IdxError::Malformed {
         path: path.to_path_buf(),
         problem,
     })
+}
+
+/// Decodes the bytes of an IDX file, inflating them first when they are gzipped; the error says
+/// what is wrong. Memory grows with the bytes actually present, never with a size a header
+/// claims.
+pub fn decode_idx(raw: &[u8]) -> Result<IdxArray, String> {
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return parse_idx(raw);
+    }
+    let mut out = Vec::new();
+    GzDecoder::new(raw)
+        .take(MAX_IDX_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("cannot inflate the gzip stream: {e}"))?;
+    if out.len() as u64 > MAX_IDX_BYTES {
+        return Err(format!(
+            "inflates to more than {MAX_IDX_BYTES} bytes, the most an IDX file may hold"
+        ));
+    }
+    parse_idx(&out)
 }
 
 /// Parses IDX bytes; the error says what is wrong.

@@ -341,6 +341,11 @@ pub fn run(args: &EvalArgs) -> Result<String> {
                     flowmap::output::OutputFormat::Png,
                 )?
             };
+            let scatter_png = plot::labelled(
+                &scatter_png,
+                &format!("K = {k}: {} flow map ({stem})", w.meta.method),
+                &[],
+            )?;
             flowmap::output::write_atomic(&figures.join(format!("{stem}-k{k}.png")), &scatter_png)?;
             let m = judge.judge(&s)?;
             eprintln!(
@@ -357,6 +362,15 @@ pub fn run(args: &EvalArgs) -> Result<String> {
                 STRIP.min(n),
                 &w.meta.data.shape,
                 w.meta.data.range,
+            )?;
+            let labels: Vec<String> = args.ks.iter().map(|k| format!("K = {k}")).collect();
+            let png = plot::labelled(
+                &png,
+                &format!(
+                    "{} flow map ({stem}): one row per K, same noise",
+                    w.meta.method
+                ),
+                &labels,
             )?;
             flowmap::output::write_atomic(&figures.join(format!("{stem}-across-k.png")), &png)?;
         }
@@ -390,6 +404,15 @@ pub fn run(args: &EvalArgs) -> Result<String> {
     let floor = judge.floor().clone();
     plot::quality_vs_nfe(
         &figures.join("quality-vs-nfe.png"),
+        &format!(
+            "{}: sample quality against network evaluations",
+            meta0.data.name
+        ),
+        if images {
+            "Fréchet distance (LeNet features), lower is better"
+        } else {
+            "KL(data ‖ model), 50×50 histogram, lower is better"
+        },
         &args.ks,
         &rows,
         floor.primary,
@@ -571,7 +594,6 @@ fn markdown(
     }
     let fig = relative_to_report(figures, &args.out);
     let _ = writeln!(md, "\n![quality versus NFE]({fig}/quality-vs-nfe.png)\n");
-    let _ = writeln!(md, "Plot: x = log2(NFE), y = the first metric; one colour per row in table order ({}); the dashed grey line is the floor.\n", plot::COLOR_NAMES.join(", "));
     for (path, w) in models {
         let stem = model_label(path);
         let _ = writeln!(md, "Samples of `{}` ({}):\n", stem, w.meta.method);
