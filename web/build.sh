@@ -43,7 +43,7 @@ web/node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-reference-types
   --enable-sign-ext --enable-mutable-globals --enable-multivalue --enable-simd "$out/flowmap_bg.wasm" -o "$out/flowmap_bg.wasm"
 
 wasm=$(gzip -9c "$out/flowmap_bg.wasm" | wc -c)
-js=$(gzip -9c "$out/flowmap.js" web/app.js | wc -c)
+js=$(gzip -9c "$out/flowmap.js" web/flowmap.mjs web/app.js | wc -c)
 echo "$out: wasm $(wc -c < "$out/flowmap_bg.wasm") bytes ($wasm gzipped), JS $js bytes gzipped, total $((wasm + js)) bytes gzipped"
 
 if [ "${1:-}" = "--serve" ]; then
