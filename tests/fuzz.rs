@@ -1,10 +1,11 @@
 //! Fuzz target: the weights loader (`Weights::from_bytes`, what the CLI and the page call, then
 //! the network built from it, as both do) under structure-aware mutations of valid files.
 //!
-//! Driven by bolero: under `cargo test` it runs random inputs for a fixed time (20 s by default;
-//! CI's regression run), `BOLERO_RANDOM_ITERATIONS=N BOLERO_RANDOM_TEST_TIME_MS=…` runs N
-//! inputs (docs/BENCHMARKS.md, "Fuzzing"), a failure prints the `BOLERO_RANDOM_SEED` that replays
-//! it, and the same target runs under libFuzzer with `cargo bolero test` on a nightly toolchain.
+//! Under `cargo test` it first runs 15,000 inputs from a fixed seed (the same on every run: CI's
+//! regression check; `FLOWMAP_FUZZ_SEEDED=N` for more), then bolero's random engine on fresh
+//! seeds for 12 s. `BOLERO_RANDOM_ITERATIONS=N BOLERO_RANDOM_TEST_TIME_MS=…` runs N random inputs
+//! (docs/BENCHMARKS.md, "Fuzzing"); a failure prints the `BOLERO_RANDOM_SEED` that replays it, and
+//! the same target runs under libFuzzer with `cargo bolero test` on a nightly toolchain.
 //!
 //! An input is one of four seed files (a tiny MLP and a tiny U-Net, F32 and F16) and up to eight
 //! edits: bit flips and byte writes (biased to the header), truncations, appended bytes, a new
@@ -18,8 +19,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
-#[path = "common/largest_alloc.rs"]
-mod largest_alloc;
+#[path = "common/fuzzing.rs"]
+mod fuzzing;
 
 use bolero::generator::{gen_with, TypeGenerator};
 use flowmap::cpu::CpuBackend;
@@ -31,7 +32,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 #[global_allocator]
-static ALLOC: largest_alloc::LargestAlloc = largest_alloc::LargestAlloc;
+static ALLOC: fuzzing::LargestAlloc = fuzzing::LargestAlloc;
 
 /// A size or count written into a file: small, any u64, a power of two (and its neighbours),
 /// negative, fractional.
@@ -417,14 +418,14 @@ fn run_one(seed: u8, edits: &[Edit]) {
     for e in edits {
         apply(&mut bytes, e);
     }
-    largest_alloc::reset();
+    fuzzing::reset();
     if let Ok(w) = Weights::from_bytes(&bytes) {
         w.network(&CpuBackend::FAST)
             .expect("a file that loads must build its network");
         LOADED.fetch_add(1, Ordering::Relaxed);
     }
     let bound = 4 * bytes.len() + (1 << 20);
-    let largest = largest_alloc::largest();
+    let largest = fuzzing::largest();
     assert!(
         largest <= bound,
         "an allocation of {largest} bytes for a {}-byte input (bound {bound}); edits {edits:?}",
@@ -446,14 +447,25 @@ fn weights_loader_survives_mutated_files() {
         Weights::from_bytes(s).unwrap();
     }
     // The meter sees an allocation made after a reset.
-    largest_alloc::reset();
+    fuzzing::reset();
     let probe = std::hint::black_box(vec![1u8; 3 << 20]);
-    assert!(largest_alloc::largest() >= probe.len());
+    assert!(fuzzing::largest() >= probe.len());
     drop(probe);
     let start = Instant::now();
+    let inputs = || (gen_with::<u8>(), gen_with::<Vec<Edit>>().len(1usize..=8));
+    let seeded = fuzzing::seeded(
+        0,
+        fuzzing::seeded_count(15_000),
+        &inputs(),
+        |(seed, edits)| run_one(*seed, edits),
+    );
+    eprintln!(
+        "fuzz weights: {seeded} seeded inputs in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     bolero::check!()
-        .with_generator((gen_with::<u8>(), gen_with::<Vec<Edit>>().len(1usize..=8)))
-        .with_test_time(Duration::from_secs(20))
+        .with_generator(inputs())
+        .with_test_time(Duration::from_secs(12))
         .for_each(|(seed, edits)| run_one(*seed, edits));
     let n = INPUTS.load(Ordering::Relaxed);
     eprintln!(
