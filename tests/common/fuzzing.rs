@@ -51,6 +51,16 @@ pub fn largest() -> usize {
     LARGEST.with(|c| c.get())
 }
 
+/// Checks that the meter sees an allocation made after a reset (a target's first step).
+pub fn check_meter() {
+    reset();
+    let probe = std::hint::black_box(vec![1u8; 3 << 20]);
+    assert!(
+        largest() >= probe.len(),
+        "the allocation meter missed 3 MiB"
+    );
+}
+
 /// Runs `f` on `n` inputs of `generator`, each drawn from 4 KiB of bytes from flowmap's portable
 /// PRNG seeded with `seed`, and returns how many it ran (a generator may refuse some bytes).
 pub fn seeded<G: ValueGenerator>(
