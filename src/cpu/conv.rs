@@ -3,12 +3,13 @@
 //! Reference: one output plane per rayon task; each (input channel, tap) adds a shifted, scaled
 //! input row to an output row, so the inner loop runs over contiguous memory.
 //!
-//! Fast: im2col + one GEMM per sample ([`super::im2col`], [`super::gemm`]), Y_n = W · col(x_n),
-//! with the epilogue fused by starting the accumulator at bias (+ residual). Samples run in
-//! parallel with single-threaded GEMMs; with fewer samples than cores each sample is split
-//! into bands of output rows (im2col and GEMM per band), so batch 1 uses every core too.
+//! Fast: Y_n = W · col(x_n) as a direct convolution, an implicit GEMM over the padded image
+//! (split into stride² phases for strided kernels) with our own register-blocked microkernel and
+//! no im2col matrix ([`super::direct`]); the epilogue (bias, residual) is fused by starting the
+//! output at it. Samples run in parallel, each on one thread; with fewer samples than cores each
+//! sample is split into bands of output rows, so batch 1 uses every core too.
 
-use super::gemm::{matmul, Threads};
+use super::direct::{self, Direct};
 use super::im2col::ConvGeom;
 use crate::backend::{conv2d_out_shape, Conv2d};
 use rayon::prelude::*;
@@ -32,8 +33,9 @@ pub fn conv2d(
     let (p, len) = (g.positions(), g.o * g.positions());
     let mut out = vec![0.0f32; g.n * len];
     let threads = rayon::current_num_threads();
+    let direct = Direct::new(w, g.o, g.rows());
     // Output rows [y0, y1) of sample i into y [O, (y1 − y0)·Wo], started at bias (+ residual).
-    let band = |col: &mut Vec<f32>, i: usize, y0: usize, y1: usize, y: &mut [f32]| {
+    let band = |s: &mut direct::Scratch, i: usize, y0: usize, y1: usize, y: &mut [f32]| {
         let pb = (y1 - y0) * g.wo;
         for (o, row) in y.chunks_mut(pb).enumerate() {
             row.fill(bias[o]);
@@ -43,43 +45,25 @@ pub fn conv2d(
             }
         }
         let xn = &x[i * g.in_len()..(i + 1) * g.in_len()];
-        let cols: &[f32] = if g.pointwise() && pb == p {
-            xn
-        } else {
-            col.resize(g.rows() * pb, 0.0);
-            g.im2col_band(xn, col, y0, y1);
-            col
-        };
-        matmul(
-            g.o,
-            pb,
-            g.rows(),
-            y,
-            true,
-            w,
-            false,
-            cols,
-            false,
-            Threads::One,
-        );
+        direct.band(&g, xn, y0, y1, y, s);
     };
     if g.n >= threads {
         // Samples in parallel, each whole.
         out.par_chunks_mut(len)
             .enumerate()
-            .for_each_init(Vec::new, |col, (i, y)| band(col, i, 0, g.ho, y));
+            .for_each_init(direct::Scratch::default, |s, (i, y)| band(s, i, 0, g.ho, y));
     } else {
         // Fewer samples than cores (batch 1 on an edge device): bands of output rows of each
-        // sample in parallel, so im2col and the GEMMs both use every core.
+        // sample in parallel.
         let bands = threads.div_ceil(g.n).min(g.ho);
         let rows_per = g.ho.div_ceil(bands);
         for (i, yn) in out.chunks_mut(len).enumerate() {
             let parts: Vec<(usize, Vec<f32>)> = (0..g.ho.div_ceil(rows_per))
                 .into_par_iter()
-                .map_init(Vec::new, |col, b| {
+                .map_init(direct::Scratch::default, |s, b| {
                     let (y0, y1) = (b * rows_per, ((b + 1) * rows_per).min(g.ho));
                     let mut y = vec![0.0f32; g.o * (y1 - y0) * g.wo];
-                    band(col, i, y0, y1, &mut y);
+                    band(s, i, y0, y1, &mut y);
                     (y0, y)
                 })
                 .collect();

@@ -77,6 +77,87 @@ pub fn matmul(
     }
 }
 
+/// A matrix inside a slice: element (i, j) at `data[i·rs + j·cs]`.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl View<'_> {
+    /// Whether every element of a rows × cols matrix lies inside `data`.
+    fn holds(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// dst (m × n, element (i, j) at `dst[i·dst_rs + j·dst_cs]`) = (accumulate ? dst : 0) + a · b
+/// for strided views a (m × k) and b (k × n), on the calling thread: e.g. one tap of a
+/// convolution's weight gradient read straight from a padded image ([`super::direct`]).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_view(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    dst_cs: usize,
+    accumulate: bool,
+    a: View,
+    b: View,
+) {
+    let d = View {
+        data: dst,
+        rs: dst_rs,
+        cs: dst_cs,
+    };
+    assert!(
+        d.holds(m, n) && a.holds(m, k) && b.holds(k, n),
+        "matmul_view: a view reaches past its slice"
+    );
+    // Distinct (i, j) must be distinct elements of dst.
+    assert!(
+        m <= 1 || n <= 1 || dst_rs >= n * dst_cs || dst_cs >= m * dst_rs,
+        "matmul_view: dst elements overlap"
+    );
+    if m == 0 || n == 0 || k == 0 {
+        if !accumulate && k == 0 {
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * dst_rs + j * dst_cs] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    // SAFETY: every element addressed lies inside its slice (asserted above), dst's elements
+    // are distinct and dst does not alias a or b (a mutable and shared borrows); one thread.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +186,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn strided_views_match_the_definition() {
+        // a is 3 × 4 stored column-major with a gap, b is 4 × 2 read with stride 5, dst is
+        // written every other element of each row.
+        let (m, n, k) = (3, 2, 4);
+        let a_data: Vec<f32> = (0..20).map(|i| (i as f32 * 0.41).sin()).collect();
+        let b_data: Vec<f32> = (0..30).map(|i| (i as f32 * 0.29).cos()).collect();
+        let a = View {
+            data: &a_data,
+            rs: 1,
+            cs: 4,
+        };
+        let b = View {
+            data: &b_data,
+            rs: 5,
+            cs: 2,
+        };
+        let at = |i: usize, p: usize| a_data[i + p * 4];
+        let bt = |p: usize, j: usize| b_data[p * 5 + j * 2];
+        let mut dst = vec![1.0f32; 3 * 6];
+        matmul_view(m, n, k, &mut dst, 6, 2, true, a, b);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|p| at(i, p) * bt(p, j)).sum();
+                assert!((dst[i * 6 + j * 2] - 1.0 - want).abs() < 1e-5);
+                assert_eq!(dst[i * 6 + j * 2 + 1], 1.0, "untouched between columns");
+            }
+        }
+        matmul_view(m, n, k, &mut dst, 6, 2, false, a, b);
+        assert!((dst[0] - (0..k).map(|p| at(0, p) * bt(p, 0)).sum::<f32>()).abs() < 1e-5);
     }
 }

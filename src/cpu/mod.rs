@@ -7,6 +7,7 @@
 
 mod attention;
 mod conv;
+pub mod direct;
 mod elementwise;
 pub mod gemm;
 pub mod im2col;

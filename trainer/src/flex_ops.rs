@@ -6,9 +6,13 @@
 //!
 //! Why: the training profile (`trainer bench --profile`, docs/BENCHMARKS.md) found flex's
 //! conv2d and its default backward at 17–20 GFLOP/s, a quarter of what flex's own matmul reaches
-//! on the same cores, and 70% of a U-Net training step. Here every product is a plain GEMM:
-//! forward Y_n = W · col(x_n), input gradient col⁻¹(Wᵀ · dY_n), weight gradient Σ_n dY_n · col(x_n)ᵀ,
-//! bias gradient Σ dY. Samples run in parallel (rayon), each GEMM single-threaded.
+//! on the same cores, and 70% of a U-Net training step. Here every product is a GEMM:
+//! forward Y_n = W · col(x_n), input gradient col⁻¹(Wᵀ · dY_n), weight gradient
+//! Σ_n dY_n · col(x_n)ᵀ, bias gradient Σ dY. For stride 1 (every 3×3 convolution but the
+//! downsamplers) none of them builds col: the forward and the input gradient (a stride-1
+//! convolution of dY with the flipped, transposed kernel) run on flowmap's direct convolution,
+//! and the weight gradient is one strided GEMM per tap on the padded image
+//! ([`flowmap::cpu::direct`]). Samples run in parallel (rayon), each product single-threaded.
 //!
 //! Other devices (burn-wgpu) keep burn's own conv2d: [`BurnBackend`](crate::burn_backend) only
 //! calls [`conv2d`] on flex. `fast_conv_matches_burns_conv2d` holds values and all three
@@ -24,6 +28,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::{Autodiff, NodeId};
 use burn_flex::{Flex, FlexTensor};
 use flowmap::backend::Conv2d;
+use flowmap::cpu::direct;
 use flowmap::cpu::gemm::{matmul, Threads::One};
 use flowmap::cpu::im2col::ConvGeom;
 use rayon::prelude::*;
@@ -154,6 +159,38 @@ fn flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
 }
 
 fn backward_x(w: &[f32], dy: &[f32], g: ConvGeom) -> Vec<f32> {
+    if g.stride == 1 && !g.pointwise() && g.pad < g.k {
+        // For stride 1 the input gradient is itself a stride-1 convolution: dY convolved with
+        // the flipped, transposed kernel W'[c, o, ky, kx] = W[o, c, k−1−ky, k−1−kx] at padding
+        // k − 1 − p, whose output is H × W again. It runs on the direct path
+        // (flowmap::cpu::direct) with no im2col matrix and no scatter.
+        let k = g.k;
+        let mut wt = vec![0.0f32; g.c * g.o * k * k];
+        for o in 0..g.o {
+            for c in 0..g.c {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        wt[((c * g.o + o) * k + (k - 1 - ky)) * k + (k - 1 - kx)] =
+                            w[((o * g.c + c) * k + ky) * k + kx];
+                    }
+                }
+            }
+        }
+        let (dx, shape) = flowmap::cpu::conv2d(
+            dy,
+            &[g.n, g.o, g.ho, g.wo],
+            &wt,
+            &[g.c, g.o, k, k],
+            &vec![0.0f32; g.c],
+            Conv2d {
+                stride: 1,
+                padding: k - 1 - g.pad,
+            },
+            None,
+        );
+        debug_assert_eq!(shape, [g.n, g.c, g.h, g.w]);
+        return dx;
+    }
     let (rows, p) = (g.rows(), g.positions());
     let in_len = g.c * g.h * g.w;
     let mut dx = vec![0.0f32; g.n * in_len];
@@ -179,32 +216,30 @@ fn backward_wb(x: &[f32], dy: &[f32], g: ConvGeom) -> (Vec<f32>, Vec<f32>) {
         (
             vec![0.0f32; g.o * rows],
             vec![0.0f32; g.o],
-            vec![0.0f32; if g.pointwise() { 0 } else { rows * p }],
+            direct::Scratch::default(),
         )
     };
-    let (dw, db, _) = (0..g.n)
+    let (dw, db) = (0..g.n)
         .into_par_iter()
-        .fold(zero, |(mut dw, mut db, mut col), i| {
+        .fold(zero, |(mut dw, mut db, mut scratch), i| {
             let xn = &x[i * in_len..(i + 1) * in_len];
             let dyn_ = &dy[i * g.o * p..(i + 1) * g.o * p];
-            let cols: &[f32] = if g.pointwise() {
-                xn
-            } else {
-                g.im2col(xn, &mut col);
-                &col
-            };
-            // dW [O, rows] += dY_n [O, P] · col_nᵀ [P, rows]
-            matmul(g.o, rows, p, &mut dw, true, dyn_, false, cols, true, One);
             for (o, row) in dyn_.chunks(p).enumerate() {
                 db[o] += row.iter().sum::<f32>();
             }
-            (dw, db, col)
+            // One GEMM per tap straight from the padded image, no im2col.
+            direct::weight_grad(&g, xn, dyn_, &mut dw, &mut scratch);
+            (dw, db, scratch)
         })
-        .reduce(zero, |(mut a, mut da, c), (b, db, _)| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            da.iter_mut().zip(&db).for_each(|(a, b)| *a += b);
-            (a, da, c)
-        });
+        .map(|(dw, db, _)| (dw, db))
+        .reduce(
+            || (vec![0.0f32; g.o * rows], vec![0.0f32; g.o]),
+            |(mut a, mut da), (b, db)| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                da.iter_mut().zip(&db).for_each(|(a, b)| *a += b);
+                (a, da)
+            },
+        );
     (dw, db)
 }
 
@@ -350,7 +385,7 @@ impl FlexOps for Flex {
         padding: usize,
     ) -> FlexTensor {
         let (x, w, b) = (contiguous(x), contiguous(w), contiguous(b));
-        // The forward is the sampler's fast CPU conv (im2col + GEMM).
+        // The forward is the sampler's fast CPU conv (direct for stride 1, else im2col + GEMM).
         let (y, shape) = flowmap::cpu::conv2d(
             slice(&x),
             &dims4(&x),
@@ -641,6 +676,9 @@ mod tests {
             (2, 4, 6, 10, 7, 3, 2, 1),
             (3, 6, 5, 8, 9, 1, 1, 0),
             (1, 1, 8, 28, 28, 3, 2, 1),
+            // The input gradient of these two runs as a direct convolution (stride 1).
+            (2, 16, 16, 28, 28, 3, 1, 1),
+            (2, 3, 4, 6, 5, 3, 1, 0),
         ] {
             let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &dev);
             let wt = Tensor::<4>::random([o, c, k, k], Distribution::Normal(0.0, 0.3), &dev);
