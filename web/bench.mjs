@@ -22,7 +22,7 @@ const k = Number(args.k ?? 4);
 const runs = Number(args.runs ?? 3);
 const model = args.model ?? 'weights/mnist-f16.safetensors';
 
-const types = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json' };
+const types = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.json': 'application/json' };
 let pkgDir = 'web/pkg';
 const server = createServer(async (req, res) => {
   let path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^\/+/, '');

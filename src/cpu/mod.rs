@@ -19,10 +19,10 @@ pub use attention::attention;
 pub use conv::{conv2d, conv2d_reference};
 pub use elementwise::{
     activate, activate_reference, add, concat_channels, embedding_frequencies, exp_fast, flow_step,
-    timestep_embedding, upsample_nearest2x,
+    silu_fast, timestep_embedding, upsample_nearest2x,
 };
 pub use linear::{linear, linear_reference};
-pub use norm::{group_norm, group_norm_reference};
+pub use norm::{group_norm, group_norm_reference, sum8};
 
 use crate::backend::{Backend, Conv2d, Shaped};
 use crate::config::Activation;

@@ -12,9 +12,10 @@ use super::simd::multiversion;
 use crate::config::Activation;
 use rayon::prelude::*;
 
-/// Σ f(v) with eight independent f32 accumulators, combined in f64.
+/// Σ f(v) with eight independent f32 accumulators, combined in f64: a sum the compiler
+/// vectorizes (an f64 or single running sum is a serial chain). The trainer's GroupNorm uses it.
 #[inline(always)]
-fn sum8(v: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+pub fn sum8(v: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut acc = [0.0f32; 8];
     let chunks = v.chunks_exact(8);
     let rest = chunks.remainder();
