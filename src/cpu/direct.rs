@@ -106,14 +106,12 @@ impl Direct {
         let mr = isa.tile().0;
         let blocks = o.div_ceil(mr);
         let mut packed = vec![0.0f32; blocks * rows * mr];
-        for (b, block) in packed.chunks_mut(rows * mr).enumerate() {
-            for (r, dst) in block.chunks_mut(mr).enumerate() {
-                for (i, d) in dst.iter_mut().enumerate() {
-                    let oc = b * mr + i;
-                    if oc < o {
-                        *d = w[oc * rows + r];
-                    }
-                }
+        // Each weight row read in order, written every MR-th value of its block: no bounds
+        // check per element (at batch 1 this packing was a fifth of the kernels' time).
+        for (oc, src) in w.chunks_exact(rows).take(o).enumerate() {
+            let block = &mut packed[(oc / mr) * rows * mr..][..rows * mr];
+            for (d, &v) in block.iter_mut().skip(oc % mr).step_by(mr).zip(src) {
+                *d = v;
             }
         }
         Direct {
