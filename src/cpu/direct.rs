@@ -1,15 +1,17 @@
-//! Direct convolution for stride-1 kernels: an implicit GEMM over the zero-padded image with a
-//! register-blocked microkernel, and no im2col matrix.
+//! Direct convolution for every kernel size, stride and padding: an implicit GEMM over the
+//! zero-padded image with a register-blocked microkernel, and no im2col matrix.
 //!
 //! Pad one sample's input x_n [C, H, W] to [C, H + 2p, W + 2p] and lay it out flat. Index the
 //! outputs on the padded grid, q = oy·Wp + ox (Wp = W + 2p): the input that tap (c, ky, kx)
 //! meets at output q is then `xpad[c·Hp·Wp + ky·Wp + kx + q]`, so for a block of NR consecutive
 //! q the im2col matrix's NR columns of row (c, ky, kx) are one contiguous run of the padded
-//! image at a fixed offset. The microkernel ([`tile`]) accumulates an MR × NR block of
+//! image at a fixed offset. The microkernel (`tile`) accumulates an MR × NR block of
 //! Y = W · col straight from those runs; positions whose ox falls in the padding (ox ≥ Wo) are
 //! computed and dropped, the price of not packing (Wo / Wp of the work is kept: 93% at 28×28,
 //! 88% at 14×14, 78% at 7×7). The drop happens in the store, which adds each row run of the
 //! tile into the output, so the epilogue (bias, residual) is whatever the output already holds.
+//! A stride s > 1 splits the padded image into s² phases (pixels (s·i + py, s·j + px) for each
+//! (py, px)), in which every tap is again a contiguous run at a fixed offset (`Band`).
 //!
 //! The tile shape follows the vector unit, chosen once per call by CPUID: 4 × 48 on AVX-512
 //! (12 zmm accumulators; 4 × 32 when that wastes fewer positions, e.g. at 7×7), 6 × 16 on
@@ -72,7 +74,7 @@ fn valid(g: &ConvGeom) -> bool {
     g.stride >= 1 && g.k >= 1 && g.ho >= 1 && g.wo >= 1
 }
 
-/// The weights of one stride-1 convolution packed for the microkernel: per block of MR output
+/// The weights of one convolution packed for the microkernel: per block of MR output
 /// channels, [C·k·k][MR] (rows past O are zero).
 #[derive(Debug, Clone)]
 pub struct Direct {
@@ -171,10 +173,10 @@ impl Direct {
     }
 }
 
-/// dW [O, C, k, k] += Σ_q dY_n[o, q] · col_n[(c, ky, kx), q] for one sample of a stride-1
-/// convolution (the weight gradient of training), with no im2col matrix: on the padded grid the
-/// input a tap (ky, kx) meets is, for every channel, a run of the padded image at
-/// `c·Hp·Wp + ky·Wp + kx`, i.e. a strided matrix [Q, C]. So each tap is one GEMM
+/// dW [O, C, k, k] += Σ_q dY_n[o, q] · col_n[(c, ky, kx), q] for one sample of a convolution
+/// (the weight gradient of training), with no im2col matrix: on the padded grid (per phase for
+/// strides > 1) the input a tap (ky, kx) meets is, for every channel, a run of the padded image
+/// one channel plane apart, i.e. a strided matrix [Q, C]. So each tap is one GEMM
 /// dW[:, :, ky, kx] += dYpad [O, Q] · that matrix, read in place ([`gemm::matmul_view`]);
 /// dY is first laid out on the padded grid with zeros at the padding columns.
 pub fn weight_grad(g: &ConvGeom, xn: &[f32], dyn_: &[f32], dw: &mut [f32], s: &mut Scratch) {

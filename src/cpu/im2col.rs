@@ -1,7 +1,9 @@
 //! im2col: a convolution as a matrix product. For one sample x_n [C, H, W] the matrix
 //! col [C·k·k, Ho·Wo] holds, in row (c, ky, kx) and column (oy, ox), the input that tap meets at
-//! that output (zero in the padding), so conv(x_n, W) = W [O, C·k·k] · col. The sampler's fast
-//! conv and the trainer's flex conv (forward and both gradients) share this one geometry.
+//! that output (zero in the padding), so conv(x_n, W) = W [O, C·k·k] · col. `ConvGeom` is the one
+//! geometry of the sampler's fast conv and the trainer's flex conv; the matrix itself is now only
+//! the definition the direct convolution is tested against and, through col2im, the trainer's
+//! input gradient for strides > 1 ([`super::direct`] builds no col).
 
 /// Geometry of one convolution (square kernels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,8 +8,8 @@
 //! conv2d and its default backward at 17–20 GFLOP/s, a quarter of what flex's own matmul reaches
 //! on the same cores, and 70% of a U-Net training step. Here every product is a GEMM:
 //! forward Y_n = W · col(x_n), input gradient col⁻¹(Wᵀ · dY_n), weight gradient
-//! Σ_n dY_n · col(x_n)ᵀ, bias gradient Σ dY. For stride 1 (every 3×3 convolution but the
-//! downsamplers) none of them builds col: the forward and the input gradient (a stride-1
+//! Σ_n dY_n · col(x_n)ᵀ, bias gradient Σ dY. Only the input gradient of a
+//! strided convolution builds col (col2im): the forward and, for stride 1, the input gradient (a
 //! convolution of dY with the flipped, transposed kernel) run on flowmap's direct convolution,
 //! and the weight gradient is one strided GEMM per tap on the padded image
 //! ([`flowmap::cpu::direct`]). Samples run in parallel (rayon), each product single-threaded.
@@ -401,7 +401,7 @@ impl FlexOps for Flex {
         padding: usize,
     ) -> FlexTensor {
         let (x, w, b) = (contiguous(x), contiguous(w), contiguous(b));
-        // The forward is the sampler's fast CPU conv (direct for stride 1, else im2col + GEMM).
+        // The forward is the sampler's fast CPU conv (the direct convolution).
         let (y, shape) = flowmap::cpu::conv2d(
             slice(&x),
             &dims4(&x),
