@@ -239,7 +239,9 @@ fn run_sample(
         Engine::Cpu(b) => {
             let net = w.network(b)?;
             let chunk = sampler::max_batch(meta, 1 << 28)?;
-            sampler::sample_paced(b, &net, &noise, &grid, integrator, chunk, pace)?
+            flowmap::cpu::in_pool(|| {
+                sampler::sample_paced(b, &net, &noise, &grid, integrator, chunk, pace)
+            })?
         }
         Engine::Gpu(b) => {
             b.warm_up()?;
@@ -492,7 +494,7 @@ fn run_bench(
         match engine {
             Engine::Cpu(b) => {
                 say!("\n== {} ==", engine.describe());
-                bench_backend(b, &w, batch, iters, flops, peak)?
+                flowmap::cpu::in_pool(|| bench_backend(b, &w, batch, iters, flops, peak))?
             }
             Engine::Gpu(b) => {
                 say!("\n== {} ==", engine.describe());

@@ -215,7 +215,7 @@ impl WebSampler {
                     yield_now().await;
                 }
                 debug_assert_eq!(x.shape(), &shape[..]);
-                x.data.as_ref().clone()
+                x.data.to_vec()
             }
         };
         let to_data = |v: Vec<f32>| {

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 pub fn attention(qkv: &[f32], n: usize, c: usize, l: usize, heads: usize) -> Vec<f32> {
     let d = c / heads;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut out = vec![0.0f32; n * c * l];
+    let mut out = super::pool::take(n * c * l);
     // One task per (sample, head): its output is the contiguous block of d channels.
     out.par_chunks_mut(d * l).enumerate().for_each(|(idx, o)| {
         let (b, h) = (idx / heads, idx % heads);

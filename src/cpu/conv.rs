@@ -7,18 +7,40 @@
 //! (split into stride² phases for strided kernels) with our own register-blocked microkernel and
 //! no im2col matrix ([`super::direct`]); the epilogue (bias, residual) is fused by starting the
 //! output at it. Samples run in parallel, each on one thread; with fewer samples than cores each
-//! sample is split into bands of output rows, so batch 1 uses every core too.
+//! sample's output channels are split over the cores (one shared padded input), so batch 1 uses
+//! every core too, for layers with enough work to pay for it.
 
 use super::direct::{self, Direct};
 use super::im2col::ConvGeom;
 use crate::backend::{conv2d_out_shape, Conv2d};
 use rayon::prelude::*;
 
+/// Work below which one sample's convolution is not split over cores at batch 1 (FLOPs per
+/// part), about 4 µs of one core's kernel time: splitting smaller layers measured slower (at
+/// 1 << 17 a batch-1 U-Net forward took 1.2–1.5× longer), the cost of waking a rayon worker.
+const MIN_FLOPS_PER_PART: usize = 1 << 18;
+
 /// The fast path. Returns the output and its shape [N, Cout, Ho, Wo].
 pub fn conv2d(
     x: &[f32],
     xs: &[usize],
     w: &[f32],
+    ws: &[usize],
+    bias: &[f32],
+    geom: Conv2d,
+    residual: Option<&[f32]>,
+) -> (Vec<f32>, Vec<usize>) {
+    let direct = Direct::new(w, ws[0], ws[1..].iter().product());
+    conv2d_packed(x, xs, &direct, ws, bias, geom, residual)
+}
+
+/// [`conv2d`] with the weights already packed for the microkernel (the CPU backend packs each
+/// weight tensor once and keeps it with the tensor: at batch 1 packing per call costs a
+/// seventh of the convolution).
+pub fn conv2d_packed(
+    x: &[f32],
+    xs: &[usize],
+    direct: &Direct,
     ws: &[usize],
     bias: &[f32],
     geom: Conv2d,
@@ -31,49 +53,40 @@ pub fn conv2d(
     );
     let g = ConvGeom::new(xs, ws, geom.stride, geom.padding);
     let (p, len) = (g.positions(), g.o * g.positions());
-    let mut out = vec![0.0f32; g.n * len];
+    // Every value is written: the epilogue fills each channel before the kernel adds to it.
+    let mut out = super::pool::take(g.n * len);
     let threads = rayon::current_num_threads();
-    let direct = Direct::new(w, g.o, g.rows());
-    // Output rows [y0, y1) of sample i into y [O, (y1 − y0)·Wo], started at bias (+ residual).
-    let band = |s: &mut direct::Scratch, i: usize, y0: usize, y1: usize, y: &mut [f32]| {
-        let pb = (y1 - y0) * g.wo;
-        for (o, row) in y.chunks_mut(pb).enumerate() {
+    // Channels o0.. of sample i's output, y [·, Ho·Wo], started at bias (+ residual): the
+    // fused epilogue.
+    let epilogue = |i: usize, o0: usize, y: &mut [f32]| {
+        for (o, row) in (o0..).zip(y.chunks_mut(p)) {
             row.fill(bias[o]);
             if let Some(r) = residual {
-                let r = &r[i * len + o * p + y0 * g.wo..][..pb];
+                let r = &r[i * len + o * p..][..p];
                 row.iter_mut().zip(r).for_each(|(y, r)| *y += r);
             }
         }
-        let xn = &x[i * g.in_len()..(i + 1) * g.in_len()];
-        direct.band(&g, xn, y0, y1, y, s);
     };
+    let xn = |i: usize| &x[i * g.in_len()..(i + 1) * g.in_len()];
     if g.n >= threads {
         // Samples in parallel, each whole.
         out.par_chunks_mut(len)
             .enumerate()
-            .for_each_init(direct::Scratch::default, |s, (i, y)| band(s, i, 0, g.ho, y));
+            .for_each_init(direct::Scratch::default, |s, (i, y)| {
+                epilogue(i, 0, y);
+                direct.band(&g, xn(i), 0, g.ho, y, s);
+            });
     } else {
-        // Fewer samples than cores (batch 1 on an edge device): bands of output rows of each
-        // sample in parallel.
-        let bands = threads.div_ceil(g.n).min(g.ho);
-        let rows_per = g.ho.div_ceil(bands);
-        for (i, yn) in out.chunks_mut(len).enumerate() {
-            let parts: Vec<(usize, Vec<f32>)> = (0..g.ho.div_ceil(rows_per))
-                .into_par_iter()
-                .map_init(direct::Scratch::default, |s, b| {
-                    let (y0, y1) = (b * rows_per, ((b + 1) * rows_per).min(g.ho));
-                    let mut y = vec![0.0f32; g.o * (y1 - y0) * g.wo];
-                    band(s, i, y0, y1, &mut y);
-                    (y0, y)
-                })
-                .collect();
-            for (y0, y) in parts {
-                let pb = y.len() / g.o;
-                for (o, row) in y.chunks(pb).enumerate() {
-                    yn[o * p + y0 * g.wo..][..pb].copy_from_slice(row);
-                }
-            }
-        }
+        // Fewer samples than cores (batch 1 on an edge device): each sample's blocks of output
+        // channels split over the cores, sharing one padded input, when the sample has enough
+        // work to pay for waking them; small layers run whole on one thread.
+        let flops = 2 * g.o * g.rows() * p;
+        let parts = (threads / g.n).min(flops / MIN_FLOPS_PER_PART).max(1);
+        out.par_chunks_mut(len)
+            .enumerate()
+            .for_each_init(direct::Scratch::default, |s, (i, y)| {
+                direct.sample_split(&g, xn(i), y, parts, s, |o0, y| epilogue(i, o0, y));
+            });
     }
     (out, vec![g.n, g.o, g.ho, g.wo])
 }

@@ -144,6 +144,51 @@ impl Direct {
         assert!(y0 < y1 && y1 <= g.ho && y.len() >= g.o * (y1 - y0) * g.wo);
         let nr = self.isa.tile().1;
         let args = Band::new(g, xn, y0, y1, nr, scratch);
+        self.dispatch(&args, &self.packed, y);
+    }
+
+    /// The whole sample, y [O, Ho·Wo] = init + conv(xn), with the blocks of MR output channels
+    /// split into up to `parts` rayon tasks that share one padded input: the way to use several
+    /// cores on one sample (batch 1) without halo rows, copies, or short bands that waste tiles.
+    /// Each task first calls `init(o0, y_part)` to write its channels' epilogue (bias,
+    /// residual) into y_part, which starts at output channel o0.
+    pub fn sample_split(
+        &self,
+        g: &ConvGeom,
+        xn: &[f32],
+        y: &mut [f32],
+        parts: usize,
+        scratch: &mut Scratch,
+        init: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
+        use rayon::prelude::*;
+        assert!(valid(g), "direct conv: empty geometry {g:?}");
+        assert_eq!(
+            (g.o, g.rows()),
+            (self.o, self.rows),
+            "direct conv: weight shape"
+        );
+        let (mr, nr) = self.isa.tile();
+        let pb = g.positions();
+        assert!(y.len() >= g.o * pb);
+        let args = Band::new(g, xn, 0, g.ho, nr, scratch);
+        let per = g.o.div_ceil(mr).div_ceil(parts.max(1));
+        y[..g.o * pb]
+            .par_chunks_mut(per * mr * pb)
+            .zip(self.packed.par_chunks(per * self.rows * mr))
+            .enumerate()
+            .for_each(|(i, (y, packed))| {
+                init(i * per * mr, y);
+                let part = Band {
+                    o: y.len() / pb,
+                    ..args
+                };
+                self.dispatch(&part, packed, y);
+            });
+    }
+
+    /// Runs every tile of `args` with the weights `packed` (MR blocks of `args.o` channels).
+    fn dispatch(&self, args: &Band, packed: &[f32], y: &mut [f32]) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
@@ -153,9 +198,9 @@ impl Direct {
                 // SAFETY: the CPU has AVX-512F (asserted), the one feature these are built for.
                 unsafe {
                     if slots(32) < slots(48) {
-                        avx512_narrow(&args, &self.packed, y)
+                        avx512_narrow(args, packed, y)
                     } else {
-                        avx512(&args, &self.packed, y)
+                        avx512(args, packed, y)
                     }
                 }
             }
@@ -166,9 +211,9 @@ impl Direct {
                         && std::arch::is_x86_feature_detected!("fma")
                 );
                 // SAFETY: the CPU has AVX2 and FMA (asserted), the features avx2 is built for.
-                unsafe { avx2(&args, &self.packed, y) }
+                unsafe { avx2(args, packed, y) }
             }
-            _ => run::<4, 8, { cfg!(target_arch = "aarch64") }>(&args, &self.packed, y),
+            _ => run::<4, 8, { cfg!(target_arch = "aarch64") }>(args, packed, y),
         }
     }
 }
@@ -213,6 +258,7 @@ pub fn weight_grad(g: &ConvGeom, xn: &[f32], dyn_: &[f32], dw: &mut [f32], s: &m
 }
 
 /// One band's padded input and geometry, ready for the tiles.
+#[derive(Clone, Copy)]
 struct Band<'a> {
     xpad: &'a [f32],
     offsets: &'a [usize],
@@ -403,7 +449,7 @@ mod tests {
 
     /// Every tile shape this CPU runs against the reference loops: odd sizes, channel counts
     /// that leave partial MR blocks, 1×1, 2×2, 3×3 and 5×5 kernels with and without padding,
-    /// strides 1, 2 and 3, bands.
+    /// strides 1, 2 and 3, bands, and whole samples split by output channels.
     #[test]
     fn every_isa_matches_the_reference() {
         let mut rnd = crate::cpu::test_values(7);
@@ -456,6 +502,22 @@ mod tests {
                             }
                         }
                         y0 = y1;
+                    }
+                }
+                // The whole image with the output channels split over tasks, each writing its
+                // own channels' epilogue into a buffer of stale values.
+                for parts in [1, 2, 3, 5] {
+                    let mut y = vec![f32::NAN; o * g.positions()];
+                    d.sample_split(&g, &x, &mut y, parts, &mut s, |o0, y| {
+                        for (oc, row) in (o0..).zip(y.chunks_mut(g.positions())) {
+                            row.fill(bias[oc]);
+                        }
+                    });
+                    for (i, (a, e)) in y.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - e).abs() < 1e-4 * (1.0 + e.abs()),
+                            "{isa:?} c={c} o={o} {h}×{w} k={k} s={st} p={pad} {parts} parts, value {i}: {a} vs {e}"
+                        );
                     }
                 }
             }

@@ -11,14 +11,17 @@ const PAR_MIN: usize = 1 << 14;
 
 fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     assert_eq!(a.len(), b.len(), "elementwise operands differ in length");
+    let mut out = super::pool::take(a.len());
+    let each = |((o, &x), &y): ((&mut f32, &f32), &f32)| *o = f(x, y);
     if a.len() < PAR_MIN {
-        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+        out.iter_mut().zip(a).zip(b).for_each(each);
     } else {
-        a.par_iter()
+        out.par_iter_mut()
+            .zip(a.par_iter())
             .zip(b.par_iter())
-            .map(|(&x, &y)| f(x, y))
-            .collect()
+            .for_each(each);
     }
+    out
 }
 
 /// The scalar nonlinearity, shared with the linear and norm epilogues.
@@ -44,7 +47,8 @@ pub fn activate_reference(x: &[f32], act: Activation) -> Vec<f32> {
 /// act(x), the fast path: SiLU through [`exp_fast`], each activation its own loop so the
 /// compiler vectorizes it (GELU keeps libm's erf).
 pub fn activate(x: &[f32], act: Activation) -> Vec<f32> {
-    let mut y = x.to_vec();
+    let mut y = super::pool::take(x.len());
+    y.copy_from_slice(x);
     if y.len() < PAR_MIN {
         activate_in_place(&mut y, act);
     } else {
@@ -146,7 +150,7 @@ pub fn reduce_angle(a: f32) -> f32 {
 /// Nearest ×2 upsampling of `planes` planes of h×w.
 pub fn upsample_nearest2x(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
     let (h2, w2) = (2 * h, 2 * w);
-    let mut out = vec![0.0f32; planes * h2 * w2];
+    let mut out = super::pool::take(planes * h2 * w2);
     out.par_chunks_mut(h2 * w2)
         .enumerate()
         .for_each(|(p, plane)| {
@@ -163,7 +167,7 @@ pub fn upsample_nearest2x(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f
 
 /// Per batch item, `a_len` values of a then `b_len` values of b.
 pub fn concat_channels(a: &[f32], b: &[f32], n: usize, a_len: usize, b_len: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; n * (a_len + b_len)];
+    let mut out = super::pool::take(n * (a_len + b_len));
     out.par_chunks_mut(a_len + b_len)
         .enumerate()
         .for_each(|(i, o)| {

@@ -36,7 +36,8 @@ pub fn linear(
 ) -> Vec<f32> {
     assert_eq!(w.len(), out * inp, "linear: weight is not [{out}, {inp}]");
     assert_eq!(x.len(), n * inp, "linear: input is not [{n}, {inp}]");
-    let mut y = vec![0.0f32; n * out];
+    // Every row is started at the bias before the GEMM adds to it.
+    let mut y = super::pool::take(n * out);
     let rows_per = rows_per_call(inp, out);
     let block = |(xpad, ypad): &mut (Vec<f32>, Vec<f32>), (blk, yb): (usize, &mut [f32])| {
         let rows = yb.len() / out;

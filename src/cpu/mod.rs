@@ -13,10 +13,11 @@ pub mod gemm;
 pub mod im2col;
 mod linear;
 mod norm;
+pub mod pool;
 mod simd;
 
 pub use attention::attention;
-pub use conv::{conv2d, conv2d_reference};
+pub use conv::{conv2d, conv2d_packed, conv2d_reference};
 pub use elementwise::{
     activate, activate_reference, add, concat_channels, embedding_frequencies, exp_fast, flow_step,
     silu_fast, timestep_embedding, upsample_nearest2x,
@@ -27,22 +28,49 @@ pub use norm::{group_norm, group_norm_reference, sum8};
 use crate::backend::{Backend, Conv2d, Shaped};
 use crate::config::Activation;
 use crate::error::{Error, Result};
-use std::sync::Arc;
+use direct::Direct;
+use std::sync::{Arc, OnceLock};
+
+/// Runs `f` on a worker of rayon's global pool and returns its result. The fast ops split their
+/// loops with rayon; called from a thread outside the pool, each op is handed to the pool and
+/// its caller sleeps until a worker has run it, two thread wake-ups per op, which at batch 1
+/// (70 ops of 10–60 µs in a U-Net forward) cost as much as the arithmetic. Called from a
+/// worker, an op's parallel halves are queued for idle workers to steal while the caller runs
+/// its own half. Wrap a whole forward or sampling run (the CLI and `flowmap bench` do).
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
 
 /// A host tensor: shared data (cheap clones) and a shape.
 #[derive(Debug, Clone)]
 pub struct CpuTensor {
-    pub data: Arc<Vec<f32>>,
+    /// The values, given back to [`pool`] when the last clone is dropped.
+    pub data: Arc<pool::Buffer>,
     pub shape: Vec<usize>,
+    /// The data packed for the direct convolution's microkernel, made the first time the
+    /// tensor is a conv weight and shared by its clones (tensors are immutable).
+    conv_packed: Arc<OnceLock<Direct>>,
 }
 
 impl CpuTensor {
     pub fn new(data: Vec<f32>, shape: &[usize]) -> Self {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>());
+        Self::shared(Arc::new(pool::Buffer::new(data)), shape)
+    }
+
+    fn shared(data: Arc<pool::Buffer>, shape: &[usize]) -> Self {
         CpuTensor {
-            data: Arc::new(data),
+            data,
             shape: shape.to_vec(),
+            conv_packed: Arc::default(),
         }
+    }
+
+    /// This tensor, a weight [O, C, k, k], packed for [`direct::Direct`] (once per tensor).
+    fn conv_packed(&self) -> &Direct {
+        self.conv_packed.get_or_init(|| {
+            Direct::new(&self.data, self.shape[0], self.shape[1..].iter().product())
+        })
     }
 }
 
@@ -98,7 +126,7 @@ impl Backend for CpuBackend {
     }
 
     fn download(&self, t: &CpuTensor) -> Result<Vec<f32>> {
-        Ok(t.data.as_ref().clone())
+        Ok(t.data.to_vec())
     }
 
     fn sync(&self) -> Result<()> {
@@ -113,20 +141,27 @@ impl Backend for CpuBackend {
         geom: Conv2d,
         residual: Option<&CpuTensor>,
     ) -> CpuTensor {
-        let run = if self.fast() {
-            conv2d
+        let (data, shape) = if self.fast() {
+            conv2d_packed(
+                &x.data,
+                &x.shape,
+                w.conv_packed(),
+                &w.shape,
+                &bias.data,
+                geom,
+                residual.map(|r| r.data.as_slice()),
+            )
         } else {
-            conv2d_reference
+            conv2d_reference(
+                &x.data,
+                &x.shape,
+                &w.data,
+                &w.shape,
+                &bias.data,
+                geom,
+                residual.map(|r| r.data.as_slice()),
+            )
         };
-        let (data, shape) = run(
-            &x.data,
-            &x.shape,
-            &w.data,
-            &w.shape,
-            &bias.data,
-            geom,
-            residual.map(|r| r.data.as_slice()),
-        );
         CpuTensor::new(data, &shape)
     }
 
@@ -224,10 +259,7 @@ impl Backend for CpuBackend {
             "reshape {:?} to {shape:?}",
             t.shape
         );
-        CpuTensor {
-            data: t.data.clone(),
-            shape: shape.to_vec(),
-        }
+        CpuTensor::shared(t.data.clone(), shape)
     }
 
     fn add(&self, a: &CpuTensor, b: &CpuTensor) -> CpuTensor {
@@ -254,5 +286,94 @@ fn test_values(mut seed: u32) -> impl FnMut() -> f32 {
     move || {
         seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
         (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recycled buffer holds the values of its last use: every op that takes its output from
+    /// the pool must write all of it. The pool is filled with NaN buffers of each output's
+    /// length first, so a value an op leaves unwritten shows as NaN, against the reference.
+    #[test]
+    fn ops_overwrite_recycled_buffers() {
+        let mut rnd = test_values(3);
+        let mut t = |shape: &[usize]| {
+            let n = shape.iter().product();
+            CpuTensor::new((0..n).map(|_| rnd()).collect(), shape)
+        };
+        let poison = |len: usize| {
+            assert!(
+                len >= pool::MIN_LEN,
+                "a test output the pool would not keep"
+            );
+            for _ in 0..3 {
+                pool::give(vec![f32::NAN; len]);
+            }
+        };
+        let close = |what: &str, got: CpuTensor, want: CpuTensor| {
+            assert_eq!(got.shape, want.shape, "{what}");
+            for (i, (a, e)) in got.data.iter().zip(want.data.iter()).enumerate() {
+                assert!(
+                    a.is_finite() && (a - e).abs() <= 1e-3 * (1.0 + e.abs()),
+                    "{what}, value {i}: {a} vs {e}"
+                );
+            }
+        };
+        let (f, r) = (CpuBackend::FAST, CpuBackend::REFERENCE);
+        let geom = Conv2d {
+            stride: 1,
+            padding: 1,
+        };
+        // Batch 1 (channels split over tasks) and batch 3 (samples in parallel).
+        for n in [1, 3] {
+            let (x, w, b, res) = (
+                t(&[n, 8, 20, 20]),
+                t(&[16, 8, 3, 3]),
+                t(&[16]),
+                t(&[n, 16, 20, 20]),
+            );
+            poison(n * 16 * 400);
+            let got = f.conv2d(&x, &w, &b, geom, Some(&res));
+            close("conv2d", got, r.conv2d(&x, &w, &b, geom, Some(&res)));
+        }
+        let (x, gamma, beta, m) = (t(&[2, 32, 16, 16]), t(&[32]), t(&[32]), t(&[2, 64]));
+        poison(x.len());
+        let got = f.group_norm(&x, &gamma, &beta, 8, 1e-5, Some(&m), true);
+        let want = r.group_norm(&x, &gamma, &beta, 8, 1e-5, Some(&m), true);
+        close("group_norm", got, want);
+        let (x, w, b, m) = (t(&[64, 128]), t(&[128, 128]), t(&[128]), t(&[64, 256]));
+        poison(64 * 128);
+        let got = f.linear(&x, &w, &b, Some(&m), Activation::Silu);
+        let want = r.linear(&x, &w, &b, Some(&m), Activation::Silu);
+        close("linear", got, want);
+        let qkv = t(&[1, 48, 16, 16]);
+        poison(16 * 256);
+        close("attention", f.attention(&qkv, 2), r.attention(&qkv, 2));
+        let (a, b) = (t(&[1, 8, 24, 24]), t(&[1, 8, 24, 24]));
+        poison(a.len() * 4);
+        close(
+            "upsample",
+            f.upsample_nearest2x(&a),
+            r.upsample_nearest2x(&a),
+        );
+        poison(a.len() * 2);
+        close(
+            "concat",
+            f.concat_channels(&a, &b),
+            r.concat_channels(&a, &b),
+        );
+        poison(a.len());
+        close("add", f.add(&a, &b), r.add(&a, &b));
+        poison(a.len());
+        let got = f.activation(&a, Activation::Silu);
+        close("activation", got, r.activation(&a, Activation::Silu));
+        poison(a.len());
+        close(
+            "flow_step",
+            f.flow_step(&a, &b, 0.3),
+            r.flow_step(&a, &b, 0.3),
+        );
     }
 }

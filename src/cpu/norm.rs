@@ -43,7 +43,7 @@ pub fn group_norm(
     let hw: usize = shape[2..].iter().product();
     let cpg = c / groups;
     let glen = cpg * hw;
-    let mut out = vec![0.0f32; x.len()];
+    let mut out = super::pool::take(x.len());
     out.par_chunks_mut(glen).enumerate().for_each(|(idx, o)| {
         let (b, g) = (idx / groups, idx % groups);
         let src = &x[idx * glen..(idx + 1) * glen];

@@ -10,7 +10,7 @@ use anyhow::Result;
 use burn::tensor::{Device, DeviceKind};
 use flowmap::backend::Backend;
 use flowmap::config::ModelConfig;
-use flowmap::cpu::CpuBackend;
+use flowmap::cpu::{in_pool, CpuBackend};
 use flowmap::device::{DeviceChoice, Engine};
 use flowmap::net::{param_specs, Network};
 use flowmap::rng::Rng;
@@ -62,7 +62,10 @@ pub fn forward(model: &ModelConfig, batch: usize, iters: usize, with_wgpu: bool)
         let mut be = BurnBackend::new(dev.clone());
         be.fast_ops = fast_ops;
         let net = ParamStore::from_host(model, &tensors, &dev)?.network(model)?;
-        results.push((name.into(), time_forward(&be, &net, &x, &shape, iters)?));
+        // On a rayon worker, as flowmap's CPU backend below: ops that fork with rayon do
+        // not hand themselves to the pool from outside (`flowmap::cpu::in_pool`).
+        let secs = in_pool(|| time_forward(&be, &net, &x, &shape, iters))?;
+        results.push((name.into(), secs));
     }
     for choice in [DeviceChoice::Cpu, DeviceChoice::Gpu] {
         match flowmap::device::open(choice) {
@@ -73,7 +76,8 @@ pub fn forward(model: &ModelConfig, batch: usize, iters: usize, with_wgpu: bool)
                     ("flowmap cpu (reference loops)", CpuBackend::REFERENCE),
                 ] {
                     let net = network_from_tensors(model, &tensors, &b)?;
-                    results.push((name.into(), time_forward(&b, &net, &x, &shape, iters)?));
+                    let secs = in_pool(|| time_forward(&b, &net, &x, &shape, iters))?;
+                    results.push((name.into(), secs));
                 }
             }
             Ok((Engine::Gpu(g), _)) => {

@@ -271,14 +271,24 @@ impl Backend for BurnBackend {
         let start = self.tick();
         let (n, out) = (x.shape[0], w.shape[0]);
         // flowmap stores linear weights [out, in]: y = x wᵀ + b.
-        let mut y = x.r2().matmul(w.r2().transpose()) + bias.r1().reshape([1, out]);
-        if let Some(m) = modulation {
-            let m = m.r2();
-            let scale = m.clone().slice([0..n, 0..out]);
-            let shift = m.slice([0..n, out..2 * out]);
-            y = y * (scale + 1.0) + shift;
-        }
-        let y = apply_act(y, act);
+        let y = if self.fast_ops {
+            // GEMM with the bias, then modulation and activation in one pass, each one node.
+            let y = crate::flex_ops::linear(x.r2(), w.r2(), bias.r1());
+            if modulation.is_none() && act == Activation::None {
+                y
+            } else {
+                crate::flex_ops::modulate_act(y, modulation.map(|m| m.r2()), act)
+            }
+        } else {
+            let mut y = x.r2().matmul(w.r2().transpose()) + bias.r1().reshape([1, out]);
+            if let Some(m) = modulation {
+                let m = m.r2();
+                let scale = m.clone().slice([0..n, 0..out]);
+                let shift = m.slice([0..n, out..2 * out]);
+                y = y * (scale + 1.0) + shift;
+            }
+            apply_act(y, act)
+        };
         let y = wrap(y.reshape([n, out, 1, 1]), vec![n, out]);
         self.note(
             start,

@@ -14,9 +14,15 @@
 //! and the weight gradient is one strided GEMM per tap on the padded image
 //! ([`flowmap::cpu::direct`]). Samples run in parallel (rayon), each product single-threaded.
 //!
-//! Other devices (burn-wgpu) keep burn's own conv2d: [`BurnBackend`](crate::burn_backend) only
-//! calls [`conv2d`] on flex. `fast_conv_matches_burns_conv2d` holds values and all three
-//! gradients to burn's.
+//! The linear layer is one too ([`linear`]): burn's `matmul` + bias + its autodiff ran the MLP's
+//! 1024 × 256 × 256 products at 21–35 GFLOP/s, a third of its own 1024³ matmul; here the
+//! forward is the sampler's fast linear (GEMM started at the bias, blocks of rows in parallel),
+//! the input gradient dY · W in the same row blocks and the weight gradient dYᵀ · X one GEMM
+//! over the batch.
+//!
+//! Other devices (burn-wgpu) keep burn's own conv2d and matmul: [`BurnBackend`](crate::burn_backend)
+//! only calls these on flex. `fast_conv_matches_burns_conv2d` and
+//! `fast_linear_matches_burns_matmul` hold values and all three gradients to burn's.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, AutodiffBackend, Backend, TensorMetadata};
@@ -28,7 +34,11 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::{Autodiff, NodeId};
 use burn_flex::{Flex, FlexTensor};
 use flowmap::backend::Conv2d;
-use flowmap::cpu::gemm::{matmul, Threads::One};
+use flowmap::config::Activation;
+use flowmap::cpu::gemm::{
+    matmul,
+    Threads::{All, One},
+};
 use flowmap::cpu::im2col::ConvGeom;
 use flowmap::cpu::{direct, exp_fast, sum8};
 use rayon::prelude::*;
@@ -63,6 +73,53 @@ pub trait FlexOps: Backend {
         stride: usize,
         padding: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// y = x · wᵀ + b; x [N, in], w [out, in] (flowmap's layout), b [out].
+    fn fast_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// ∂L/∂x = dy · w given dy = ∂L/∂y.
+    fn fast_linear_dx(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// (∂L/∂w = dyᵀ · x, ∂L/∂b = Σ_n dy) given dy.
+    fn fast_linear_dwb(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// z = act(y · (1 + scale) + shift); y [N, F], m = [scale | shift] [N, 2F]: the linear
+    /// layer's time modulation and activation in one pass.
+    fn fast_modulate_act(
+        y: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        act: Activation,
+    ) -> FloatTensor<Self>;
+
+    /// (∂L/∂y, ∂L/∂m) given dz.
+    fn fast_modulate_act_backward(
+        y: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        dz: FloatTensor<Self>,
+        act: Activation,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// z = act(y), elementwise.
+    fn fast_act(y: FloatTensor<Self>, act: Activation) -> FloatTensor<Self>;
+
+    /// ∂L/∂y given dz.
+    fn fast_act_backward(
+        y: FloatTensor<Self>,
+        dz: FloatTensor<Self>,
+        act: Activation,
+    ) -> FloatTensor<Self>;
 
     /// y = act(x̂ · a + b) with x̂ = GroupNorm(x) over (C/groups, H, W), per-(sample, channel)
     /// a, b [N, C], act = SiLU or identity. x [N, C, H, W].
@@ -109,6 +166,29 @@ pub fn group_norm(
     ))
 }
 
+/// The differentiable linear layer y = x · wᵀ + b on burn tensors (flex devices): x [N, in],
+/// w [out, in], b [out].
+pub fn linear(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>) -> Tensor<2> {
+    use burn::backend::Dispatch;
+    Tensor::from_dispatch(<Dispatch as FlexOps>::fast_linear(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        b.into_dispatch(),
+    ))
+}
+
+/// The differentiable act(y · (1 + scale) + shift) on burn tensors (flex devices): y [N, F],
+/// m = [scale | shift] [N, 2F]; without m, act(y).
+pub fn modulate_act(y: Tensor<2>, m: Option<Tensor<2>>, act: Activation) -> Tensor<2> {
+    use burn::backend::Dispatch;
+    Tensor::from_dispatch(match m {
+        Some(m) => {
+            <Dispatch as FlexOps>::fast_modulate_act(y.into_dispatch(), m.into_dispatch(), act)
+        }
+        None => <Dispatch as FlexOps>::fast_act(y.into_dispatch(), act),
+    })
+}
+
 /// The differentiable convolution on burn tensors (flex devices, with or without autodiff).
 pub fn conv2d(
     x: Tensor<4>,
@@ -152,6 +232,12 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
         d[i] = *v;
     }
     d
+}
+
+fn dims2(t: &FlexTensor) -> [usize; 2] {
+    let s = t.shape();
+    assert_eq!(s.len(), 2, "a matrix, got shape {s:?}");
+    [s[0], s[1]]
 }
 
 fn flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
@@ -241,6 +327,126 @@ fn backward_wb(x: &[f32], dy: &[f32], g: ConvGeom) -> (Vec<f32>, Vec<f32>) {
             },
         );
     (dw, db)
+}
+
+/// dx [N, in] = dy [N, out] · w [out, in]: one product over the batch, split over the cores
+/// by the GEMM.
+fn linear_dx(w: &[f32], dy: &[f32], n: usize, inp: usize, out: usize) -> Vec<f32> {
+    let mut dx = vec![0.0f32; n * inp];
+    matmul(n, inp, out, &mut dx, false, dy, false, w, false, All);
+    dx
+}
+
+/// (dw [out, in] = dyᵀ · x, db [out] = Σ_n dy): one product over the whole batch, split over
+/// the cores by the GEMM.
+fn linear_dwb(x: &[f32], dy: &[f32], n: usize, inp: usize, out: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut dw = vec![0.0f32; out * inp];
+    matmul(out, inp, n, &mut dw, false, dy, true, x, false, All);
+    let mut db = vec![0.0f32; out];
+    for row in dy.chunks_exact(out) {
+        db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+    }
+    (dw, db)
+}
+
+/// act(u) and act'(u) for the linear layer's fused epilogue: SiLU through `exp_fast` (as the
+/// sampler's fast path), GELU with erf (burn's and flowmap's definition).
+#[inline(always)]
+fn act_and_grad(u: f32, act: Activation) -> (f32, f32) {
+    match act {
+        Activation::None => (u, 1.0),
+        Activation::Relu => (u.max(0.0), if u > 0.0 { 1.0 } else { 0.0 }),
+        Activation::Silu => {
+            let sg = sigmoid(u);
+            (u * sg, sg * (1.0 + u * (1.0 - sg)))
+        }
+        Activation::Gelu => {
+            use std::f32::consts::{FRAC_1_SQRT_2, PI};
+            let cdf = 0.5 * (1.0 + libm::erff(u * FRAC_1_SQRT_2));
+            let pdf = (-0.5 * u * u).exp() / (2.0 * PI).sqrt();
+            (u * cdf, cdf + u * pdf)
+        }
+    }
+}
+
+/// Rows of [N, F] per task of the epilogue's parallel loops.
+fn epilogue_rows(f: usize) -> usize {
+    (1usize << 14).div_ceil(f.max(1))
+}
+
+/// z = act(y · (1 + scale) + shift) row by row; m None: act(y).
+fn modulate_act_forward(y: &[f32], m: Option<&[f32]>, f: usize, act: Activation) -> Vec<f32> {
+    let rows = epilogue_rows(f);
+    let mut z = vec![0.0f32; y.len()];
+    let chunks = z.par_chunks_mut(rows * f).zip(y.par_chunks(rows * f));
+    let Some(m) = m else {
+        chunks.for_each(|(zb, yb)| {
+            for (z, &y) in zb.iter_mut().zip(yb) {
+                *z = act_and_grad(y, act).0;
+            }
+        });
+        return z;
+    };
+    chunks
+        .zip(m.par_chunks(rows * 2 * f))
+        .for_each(|((zb, yb), mb)| {
+            for ((zr, yr), mr) in zb.chunks_mut(f).zip(yb.chunks(f)).zip(mb.chunks(2 * f)) {
+                let (scale, shift) = mr.split_at(f);
+                for (((z, &y), &s), &t) in zr.iter_mut().zip(yr).zip(scale).zip(shift) {
+                    *z = act_and_grad(y * (1.0 + s) + t, act).0;
+                }
+            }
+        });
+    z
+}
+
+/// (dy, dm) of [`modulate_act_forward`]: with g = dz · act'(u), dy = g · (1 + scale),
+/// dscale = g · y, dshift = g (dm empty without m).
+fn modulate_act_backward(
+    y: &[f32],
+    m: Option<&[f32]>,
+    dz: &[f32],
+    f: usize,
+    act: Activation,
+) -> (Vec<f32>, Vec<f32>) {
+    let rows = epilogue_rows(f);
+    let mut dy = vec![0.0f32; y.len()];
+    let chunks = dy
+        .par_chunks_mut(rows * f)
+        .zip(y.par_chunks(rows * f))
+        .zip(dz.par_chunks(rows * f));
+    let Some(m) = m else {
+        chunks.for_each(|((dyb, yb), dzb)| {
+            for ((d, &y), &g) in dyb.iter_mut().zip(yb).zip(dzb) {
+                *d = g * act_and_grad(y, act).1;
+            }
+        });
+        return (dy, Vec::new());
+    };
+    let mut dm = vec![0.0f32; 2 * y.len()];
+    chunks
+        .zip(dm.par_chunks_mut(rows * 2 * f))
+        .zip(m.par_chunks(rows * 2 * f))
+        .for_each(|((((dyb, yb), dzb), dmb), mb)| {
+            let rows = dyb
+                .chunks_mut(f)
+                .zip(yb.chunks(f))
+                .zip(dzb.chunks(f))
+                .zip(dmb.chunks_mut(2 * f))
+                .zip(mb.chunks(2 * f));
+            for ((((dyr, yr), dzr), dmr), mr) in rows {
+                let (scale, shift) = mr.split_at(f);
+                let (ds, dt) = dmr.split_at_mut(f);
+                for i in 0..f {
+                    let u = yr[i] * (1.0 + scale[i]) + shift[i];
+                    let g = dzr[i] * act_and_grad(u, act).1;
+                    dyr[i] = g * (1.0 + scale[i]);
+                    ds[i] = g * yr[i];
+                    dt[i] = g;
+                }
+            }
+        });
+    (dy, dm)
 }
 
 /// Mean and 1/√(var + eps) of one group's values.
@@ -393,6 +599,79 @@ fn norm_backward(
 }
 
 impl FlexOps for Flex {
+    fn fast_modulate_act(y: FlexTensor, m: FlexTensor, act: Activation) -> FlexTensor {
+        let (y, m) = (contiguous(y), contiguous(m));
+        let [n, f] = dims2(&y);
+        flex(
+            modulate_act_forward(slice(&y), Some(slice(&m)), f, act),
+            &[n, f],
+        )
+    }
+
+    fn fast_modulate_act_backward(
+        y: FlexTensor,
+        m: FlexTensor,
+        dz: FlexTensor,
+        act: Activation,
+    ) -> (FlexTensor, FlexTensor) {
+        let (y, m, dz) = (contiguous(y), contiguous(m), contiguous(dz));
+        let [n, f] = dims2(&y);
+        let (dy, dm) = modulate_act_backward(slice(&y), Some(slice(&m)), slice(&dz), f, act);
+        (flex(dy, &[n, f]), flex(dm, &[n, 2 * f]))
+    }
+
+    fn fast_act(y: FlexTensor, act: Activation) -> FlexTensor {
+        let y = contiguous(y);
+        let [n, f] = dims2(&y);
+        flex(modulate_act_forward(slice(&y), None, f, act), &[n, f])
+    }
+
+    fn fast_act_backward(y: FlexTensor, dz: FlexTensor, act: Activation) -> FlexTensor {
+        let (y, dz) = (contiguous(y), contiguous(dz));
+        let [n, f] = dims2(&y);
+        flex(
+            modulate_act_backward(slice(&y), None, slice(&dz), f, act).0,
+            &[n, f],
+        )
+    }
+
+    fn fast_linear(x: FlexTensor, w: FlexTensor, b: FlexTensor) -> FlexTensor {
+        let (x, w, b) = (contiguous(x), contiguous(w), contiguous(b));
+        let ([n, inp], out) = (dims2(&x), dims2(&w)[0]);
+        // One GEMM over the batch, started at the bias, split over the cores by the GEMM.
+        let mut y = vec![0.0f32; n * out];
+        for row in y.chunks_exact_mut(out) {
+            row.copy_from_slice(slice(&b));
+        }
+        matmul(
+            n,
+            out,
+            inp,
+            &mut y,
+            true,
+            slice(&x),
+            false,
+            slice(&w),
+            true,
+            All,
+        );
+        flex(y, &[n, out])
+    }
+
+    fn fast_linear_dx(x: FlexTensor, w: FlexTensor, dy: FlexTensor) -> FlexTensor {
+        let ([n, inp], out) = (dims2(&x), dims2(&w)[0]);
+        let (w, dy) = (contiguous(w), contiguous(dy));
+        flex(linear_dx(slice(&w), slice(&dy), n, inp, out), &[n, inp])
+    }
+
+    fn fast_linear_dwb(x: FlexTensor, w: FlexTensor, dy: FlexTensor) -> (FlexTensor, FlexTensor) {
+        let [out, inp] = dims2(&w);
+        let (x, dy) = (contiguous(x), contiguous(dy));
+        let n = dims2(&x)[0];
+        let (dw, db) = linear_dwb(slice(&x), slice(&dy), n, inp, out);
+        (flex(dw, &[out, inp]), flex(db, &[out]))
+    }
+
     fn fast_conv2d(
         x: FlexTensor,
         w: FlexTensor,
@@ -510,6 +789,88 @@ impl<B: Backend + FlexOps> Backward<B, 3> for ConvNode {
 }
 
 #[derive(Debug)]
+struct LinearNode;
+
+impl<B: Backend + FlexOps> Backward<B, 3> for LinearNode {
+    /// Checkpointed x, w, b.
+    type State = ([NodeId; 3], ());
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (ids, ()) = ops.state;
+        let [x, w, _] =
+            ids.map(|id| checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(id));
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::fast_linear_dx(x.clone(), w.clone(), dy.clone()));
+        }
+        if node_w.is_some() || node_b.is_some() {
+            let (dw, db) = B::fast_linear_dwb(x, w, dy);
+            if let Some(node) = node_w {
+                grads.register::<B>(node.id, dw);
+            }
+            if let Some(node) = node_b {
+                grads.register::<B>(node.id, db);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ModulateActNode;
+
+impl<B: Backend + FlexOps> Backward<B, 2> for ModulateActNode {
+    /// Checkpointed y, m; the activation.
+    type State = ([NodeId; 2], Activation);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_y, node_m] = ops.parents;
+        let dz = grads.consume::<B>(&ops.node);
+        let (ids, act) = ops.state;
+        let [y, m] = ids.map(|id| checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(id));
+        let (dy, dm) = B::fast_modulate_act_backward(y, m, dz, act);
+        for (node, grad) in [(node_y, dy), (node_m, dm)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ActNode;
+
+impl<B: Backend + FlexOps> Backward<B, 1> for ActNode {
+    /// Checkpointed y; the activation.
+    type State = ([NodeId; 1], Activation);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_y] = ops.parents;
+        let dz = grads.consume::<B>(&ops.node);
+        let ([id], act) = ops.state;
+        let y = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(id);
+        if let Some(node) = node_y {
+            grads.register::<B>(node.id, B::fast_act_backward(y, dz, act));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct NormNode;
 
 impl<B: Backend + FlexOps> Backward<B, 3> for NormNode {
@@ -536,45 +897,112 @@ impl<B: Backend + FlexOps> Backward<B, 3> for NormNode {
     }
 }
 
-/// Puts a three-input op on the autodiff graph: the inputs are checkpointed for `node`'s
+/// Puts a K-input op on the autodiff graph: the inputs are checkpointed for `node`'s
 /// backward, which receives their ids with `extra`; `forward` computes the value on the inner
 /// backend.
-fn record<B, C, N, E>(
+fn record<B, C, N, E, const K: usize>(
     node: N,
-    inputs: [FloatTensor<Autodiff<B, C>>; 3],
+    inputs: [FloatTensor<Autodiff<B, C>>; K],
     extra: E,
-    forward: impl FnOnce([B::FloatTensorPrimitive; 3]) -> B::FloatTensorPrimitive,
+    forward: impl FnOnce([B::FloatTensorPrimitive; K]) -> B::FloatTensorPrimitive,
 ) -> FloatTensor<Autodiff<B, C>>
 where
     B: Backend,
     C: CheckpointStrategy,
-    N: Backward<B, 3, State = ([NodeId; 3], E)>,
+    N: Backward<B, K, State = ([NodeId; K], E)>,
     E: Clone + Send + std::fmt::Debug + 'static,
 {
-    let [x, y, z] = inputs;
     match node
-        .prepare::<C>([x.node(), y.node(), z.node()])
+        .prepare::<C>(inputs.each_ref().map(|t| t.node()))
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(mut prep) => {
-            let ids = [
-                prep.checkpoint(&x),
-                prep.checkpoint(&y),
-                prep.checkpoint(&z),
-            ];
-            let out = forward([x.into_primitive(), y.into_primitive(), z.into_primitive()]);
+            let ids = inputs.each_ref().map(|t| prep.checkpoint(t));
+            let out = forward(inputs.map(|t| t.into_primitive()));
             prep.finish((ids, extra), out)
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward([
-            x.into_primitive(),
-            y.into_primitive(),
-            z.into_primitive(),
-        ])),
+        OpsKind::UnTracked(prep) => prep.finish(forward(inputs.map(|t| t.into_primitive()))),
     }
 }
 
 impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
+    fn fast_modulate_act(
+        y: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        act: Activation,
+    ) -> FloatTensor<Self> {
+        record::<B, C, _, _, 2>(ModulateActNode, [y, m], act, |[y, m]| {
+            B::fast_modulate_act(y, m, act)
+        })
+    }
+
+    fn fast_modulate_act_backward(
+        y: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        dz: FloatTensor<Self>,
+        act: Activation,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        // Only the backward above calls this, on the inner backend; here it is a constant.
+        let (dy, dm) = B::fast_modulate_act_backward(
+            y.into_primitive(),
+            m.into_primitive(),
+            dz.into_primitive(),
+            act,
+        );
+        (Self::from_inner(dy), Self::from_inner(dm))
+    }
+
+    fn fast_act(y: FloatTensor<Self>, act: Activation) -> FloatTensor<Self> {
+        record::<B, C, _, _, 1>(ActNode, [y], act, |[y]| B::fast_act(y, act))
+    }
+
+    fn fast_act_backward(
+        y: FloatTensor<Self>,
+        dz: FloatTensor<Self>,
+        act: Activation,
+    ) -> FloatTensor<Self> {
+        // Only the backward above calls this, on the inner backend; here it is a constant.
+        Self::from_inner(B::fast_act_backward(
+            y.into_primitive(),
+            dz.into_primitive(),
+            act,
+        ))
+    }
+
+    fn fast_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        record::<B, C, _, _, 3>(LinearNode, [x, w, b], (), |[x, w, b]| {
+            B::fast_linear(x, w, b)
+        })
+    }
+
+    fn fast_linear_dx(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        // Only the backward above calls this, on the inner backend; here it is a constant.
+        Self::from_inner(B::fast_linear_dx(
+            x.into_primitive(),
+            w.into_primitive(),
+            dy.into_primitive(),
+        ))
+    }
+
+    fn fast_linear_dwb(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dw, db) =
+            B::fast_linear_dwb(x.into_primitive(), w.into_primitive(), dy.into_primitive());
+        (Self::from_inner(dw), Self::from_inner(db))
+    }
+
     fn fast_group_norm(
         x: FloatTensor<Self>,
         a: FloatTensor<Self>,
@@ -583,7 +1011,7 @@ impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
         eps: f32,
         silu: bool,
     ) -> FloatTensor<Self> {
-        record::<B, C, _, _>(NormNode, [x, a, b], (groups, eps, silu), |[x, a, b]| {
+        record::<B, C, _, _, 3>(NormNode, [x, a, b], (groups, eps, silu), |[x, a, b]| {
             B::fast_group_norm(x, a, b, groups, eps, silu)
         })
     }
@@ -621,7 +1049,7 @@ impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        record::<B, C, _, _>(ConvNode, [x, w, b], (stride, padding), |[x, w, b]| {
+        record::<B, C, _, _, 3>(ConvNode, [x, w, b], (stride, padding), |[x, w, b]| {
             B::fast_conv2d(x, w, b, stride, padding)
         })
     }
@@ -668,7 +1096,7 @@ mod tests {
     use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Device, Distribution};
 
-    fn max_diff(a: Tensor<4>, b: Tensor<4>) -> (f32, f32) {
+    pub(super) fn max_diff(a: Tensor<4>, b: Tensor<4>) -> (f32, f32) {
         let (a, b) = (
             a.try_into_vec_as::<f32>().unwrap(),
             b.try_into_vec_as::<f32>().unwrap(),
@@ -733,6 +1161,130 @@ mod tests {
                     worst <= 1e-4 * scale,
                     "{what} for {n}×{c}×{h}×{w} → {o}, k {k} stride {stride}: off by {worst} (scale {scale})"
                 );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod linear_tests {
+    use super::tests::max_diff;
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    /// Values and the x, w and b gradients against burn's matmul + bias, for batches below, at
+    /// and past the row block (128) and the MLP's shapes.
+    #[test]
+    fn fast_linear_matches_burns_matmul() {
+        let dev = Device::flex().autodiff();
+        for (n, inp, out) in [(1, 3, 5), (7, 2, 256), (130, 33, 17), (300, 256, 512)] {
+            let x = Tensor::<2>::random([n, inp], Distribution::Normal(0.0, 1.0), &dev);
+            let w = Tensor::<2>::random([out, inp], Distribution::Normal(0.0, 0.3), &dev);
+            let b = Tensor::<1>::random([out], Distribution::Normal(0.0, 0.3), &dev);
+            let run = |fast: bool| {
+                let (x, w, b) = (
+                    x.clone().require_grad(),
+                    w.clone().require_grad(),
+                    b.clone().require_grad(),
+                );
+                let y = if fast {
+                    linear(x.clone(), w.clone(), b.clone())
+                } else {
+                    x.clone().matmul(w.clone().transpose()) + b.clone().reshape([1, out])
+                };
+                // A weighted sum makes every output's gradient differ.
+                let weights = y.clone().detach().sin();
+                let grads = (y.clone() * weights).sum().backward();
+                (
+                    y.detach().reshape([n, out, 1, 1]),
+                    x.grad(&grads).unwrap().reshape([n, inp, 1, 1]),
+                    w.grad(&grads).unwrap().reshape([out, inp, 1, 1]),
+                    b.grad(&grads).unwrap().reshape([out, 1, 1, 1]),
+                )
+            };
+            let (fast, reference) = (run(true), run(false));
+            for (what, a, b) in [
+                ("y", fast.0, reference.0),
+                ("dx", fast.1, reference.1),
+                ("dw", fast.2, reference.2),
+                ("db", fast.3, reference.3),
+            ] {
+                let (worst, scale) = max_diff(a, b);
+                assert!(
+                    worst <= 1e-4 * scale,
+                    "{what} for [{n}, {inp}] → {out}: off by {worst} (scale {scale})"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod modulate_tests {
+    use super::tests::max_diff;
+    use super::*;
+    use burn::tensor::activation::{gelu, relu, silu};
+    use burn::tensor::{Device, Distribution};
+
+    /// The fused modulation + activation against burn's ops, with and without the modulation,
+    /// for every activation: values and the gradients of y and m.
+    #[test]
+    fn fused_modulate_act_matches_burn_ops() {
+        let dev = Device::flex().autodiff();
+        let (n, f) = (37, 19);
+        let y = Tensor::<2>::random([n, f], Distribution::Normal(0.0, 2.0), &dev);
+        let m = Tensor::<2>::random([n, 2 * f], Distribution::Normal(0.0, 0.5), &dev);
+        for act in [
+            Activation::None,
+            Activation::Relu,
+            Activation::Silu,
+            Activation::Gelu,
+        ] {
+            for modulated in [true, false] {
+                let run = |fast: bool| {
+                    let (y, m) = (y.clone().require_grad(), m.clone().require_grad());
+                    let mm = modulated.then(|| m.clone());
+                    let z = if fast {
+                        modulate_act(y.clone(), mm, act)
+                    } else {
+                        let u = match mm {
+                            Some(m) => {
+                                let scale = m.clone().slice([0..n, 0..f]);
+                                let shift = m.slice([0..n, f..2 * f]);
+                                y.clone() * (scale + 1.0) + shift
+                            }
+                            None => y.clone(),
+                        };
+                        match act {
+                            Activation::None => u,
+                            Activation::Relu => relu(u),
+                            Activation::Silu => silu(u),
+                            Activation::Gelu => gelu(u),
+                        }
+                    };
+                    // Leaves m out of the graph when it is unused; a tensor that takes part
+                    // keeps every output's gradient different.
+                    let weights = z.clone().detach().cos();
+                    let loss = (z.clone() * weights).sum() + m.clone().sum() * 0.0;
+                    let grads = loss.backward();
+                    (
+                        z.detach().reshape([n, f, 1, 1]),
+                        y.grad(&grads).unwrap().reshape([n, f, 1, 1]),
+                        m.grad(&grads).unwrap().reshape([n, 2 * f, 1, 1]),
+                    )
+                };
+                let (fast, reference) = (run(true), run(false));
+                for (what, a, b) in [
+                    ("z", fast.0, reference.0),
+                    ("dy", fast.1, reference.1),
+                    ("dm", fast.2, reference.2),
+                ] {
+                    let (worst, scale) = max_diff(a, b);
+                    assert!(
+                        worst <= 1e-4 * scale.max(1.0),
+                        "{what} for {act:?}, modulated {modulated}: off by {worst} (scale {scale})"
+                    );
+                }
             }
         }
     }
