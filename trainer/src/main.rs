@@ -426,7 +426,12 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.steps,
                 cfg.batch
             );
-            let s = train::train(&cfg, device, &a.run_dir(), a.resume.is_some(), a.quiet)?;
+            // On a rayon worker, so the ops' parallel loops fork inside the pool instead of
+            // being handed to it one by one (flowmap::cpu::in_pool).
+            let run_dir = a.run_dir();
+            let s = flowmap::cpu::in_pool(|| {
+                train::train(&cfg, device, &run_dir, a.resume.is_some(), a.quiet)
+            })?;
             println!(
                 "done: {} steps, final loss {:.5}, {:.1} samples/s; wrote {}",
                 s.steps,

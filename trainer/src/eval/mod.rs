@@ -109,7 +109,7 @@ fn draw(
     let out = match engine {
         Engine::Cpu(b) => {
             let net = w.network(b)?;
-            sampler::sample(b, &net, &noise, &grid, integrator, 4096)?.0
+            flowmap::cpu::in_pool(|| sampler::sample(b, &net, &noise, &grid, integrator, 4096))?.0
         }
         Engine::Gpu(g) => {
             let net = w.network(g.as_ref())?;
