@@ -36,9 +36,43 @@ use std::sync::{Arc, OnceLock};
 /// its caller sleeps until a worker has run it, two thread wake-ups per op, which at batch 1
 /// (70 ops of 10–60 µs in a U-Net forward) cost as much as the arithmetic. Called from a
 /// worker, an op's parallel halves are queued for idle workers to steal while the caller runs
-/// its own half. Wrap a whole forward or sampling run (the CLI and `flowmap bench` do).
+/// its own half. Wrap a whole forward, sampling or training run (the CLI, `flowmap bench` and
+/// the trainer do).
 pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
+}
+
+/// [`in_pool`], with every other worker of the pool kept busy polling for `f`'s parallel
+/// halves until `f` returns, instead of going to sleep between ops and being woken for the
+/// next one (tens of microseconds on a VM, as long as a batch-1 op). For latency-bound work
+/// (batch 1, fewer samples than cores): the other cores spin while `f` runs (yielding to any
+/// other runnable thread), as an OpenMP runtime's active wait does. The CLI samples this way
+/// when a chunk has fewer samples than cores.
+pub fn in_pool_warm<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let helpers = rayon::current_num_threads().saturating_sub(1);
+    let done = AtomicBool::new(false);
+    rayon::scope(|s| {
+        let owner = rayon::current_thread_index();
+        let done = &done;
+        for _ in 0..helpers {
+            s.spawn(move |_| {
+                // A helper this worker takes itself (while `f` waits inside a join) must not
+                // spin on top of the `f` that is to end it; nor need one that starts late.
+                if rayon::current_thread_index() == owner {
+                    return;
+                }
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+        }
+        let r = f();
+        done.store(true, Ordering::Release);
+        r
+    })
 }
 
 /// A host tensor: shared data (cheap clones) and a shape.
@@ -292,6 +326,52 @@ fn test_values(mut seed: u32) -> impl FnMut() -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both ways into the pool return `f`'s value and run the fast ops to the same bits, also
+    /// nested and from two threads at once (a helper waiting on a caller that waits on it would
+    /// hang here).
+    #[test]
+    fn in_pool_runs_ops_nested_and_concurrently() {
+        let mut rnd = test_values(5);
+        let x = CpuTensor::new(
+            (0..2 * 8 * 20 * 20).map(|_| rnd()).collect(),
+            &[2, 8, 20, 20],
+        );
+        let w = CpuTensor::new((0..16 * 8 * 9).map(|_| rnd()).collect(), &[16, 8, 3, 3]);
+        let b = CpuTensor::new(vec![0.1; 16], &[16]);
+        let geom = Conv2d {
+            stride: 1,
+            padding: 1,
+        };
+        let f = CpuBackend::FAST;
+        let want = f.conv2d(&x, &w, &b, geom, None).data.to_vec();
+        let run = || f.conv2d(&x, &w, &b, geom, None).data.to_vec();
+        assert_eq!(in_pool(run), want);
+        assert_eq!(in_pool_warm(run), want);
+        assert_eq!(in_pool_warm(|| in_pool_warm(run)), want);
+        assert_eq!(in_pool(|| in_pool_warm(|| in_pool(run))), want);
+        let want = &want;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..3)
+                .map(|i| {
+                    s.spawn(move || {
+                        (0..20)
+                            .map(|_| {
+                                if i % 2 == 0 {
+                                    in_pool_warm(run)
+                                } else {
+                                    in_pool(run)
+                                }
+                            })
+                            .all(|y| &y == want)
+                    })
+                })
+                .collect();
+            for h in handles {
+                assert!(h.join().unwrap());
+            }
+        });
+    }
 
     /// A recycled buffer holds the values of its last use: every op that takes its output from
     /// the pool must write all of it. The pool is filled with NaN buffers of each output's
