@@ -754,146 +754,153 @@ impl FlexOps for Flex {
     }
 }
 
-#[derive(Debug)]
-struct ConvNode;
+/// The backward of a fused op with K inputs: from the checkpointed inputs, the output's
+/// gradient and the op's settings, the gradient of each input that `wanted` asks for.
+trait FusedGrad<const K: usize>: std::fmt::Debug + Send + 'static {
+    /// The op's settings (stride, activation, …), kept on the graph for the backward.
+    type Extra: Clone + Send + std::fmt::Debug + 'static;
 
-impl<B: Backend + FlexOps> Backward<B, 3> for ConvNode {
-    /// Checkpointed x, w, b; stride, padding.
-    type State = ([NodeId; 3], (usize, usize));
+    fn grads<B: Backend + FlexOps>(
+        inputs: [B::FloatTensorPrimitive; K],
+        dy: B::FloatTensorPrimitive,
+        extra: Self::Extra,
+        wanted: [bool; K],
+    ) -> [Option<B::FloatTensorPrimitive>; K];
+}
+
+/// The autodiff node of every fused op: retrieves the checkpointed inputs, asks `G` for the
+/// gradients and registers them.
+#[derive(Debug)]
+struct FusedNode<G>(std::marker::PhantomData<G>);
+
+impl<G> FusedNode<G> {
+    fn new() -> Self {
+        FusedNode(std::marker::PhantomData)
+    }
+}
+
+impl<B: Backend + FlexOps, G: FusedGrad<K>, const K: usize> Backward<B, K> for FusedNode<G> {
+    /// Checkpointed inputs; the op's settings.
+    type State = ([NodeId; K], G::Extra);
 
     fn backward(
         self,
-        ops: Ops<Self::State, 3>,
+        ops: Ops<Self::State, K>,
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_w, node_b] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
-        let (ids, (stride, padding)) = ops.state;
-        let [x, w, _] =
-            ids.map(|id| checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(id));
-        if let Some(node) = node_x {
-            let dx = B::fast_conv2d_dx(x.clone(), w.clone(), dy.clone(), stride, padding);
-            grads.register::<B>(node.id, dx);
+        let (ids, extra) = ops.state;
+        let inputs = ids.map(|id| checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(id));
+        let wanted = ops.parents.each_ref().map(Option::is_some);
+        let out = G::grads::<B>(inputs, dy, extra, wanted);
+        for (node, grad) in ops.parents.into_iter().zip(out) {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, grad);
+            }
         }
-        if node_w.is_some() || node_b.is_some() {
+    }
+}
+
+/// Convolution: x, w, b; (stride, padding).
+#[derive(Debug)]
+struct ConvGrad;
+
+impl FusedGrad<3> for ConvGrad {
+    type Extra = (usize, usize);
+
+    fn grads<B: Backend + FlexOps>(
+        [x, w, _]: [B::FloatTensorPrimitive; 3],
+        dy: B::FloatTensorPrimitive,
+        (stride, padding): (usize, usize),
+        [want_x, want_w, want_b]: [bool; 3],
+    ) -> [Option<B::FloatTensorPrimitive>; 3] {
+        let dx =
+            want_x.then(|| B::fast_conv2d_dx(x.clone(), w.clone(), dy.clone(), stride, padding));
+        let (dw, db) = if want_w || want_b {
             let (dw, db) = B::fast_conv2d_dwb(x, w, dy, stride, padding);
-            if let Some(node) = node_w {
-                grads.register::<B>(node.id, dw);
-            }
-            if let Some(node) = node_b {
-                grads.register::<B>(node.id, db);
-            }
-        }
+            (Some(dw), Some(db))
+        } else {
+            (None, None)
+        };
+        [dx, dw, db]
     }
 }
 
+/// Linear layer: x, w, b.
 #[derive(Debug)]
-struct LinearNode;
+struct LinearGrad;
 
-impl<B: Backend + FlexOps> Backward<B, 3> for LinearNode {
-    /// Checkpointed x, w, b.
-    type State = ([NodeId; 3], ());
+impl FusedGrad<3> for LinearGrad {
+    type Extra = ();
 
-    fn backward(
-        self,
-        ops: Ops<Self::State, 3>,
-        grads: &mut Gradients,
-        checkpointer: &mut Checkpointer,
-    ) {
-        let [node_x, node_w, node_b] = ops.parents;
-        let dy = grads.consume::<B>(&ops.node);
-        let (ids, ()) = ops.state;
-        let [x, w, _] =
-            ids.map(|id| checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(id));
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::fast_linear_dx(x.clone(), w.clone(), dy.clone()));
-        }
-        if node_w.is_some() || node_b.is_some() {
+    fn grads<B: Backend + FlexOps>(
+        [x, w, _]: [B::FloatTensorPrimitive; 3],
+        dy: B::FloatTensorPrimitive,
+        (): (),
+        [want_x, want_w, want_b]: [bool; 3],
+    ) -> [Option<B::FloatTensorPrimitive>; 3] {
+        let dx = want_x.then(|| B::fast_linear_dx(x.clone(), w.clone(), dy.clone()));
+        let (dw, db) = if want_w || want_b {
             let (dw, db) = B::fast_linear_dwb(x, w, dy);
-            if let Some(node) = node_w {
-                grads.register::<B>(node.id, dw);
-            }
-            if let Some(node) = node_b {
-                grads.register::<B>(node.id, db);
-            }
-        }
+            (Some(dw), Some(db))
+        } else {
+            (None, None)
+        };
+        [dx, dw, db]
     }
 }
 
+/// Modulation + activation: y, m; the activation.
 #[derive(Debug)]
-struct ModulateActNode;
+struct ModulateActGrad;
 
-impl<B: Backend + FlexOps> Backward<B, 2> for ModulateActNode {
-    /// Checkpointed y, m; the activation.
-    type State = ([NodeId; 2], Activation);
+impl FusedGrad<2> for ModulateActGrad {
+    type Extra = Activation;
 
-    fn backward(
-        self,
-        ops: Ops<Self::State, 2>,
-        grads: &mut Gradients,
-        checkpointer: &mut Checkpointer,
-    ) {
-        let [node_y, node_m] = ops.parents;
-        let dz = grads.consume::<B>(&ops.node);
-        let (ids, act) = ops.state;
-        let [y, m] = ids.map(|id| checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(id));
+    fn grads<B: Backend + FlexOps>(
+        [y, m]: [B::FloatTensorPrimitive; 2],
+        dz: B::FloatTensorPrimitive,
+        act: Activation,
+        _: [bool; 2],
+    ) -> [Option<B::FloatTensorPrimitive>; 2] {
         let (dy, dm) = B::fast_modulate_act_backward(y, m, dz, act);
-        for (node, grad) in [(node_y, dy), (node_m, dm)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        [Some(dy), Some(dm)]
     }
 }
 
+/// Activation alone: y; the activation.
 #[derive(Debug)]
-struct ActNode;
+struct ActGrad;
 
-impl<B: Backend + FlexOps> Backward<B, 1> for ActNode {
-    /// Checkpointed y; the activation.
-    type State = ([NodeId; 1], Activation);
+impl FusedGrad<1> for ActGrad {
+    type Extra = Activation;
 
-    fn backward(
-        self,
-        ops: Ops<Self::State, 1>,
-        grads: &mut Gradients,
-        checkpointer: &mut Checkpointer,
-    ) {
-        let [node_y] = ops.parents;
-        let dz = grads.consume::<B>(&ops.node);
-        let ([id], act) = ops.state;
-        let y = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(id);
-        if let Some(node) = node_y {
-            grads.register::<B>(node.id, B::fast_act_backward(y, dz, act));
-        }
+    fn grads<B: Backend + FlexOps>(
+        [y]: [B::FloatTensorPrimitive; 1],
+        dz: B::FloatTensorPrimitive,
+        act: Activation,
+        _: [bool; 1],
+    ) -> [Option<B::FloatTensorPrimitive>; 1] {
+        [Some(B::fast_act_backward(y, dz, act))]
     }
 }
 
+/// GroupNorm → affine → SiLU: x, a, b; (groups, eps, SiLU).
 #[derive(Debug)]
-struct NormNode;
+struct NormGrad;
 
-impl<B: Backend + FlexOps> Backward<B, 3> for NormNode {
-    /// Checkpointed x, a, b; groups, eps, SiLU.
-    type State = ([NodeId; 3], (usize, f32, bool));
+impl FusedGrad<3> for NormGrad {
+    type Extra = (usize, f32, bool);
 
-    fn backward(
-        self,
-        ops: Ops<Self::State, 3>,
-        grads: &mut Gradients,
-        checkpointer: &mut Checkpointer,
-    ) {
-        let [node_x, node_a, node_b] = ops.parents;
-        let dy = grads.consume::<B>(&ops.node);
-        let (ids, (groups, eps, silu)) = ops.state;
-        let [x, a, b] =
-            ids.map(|id| checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(id));
+    fn grads<B: Backend + FlexOps>(
+        [x, a, b]: [B::FloatTensorPrimitive; 3],
+        dy: B::FloatTensorPrimitive,
+        (groups, eps, silu): (usize, f32, bool),
+        _: [bool; 3],
+    ) -> [Option<B::FloatTensorPrimitive>; 3] {
         let (dx, da, db) = B::fast_group_norm_backward(x, a, b, dy, groups, eps, silu);
-        for (node, grad) in [(node_x, dx), (node_a, da), (node_b, db)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        [Some(dx), Some(da), Some(db)]
     }
 }
 
@@ -932,7 +939,7 @@ impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
         m: FloatTensor<Self>,
         act: Activation,
     ) -> FloatTensor<Self> {
-        record::<B, C, _, _, 2>(ModulateActNode, [y, m], act, |[y, m]| {
+        record::<B, C, _, _, 2>(FusedNode::<ModulateActGrad>::new(), [y, m], act, |[y, m]| {
             B::fast_modulate_act(y, m, act)
         })
     }
@@ -954,7 +961,9 @@ impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
     }
 
     fn fast_act(y: FloatTensor<Self>, act: Activation) -> FloatTensor<Self> {
-        record::<B, C, _, _, 1>(ActNode, [y], act, |[y]| B::fast_act(y, act))
+        record::<B, C, _, _, 1>(FusedNode::<ActGrad>::new(), [y], act, |[y]| {
+            B::fast_act(y, act)
+        })
     }
 
     fn fast_act_backward(
@@ -975,7 +984,7 @@ impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
         w: FloatTensor<Self>,
         b: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        record::<B, C, _, _, 3>(LinearNode, [x, w, b], (), |[x, w, b]| {
+        record::<B, C, _, _, 3>(FusedNode::<LinearGrad>::new(), [x, w, b], (), |[x, w, b]| {
             B::fast_linear(x, w, b)
         })
     }
@@ -1011,9 +1020,12 @@ impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
         eps: f32,
         silu: bool,
     ) -> FloatTensor<Self> {
-        record::<B, C, _, _, 3>(NormNode, [x, a, b], (groups, eps, silu), |[x, a, b]| {
-            B::fast_group_norm(x, a, b, groups, eps, silu)
-        })
+        record::<B, C, _, _, 3>(
+            FusedNode::<NormGrad>::new(),
+            [x, a, b],
+            (groups, eps, silu),
+            |[x, a, b]| B::fast_group_norm(x, a, b, groups, eps, silu),
+        )
     }
 
     fn fast_group_norm_backward(
@@ -1049,9 +1061,12 @@ impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        record::<B, C, _, _, 3>(ConvNode, [x, w, b], (stride, padding), |[x, w, b]| {
-            B::fast_conv2d(x, w, b, stride, padding)
-        })
+        record::<B, C, _, _, 3>(
+            FusedNode::<ConvGrad>::new(),
+            [x, w, b],
+            (stride, padding),
+            |[x, w, b]| B::fast_conv2d(x, w, b, stride, padding),
+        )
     }
 
     fn fast_conv2d_dx(
@@ -1096,7 +1111,24 @@ mod tests {
     use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Device, Distribution};
 
-    pub(super) fn max_diff(a: Tensor<4>, b: Tensor<4>) -> (f32, f32) {
+    /// Each named pair, the fast op's value or gradient and the reference's, within 1e-4 of the
+    /// reference's largest magnitude.
+    pub(super) fn assert_close<const N: usize>(
+        case: &str,
+        names: [&str; N],
+        fast: [Tensor<4>; N],
+        reference: [Tensor<4>; N],
+    ) {
+        for ((what, a), b) in names.into_iter().zip(fast).zip(reference) {
+            let (worst, scale) = max_diff(a, b);
+            assert!(
+                worst <= 1e-4 * scale,
+                "{what} for {case}: off by {worst} (scale {scale})"
+            );
+        }
+    }
+
+    fn max_diff(a: Tensor<4>, b: Tensor<4>) -> (f32, f32) {
         let (a, b) = (
             a.try_into_vec_as::<f32>().unwrap(),
             b.try_into_vec_as::<f32>().unwrap(),
@@ -1142,33 +1174,26 @@ mod tests {
                 };
                 let weights = y.clone().detach().sin();
                 let grads = (y.clone() * weights).sum().backward();
-                (
+                [
                     y.detach(),
                     x.grad(&grads).unwrap(),
                     wt.grad(&grads).unwrap(),
                     b.grad(&grads).unwrap().reshape([o, 1, 1, 1]),
-                )
+                ]
             };
-            let (fast, reference) = (run(true), run(false));
-            for (what, a, b) in [
-                ("y", fast.0, reference.0),
-                ("dx", fast.1, reference.1),
-                ("dw", fast.2, reference.2),
-                ("db", fast.3, reference.3),
-            ] {
-                let (worst, scale) = max_diff(a, b);
-                assert!(
-                    worst <= 1e-4 * scale,
-                    "{what} for {n}×{c}×{h}×{w} → {o}, k {k} stride {stride}: off by {worst} (scale {scale})"
-                );
-            }
+            assert_close(
+                &format!("{n}×{c}×{h}×{w} → {o}, k {k} stride {stride}"),
+                ["y", "dx", "dw", "db"],
+                run(true),
+                run(false),
+            );
         }
     }
 }
 
 #[cfg(test)]
 mod linear_tests {
-    use super::tests::max_diff;
+    use super::tests::assert_close;
     use super::*;
     use burn::tensor::{Device, Distribution};
 
@@ -1195,33 +1220,26 @@ mod linear_tests {
                 // A weighted sum makes every output's gradient differ.
                 let weights = y.clone().detach().sin();
                 let grads = (y.clone() * weights).sum().backward();
-                (
+                [
                     y.detach().reshape([n, out, 1, 1]),
                     x.grad(&grads).unwrap().reshape([n, inp, 1, 1]),
                     w.grad(&grads).unwrap().reshape([out, inp, 1, 1]),
                     b.grad(&grads).unwrap().reshape([out, 1, 1, 1]),
-                )
+                ]
             };
-            let (fast, reference) = (run(true), run(false));
-            for (what, a, b) in [
-                ("y", fast.0, reference.0),
-                ("dx", fast.1, reference.1),
-                ("dw", fast.2, reference.2),
-                ("db", fast.3, reference.3),
-            ] {
-                let (worst, scale) = max_diff(a, b);
-                assert!(
-                    worst <= 1e-4 * scale,
-                    "{what} for [{n}, {inp}] → {out}: off by {worst} (scale {scale})"
-                );
-            }
+            assert_close(
+                &format!("[{n}, {inp}] → {out}"),
+                ["y", "dx", "dw", "db"],
+                run(true),
+                run(false),
+            );
         }
     }
 }
 
 #[cfg(test)]
 mod modulate_tests {
-    use super::tests::max_diff;
+    use super::tests::assert_close;
     use super::*;
     use burn::tensor::activation::{gelu, relu, silu};
     use burn::tensor::{Device, Distribution};
@@ -1267,24 +1285,18 @@ mod modulate_tests {
                     let weights = z.clone().detach().cos();
                     let loss = (z.clone() * weights).sum() + m.clone().sum() * 0.0;
                     let grads = loss.backward();
-                    (
+                    [
                         z.detach().reshape([n, f, 1, 1]),
                         y.grad(&grads).unwrap().reshape([n, f, 1, 1]),
                         m.grad(&grads).unwrap().reshape([n, 2 * f, 1, 1]),
-                    )
+                    ]
                 };
-                let (fast, reference) = (run(true), run(false));
-                for (what, a, b) in [
-                    ("z", fast.0, reference.0),
-                    ("dy", fast.1, reference.1),
-                    ("dm", fast.2, reference.2),
-                ] {
-                    let (worst, scale) = max_diff(a, b);
-                    assert!(
-                        worst <= 1e-4 * scale.max(1.0),
-                        "{what} for {act:?}, modulated {modulated}: off by {worst} (scale {scale})"
-                    );
-                }
+                assert_close(
+                    &format!("{act:?}, modulated {modulated}"),
+                    ["z", "dy", "dm"],
+                    run(true),
+                    run(false),
+                );
             }
         }
     }
