@@ -10,7 +10,7 @@
 //! sample's output channels are split over the cores (one shared padded input), so batch 1 uses
 //! every core too, for layers with enough work to pay for it.
 
-use super::direct::{self, Direct};
+use super::direct::{self, Direct, Split};
 use super::im2col::ConvGeom;
 use crate::backend::{conv2d_out_shape, Conv2d};
 use rayon::prelude::*;
@@ -19,6 +19,10 @@ use rayon::prelude::*;
 /// part), about 4 µs of one core's kernel time: splitting smaller layers measured slower (at
 /// 1 << 17 a batch-1 U-Net forward took 1.2–1.5× longer), the cost of waking a rayon worker.
 const MIN_FLOPS_PER_PART: usize = 1 << 18;
+
+/// Output rows from which a batch-1 convolution is split by bands of rows rather than by
+/// output channels.
+const MIN_ROWS_SPLIT: usize = 14;
 
 /// The fast path. Returns the output and its shape [N, Cout, Ho, Wo].
 pub fn conv2d(
@@ -56,15 +60,13 @@ pub fn conv2d_packed(
     // Every value is written: the epilogue fills each channel before the kernel adds to it.
     let mut out = super::pool::take(g.n * len);
     let threads = rayon::current_num_threads();
-    // Channels o0.. of sample i's output, y [·, Ho·Wo], started at bias (+ residual): the
+    // Channel o of sample i's outputs [q0, q0 + dst.len()), started at bias (+ residual): the
     // fused epilogue.
-    let epilogue = |i: usize, o0: usize, y: &mut [f32]| {
-        for (o, row) in (o0..).zip(y.chunks_mut(p)) {
-            row.fill(bias[o]);
-            if let Some(r) = residual {
-                let r = &r[i * len + o * p..][..p];
-                row.iter_mut().zip(r).for_each(|(y, r)| *y += r);
-            }
+    let epilogue = |i: usize, o: usize, q0: usize, dst: &mut [f32]| {
+        dst.fill(bias[o]);
+        if let Some(r) = residual {
+            let r = &r[i * len + o * p + q0..][..dst.len()];
+            dst.iter_mut().zip(r).for_each(|(y, r)| *y += r);
         }
     };
     let xn = |i: usize| &x[i * g.in_len()..(i + 1) * g.in_len()];
@@ -73,19 +75,30 @@ pub fn conv2d_packed(
         out.par_chunks_mut(len)
             .enumerate()
             .for_each_init(direct::Scratch::default, |s, (i, y)| {
-                epilogue(i, 0, y);
+                for (o, dst) in y.chunks_mut(p).enumerate() {
+                    epilogue(i, o, 0, dst);
+                }
                 direct.band(&g, xn(i), 0, g.ho, y, s);
             });
     } else {
-        // Fewer samples than cores (batch 1 on an edge device): each sample's blocks of output
-        // channels split over the cores, sharing one padded input, when the sample has enough
-        // work to pay for waking them; small layers run whole on one thread.
+        // Fewer samples than cores (batch 1 on an edge device): each sample split over the
+        // cores when it has enough work to pay for the join; small layers run whole on one
+        // thread. Tall images by bands of rows (each task pads its own rows, so no serial
+        // padding pass), short ones (7×7, where a band of a few rows wastes tiles) by blocks of
+        // output channels over one shared padded input.
         let flops = 2 * g.o * g.rows() * p;
         let parts = (threads / g.n).min(flops / MIN_FLOPS_PER_PART).max(1);
+        let split = if g.ho >= MIN_ROWS_SPLIT {
+            Split::Rows
+        } else {
+            Split::Channels
+        };
         out.par_chunks_mut(len)
             .enumerate()
             .for_each_init(direct::Scratch::default, |s, (i, y)| {
-                direct.sample_split(&g, xn(i), y, parts, s, |o0, y| epilogue(i, o0, y));
+                direct.sample_split(&g, xn(i), y, parts, split, s, |o, q0, dst| {
+                    epilogue(i, o, q0, dst)
+                });
             });
     }
     (out, vec![g.n, g.o, g.ho, g.wo])

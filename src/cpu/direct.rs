@@ -144,22 +144,26 @@ impl Direct {
         assert!(y0 < y1 && y1 <= g.ho && y.len() >= g.o * (y1 - y0) * g.wo);
         let nr = self.isa.tile().1;
         let args = Band::new(g, xn, y0, y1, nr, scratch);
-        self.dispatch(&args, &self.packed, y);
+        self.dispatch(&args, &self.packed, Out::of(y, g.o));
     }
 
-    /// The whole sample, y [O, Ho·Wo] = init + conv(xn), with the blocks of MR output channels
-    /// split into up to `parts` rayon tasks that share one padded input: the way to use several
-    /// cores on one sample (batch 1) without halo rows, copies, or short bands that waste tiles.
-    /// Each task first calls `init(o0, y_part)` to write its channels' epilogue (bias,
-    /// residual) into y_part, which starts at output channel o0.
+    /// The whole sample, y [O, Ho·Wo] = init + conv(xn), split into up to `parts` rayon tasks:
+    /// the way to use several cores on one sample (batch 1). [`Split::Channels`]: blocks of MR
+    /// output channels per task, all sharing one padded input; [`Split::Rows`]: bands of output
+    /// rows per task, each padding its own rows (and the halo) and writing straight into its
+    /// rows of y. Each task first calls `init(o, q0, dst)` for every channel o it writes, dst
+    /// being that channel's outputs [q0, q0 + dst.len()), to write the epilogue (bias,
+    /// residual) there.
+    #[allow(clippy::too_many_arguments)]
     pub fn sample_split(
         &self,
         g: &ConvGeom,
         xn: &[f32],
         y: &mut [f32],
         parts: usize,
+        split: Split,
         scratch: &mut Scratch,
-        init: impl Fn(usize, &mut [f32]) + Sync,
+        init: impl Fn(usize, usize, &mut [f32]) + Sync,
     ) {
         use rayon::prelude::*;
         assert!(valid(g), "direct conv: empty geometry {g:?}");
@@ -170,25 +174,49 @@ impl Direct {
         );
         let (mr, nr) = self.isa.tile();
         let pb = g.positions();
-        assert!(y.len() >= g.o * pb);
-        let args = Band::new(g, xn, 0, g.ho, nr, scratch);
-        let per = g.o.div_ceil(mr).div_ceil(parts.max(1));
-        y[..g.o * pb]
-            .par_chunks_mut(per * mr * pb)
-            .zip(self.packed.par_chunks(per * self.rows * mr))
-            .enumerate()
-            .for_each(|(i, (y, packed))| {
-                init(i * per * mr, y);
-                let part = Band {
-                    o: y.len() / pb,
-                    ..args
-                };
-                self.dispatch(&part, packed, y);
-            });
+        let y = &mut y[..g.o * pb];
+        match split {
+            Split::Channels => {
+                let args = Band::new(g, xn, 0, g.ho, nr, scratch);
+                let per = g.o.div_ceil(mr).div_ceil(parts.max(1));
+                y.par_chunks_mut(per * mr * pb)
+                    .zip(self.packed.par_chunks(per * self.rows * mr))
+                    .enumerate()
+                    .for_each(|(i, (y, packed))| {
+                        for (o, dst) in (i * per * mr..).zip(y.chunks_mut(pb)) {
+                            init(o, 0, dst);
+                        }
+                        let o = y.len() / pb;
+                        self.dispatch(&Band { o, ..args }, packed, Out::of(y, o));
+                    });
+            }
+            Split::Rows => {
+                let rows_per = g.ho.div_ceil(parts.max(1));
+                let base = SharedPtr(y.as_mut_ptr());
+                (0..g.ho.div_ceil(rows_per)).into_par_iter().for_each(|p| {
+                    let (y0, y1) = (p * rows_per, ((p + 1) * rows_per).min(g.ho));
+                    let span = (y1 - y0) * g.wo;
+                    // SAFETY: y holds O · Ho·Wo values; this task alone writes rows [y0, y1)
+                    // of each channel, [o·Ho·Wo + y0·Wo, + span), inside y and disjoint from
+                    // every other task's rows.
+                    let out = unsafe { Out::rows(base.at(y0 * g.wo), pb, span, g.o) };
+                    for o in 0..g.o {
+                        // SAFETY: as above, channel o's rows of this task.
+                        let dst =
+                            unsafe { std::slice::from_raw_parts_mut(out.ptr.add(o * pb), span) };
+                        init(o, y0 * g.wo, dst);
+                    }
+                    SCRATCH.with_borrow_mut(|s| {
+                        let args = Band::new(g, xn, y0, y1, nr, s);
+                        self.dispatch(&args, &self.packed, out);
+                    });
+                });
+            }
+        }
     }
 
     /// Runs every tile of `args` with the weights `packed` (MR blocks of `args.o` channels).
-    fn dispatch(&self, args: &Band, packed: &[f32], y: &mut [f32]) {
+    fn dispatch(&self, args: &Band, packed: &[f32], y: Out) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
@@ -216,6 +244,76 @@ impl Direct {
             _ => run::<4, 8, { cfg!(target_arch = "aarch64") }>(args, packed, y),
         }
     }
+}
+
+/// How [`Direct::sample_split`] divides one sample among tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Blocks of output channels, one shared padded input.
+    Channels,
+    /// Bands of output rows, each with its own padded rows.
+    Rows,
+}
+
+/// Where a band's outputs go: channel c's outputs for the band's rows are the `span` values
+/// from `ptr + c · stride`, for c < `o`.
+#[derive(Clone, Copy)]
+struct Out<'a> {
+    ptr: *mut f32,
+    stride: usize,
+    span: usize,
+    o: usize,
+    _y: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> Out<'a> {
+    /// All of y, [o, y.len() / o].
+    fn of(y: &'a mut [f32], o: usize) -> Self {
+        let stride = y.len() / o;
+        Out {
+            ptr: y.as_mut_ptr(),
+            stride,
+            span: stride,
+            o,
+            _y: std::marker::PhantomData,
+        }
+    }
+
+    /// # Safety
+    /// For every c < o, [ptr + c · stride, + span) is valid for writes and written by nothing
+    /// else while the `Out` is used.
+    unsafe fn rows(ptr: *mut f32, stride: usize, span: usize, o: usize) -> Self {
+        Out {
+            ptr,
+            stride,
+            span,
+            o,
+            _y: std::marker::PhantomData,
+        }
+    }
+}
+
+/// A sample's output shared by the tasks of [`Split::Rows`], each writing its own rows.
+#[derive(Clone, Copy)]
+struct SharedPtr(*mut f32);
+impl SharedPtr {
+    /// The address `off` values further (a method, so closures capture the whole `SharedPtr`).
+    ///
+    /// # Safety
+    /// `off` stays inside the allocation the pointer is into.
+    unsafe fn at(self, off: usize) -> *mut f32 {
+        // SAFETY: by the caller's contract.
+        unsafe { self.0.add(off) }
+    }
+}
+
+// SAFETY: the tasks that share it write disjoint rows (see `sample_split`).
+unsafe impl Send for SharedPtr {}
+unsafe impl Sync for SharedPtr {}
+
+thread_local! {
+    /// The padded rows of [`Split::Rows`] tasks, one buffer per worker.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// dW [O, C, k, k] += Σ_q dY_n[o, q] · col_n[(c, ky, kx), q] for one sample of a convolution
@@ -342,26 +440,31 @@ impl<'a> Band<'a> {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn avx512(b: &Band, packed: &[f32], y: &mut [f32]) {
+fn avx512(b: &Band, packed: &[f32], y: Out) {
     run::<4, 48, true>(b, packed, y)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn avx512_narrow(b: &Band, packed: &[f32], y: &mut [f32]) {
+fn avx512_narrow(b: &Band, packed: &[f32], y: Out) {
     run::<4, 32, true>(b, packed, y)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn avx2(b: &Band, packed: &[f32], y: &mut [f32]) {
+fn avx2(b: &Band, packed: &[f32], y: Out) {
     run::<6, 16, true>(b, packed, y)
 }
 
 /// Every tile of the band: for each block of NR positions, each block of MR channels.
 #[inline(always)]
-fn run<const MR: usize, const NR: usize, const FMA: bool>(b: &Band, packed: &[f32], y: &mut [f32]) {
-    let pb = y.len() / b.o;
+fn run<const MR: usize, const NR: usize, const FMA: bool>(b: &Band, packed: &[f32], y: Out) {
+    // Every store below lands in channel < b.o at a position < (rows of the band) · Wo.
+    let rows = (b.q_end - 1) / b.wq + 1;
+    assert!(
+        b.o <= y.o && rows * b.wo <= y.span,
+        "direct conv: band writes past its output"
+    );
     // The contract of `tile`, checked once for every tile of the band.
     let last_read = b
         .offsets
@@ -391,7 +494,14 @@ fn run<const MR: usize, const NR: usize, const FMA: bool>(b: &Band, packed: &[f3
                 let len = (b.wo - ox).min(q1 - q);
                 let at = r * b.wo + ox;
                 for (i, a) in acc.iter().enumerate().take(b.o - blk * MR) {
-                    let dst = &mut y[(blk * MR + i) * pb + at..][..len];
+                    // SAFETY: channel blk·MR + i < b.o ≤ y.o and at + len ≤ rows · Wo ≤ span
+                    // (asserted above), so inside the region `y` describes.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            y.ptr.add((blk * MR + i) * y.stride + at),
+                            len,
+                        )
+                    };
                     for (d, v) in dst.iter_mut().zip(&a[q - q0..]) {
                         *d += v;
                     }
@@ -449,7 +559,7 @@ mod tests {
 
     /// Every tile shape this CPU runs against the reference loops: odd sizes, channel counts
     /// that leave partial MR blocks, 1×1, 2×2, 3×3 and 5×5 kernels with and without padding,
-    /// strides 1, 2 and 3, bands, and whole samples split by output channels.
+    /// strides 1, 2 and 3, bands, and whole samples split by output channels and by rows.
     #[test]
     fn every_isa_matches_the_reference() {
         let mut rnd = crate::cpu::test_values(7);
@@ -506,17 +616,18 @@ mod tests {
                 }
                 // The whole image with the output channels split over tasks, each writing its
                 // own channels' epilogue into a buffer of stale values.
-                for parts in [1, 2, 3, 5] {
+                for (parts, split) in [1, 2, 3, 5]
+                    .into_iter()
+                    .flat_map(|p| [(p, Split::Channels), (p, Split::Rows)])
+                {
                     let mut y = vec![f32::NAN; o * g.positions()];
-                    d.sample_split(&g, &x, &mut y, parts, &mut s, |o0, y| {
-                        for (oc, row) in (o0..).zip(y.chunks_mut(g.positions())) {
-                            row.fill(bias[oc]);
-                        }
+                    d.sample_split(&g, &x, &mut y, parts, split, &mut s, |oc, _, dst| {
+                        dst.fill(bias[oc]);
                     });
                     for (i, (a, e)) in y.iter().zip(&want).enumerate() {
                         assert!(
                             (a - e).abs() < 1e-4 * (1.0 + e.abs()),
-                            "{isa:?} c={c} o={o} {h}×{w} k={k} s={st} p={pad} {parts} parts, value {i}: {a} vs {e}"
+                            "{isa:?} c={c} o={o} {h}×{w} k={k} s={st} p={pad} {parts} parts by {split:?}, value {i}: {a} vs {e}"
                         );
                     }
                 }
