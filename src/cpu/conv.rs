@@ -7,8 +7,8 @@
 //! (split into stride² phases for strided kernels) with our own register-blocked microkernel and
 //! no im2col matrix ([`super::direct`]); the epilogue (bias, residual) is fused by starting the
 //! output at it. Samples run in parallel, each on one thread; with fewer samples than cores each
-//! sample's output channels are split over the cores (one shared padded input), so batch 1 uses
-//! every core too, for layers with enough work to pay for it.
+//! sample is split over the cores (bands of rows for tall images, blocks of output channels for
+//! short ones), so batch 1 uses every core too, for layers with enough work to pay for it.
 
 use super::direct::{self, Direct, Split};
 use super::im2col::ConvGeom;
