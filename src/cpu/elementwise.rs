@@ -2,8 +2,8 @@
 //! channel concatenation. Mirrors `shaders/elementwise.wgsl`, `embedding.wgsl`, `upsample.wgsl`
 //! and `concat.wgsl`.
 
-use super::simd::multiversion;
 use crate::config::Activation;
+use crate::multiversion;
 use rayon::prelude::*;
 
 /// Below this many elements the rayon split costs more than it saves.

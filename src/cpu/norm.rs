@@ -8,8 +8,8 @@
 //! output.
 
 use super::elementwise::{act_scalar, silu_fast};
-use super::simd::multiversion;
 use crate::config::Activation;
+use crate::multiversion;
 use rayon::prelude::*;
 
 /// Σ f(v) with eight independent f32 accumulators, combined in f64: a sum the compiler

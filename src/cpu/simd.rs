@@ -6,6 +6,9 @@
 
 /// Defines `fn $name(args) -> ret` whose body is compiled for AVX-512, for AVX2+FMA and for the
 /// baseline target, and dispatches on the running CPU (`is_x86_feature_detected!` caches).
+/// Exported for the trainer's fused ops (`flowmap::multiversion!`); the body's callees are
+/// compiled for the chosen features only where they are inlined (`#[inline(always)]`).
+#[macro_export]
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -37,5 +40,3 @@ macro_rules! multiversion {
         }
     };
 }
-
-pub(crate) use multiversion;

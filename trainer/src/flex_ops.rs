@@ -524,9 +524,9 @@ fn modulate_backward<A: Act>(
     (dy, dm)
 }
 
-/// Mean and 1/√(var + eps) of one group's values.
 /// (mean, 1/√(var + eps)) of a group: two passes of vectorizable sums (eight f32 lanes, combined
 /// in f64).
+#[inline(always)]
 fn stats(v: &[f32], eps: f32) -> (f32, f32) {
     let m = v.len() as f64;
     let mean = (sum8(v, |x| x) / m) as f32;
@@ -571,22 +571,41 @@ fn norm_forward(x: &[f32], a: &[f32], b: &[f32], g: NormGeom, eps: f32, silu: bo
         .zip(x.par_chunks(cg * hw))
         .enumerate()
         .for_each(|(blk, (yb, xb))| {
-            let (n, grp) = (blk / g.groups, blk % g.groups);
-            let (mean, rstd) = stats(xb, eps);
-            for j in 0..cg {
-                let ch = n * g.c + grp * cg + j;
-                let scale = a[ch] * rstd;
-                let shift = b[ch] - scale * mean;
-                for (yv, &xv) in yb[j * hw..(j + 1) * hw]
-                    .iter_mut()
-                    .zip(&xb[j * hw..(j + 1) * hw])
-                {
-                    let z = xv * scale + shift;
-                    *yv = if silu { z * sigmoid(z) } else { z };
-                }
-            }
+            // Block blk is sample blk / groups, group blk % groups: channels blk·cg.. of [N·C].
+            let ch = blk * cg..(blk + 1) * cg;
+            norm_block_forward(yb, xb, &a[ch.clone()], &b[ch], hw, eps, silu);
         });
     y
+}
+
+flowmap::multiversion! {
+    /// One (sample, group) block of [`norm_forward`]: its statistics, then each channel's
+    /// y = act(x̂ · a + b), compiled for the CPU's vector width.
+    fn norm_block_forward(
+        yb: &mut [f32],
+        xb: &[f32],
+        a: &[f32],
+        b: &[f32],
+        hw: usize,
+        eps: f32,
+        silu: bool,
+    ) {
+        let (mean, rstd) = stats(xb, eps);
+        for ((yc, xc), (&aj, &bj)) in yb.chunks_mut(hw).zip(xb.chunks(hw)).zip(a.iter().zip(b)) {
+            let scale = aj * rstd;
+            let shift = bj - scale * mean;
+            if silu {
+                for (yv, &xv) in yc.iter_mut().zip(xc) {
+                    let z = xv * scale + shift;
+                    *yv = z * sigmoid(z);
+                }
+            } else {
+                for (yv, &xv) in yc.iter_mut().zip(xc) {
+                    *yv = xv * scale + shift;
+                }
+            }
+        }
+    }
 }
 
 /// (dx, da, db) of [`norm_forward`].
@@ -600,77 +619,96 @@ fn norm_backward(
     silu: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (cg, hw) = (g.cg(), g.hw);
-    let m = (cg * hw) as f32;
     let mut dx = vec![0.0f32; x.len()];
-    // Each block returns its channels' (da, db).
-    let per_block: Vec<Vec<(f32, f32)>> = dx
-        .par_chunks_mut(cg * hw)
+    let (mut da, mut db) = (vec![0.0f32; g.n * g.c], vec![0.0f32; g.n * g.c]);
+    dx.par_chunks_mut(cg * hw)
         .zip(x.par_chunks(cg * hw))
         .zip(dy.par_chunks(cg * hw))
+        .zip(da.par_chunks_mut(cg).zip(db.par_chunks_mut(cg)))
         .enumerate()
-        .map(|(blk, ((dxb, xb), dyb))| {
-            let (n, grp) = (blk / g.groups, blk % g.groups);
-            let (mean, rstd) = stats(xb, eps);
-            let mut dab = Vec::with_capacity(cg);
-            let (mut s1, mut s2) = (0.0f64, 0.0f64);
-            // Pass 1, per channel: dz (the gradient before the affine) into dx, then
-            // da = Σ dz · x̂ and db = Σ dz in eight f32 lanes (vectorizable), combined in f64.
-            // With dx̂ = dz · a: Σ dx̂ = a · db and Σ dx̂ · x̂ = a · da.
-            for j in 0..cg {
-                let ch = n * g.c + grp * cg + j;
-                let (aj, bj) = (a[ch], b[ch]);
-                let range = j * hw..(j + 1) * hw;
-                let (d, xc) = (&mut dxb[range.clone()], &xb[range.clone()]);
-                if silu {
-                    for ((d, &xv), &gy) in d.iter_mut().zip(xc).zip(&dyb[range]) {
-                        let z = ((xv - mean) * rstd) * aj + bj;
-                        let sg = sigmoid(z);
-                        *d = gy * sg * (1.0 + z * (1.0 - sg));
-                    }
-                } else {
-                    d.copy_from_slice(&dyb[range]);
+        .for_each(|(blk, (((dxb, xb), dyb), (dab, dbb)))| {
+            // Block blk is sample blk / groups, group blk % groups: channels blk·cg.. of [N·C].
+            let ch = blk * cg..(blk + 1) * cg;
+            norm_block_backward(
+                dxb,
+                xb,
+                dyb,
+                &a[ch.clone()],
+                &b[ch],
+                dab,
+                dbb,
+                hw,
+                eps,
+                silu,
+            );
+        });
+    (dx, da, db)
+}
+
+flowmap::multiversion! {
+    /// One (sample, group) block of [`norm_backward`]: dx into `dxb`, each channel's da and db
+    /// into `da`, `db`, compiled for the CPU's vector width.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_block_backward(
+        dxb: &mut [f32],
+        xb: &[f32],
+        dyb: &[f32],
+        a: &[f32],
+        b: &[f32],
+        da_out: &mut [f32],
+        db_out: &mut [f32],
+        hw: usize,
+        eps: f32,
+        silu: bool,
+    ) {
+        let m = xb.len() as f64;
+        let (mean, rstd) = stats(xb, eps);
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        // Pass 1, per channel: dz (the gradient before the affine) into dx, then
+        // da = Σ dz · x̂ and db = Σ dz in eight f32 lanes (vectorizable), combined in f64.
+        // With dx̂ = dz · a: Σ dx̂ = a · db and Σ dx̂ · x̂ = a · da.
+        for j in 0..a.len() {
+            let (aj, bj) = (a[j], b[j]);
+            let range = j * hw..(j + 1) * hw;
+            let (d, xc) = (&mut dxb[range.clone()], &xb[range.clone()]);
+            if silu {
+                for ((d, &xv), &gy) in d.iter_mut().zip(xc).zip(&dyb[range]) {
+                    let z = ((xv - mean) * rstd) * aj + bj;
+                    let sg = sigmoid(z);
+                    *d = gy * sg * (1.0 + z * (1.0 - sg));
                 }
-                let (mut da, mut db) = ([0.0f32; 8], [0.0f32; 8]);
-                let (dch, xch) = (d.chunks_exact(8), xc.chunks_exact(8));
-                let (dr, xr) = (dch.remainder(), xch.remainder());
-                for (dz, xv) in dch.zip(xch) {
-                    for l in 0..8 {
-                        da[l] += dz[l] * ((xv[l] - mean) * rstd);
-                        db[l] += dz[l];
-                    }
-                }
-                let mut da: f64 = da.iter().map(|&v| v as f64).sum();
-                let mut db: f64 = db.iter().map(|&v| v as f64).sum();
-                for (&dz, &xv) in dr.iter().zip(xr) {
-                    da += (dz * ((xv - mean) * rstd)) as f64;
-                    db += dz as f64;
-                }
-                dab.push((da as f32, db as f32));
-                s1 += aj as f64 * db;
-                s2 += aj as f64 * da;
+            } else {
+                d.copy_from_slice(&dyb[range]);
             }
-            // Pass 2: dx = rstd · (dz · a − mean(dx̂) − x̂ · mean(dx̂ · x̂)).
-            let (m1, m2) = ((s1 / m as f64) as f32, (s2 / m as f64) as f32);
-            for j in 0..cg {
-                let aj = a[n * g.c + grp * cg + j];
-                let range = j * hw..(j + 1) * hw;
-                for (d, &xv) in dxb[range.clone()].iter_mut().zip(&xb[range]) {
-                    let xh = (xv - mean) * rstd;
-                    *d = rstd * (*d * aj - m1 - xh * m2);
+            let (mut da, mut db) = ([0.0f32; 8], [0.0f32; 8]);
+            let (dch, xch) = (d.chunks_exact(8), xc.chunks_exact(8));
+            let (dr, xr) = (dch.remainder(), xch.remainder());
+            for (dz, xv) in dch.zip(xch) {
+                for l in 0..8 {
+                    da[l] += dz[l] * ((xv[l] - mean) * rstd);
+                    db[l] += dz[l];
                 }
             }
-            dab
-        })
-        .collect();
-    let (mut da, mut db) = (vec![0.0f32; g.n * g.c], vec![0.0f32; g.n * g.c]);
-    for (blk, dab) in per_block.into_iter().enumerate() {
-        let (n, grp) = (blk / g.groups, blk % g.groups);
-        for (j, (a, b)) in dab.into_iter().enumerate() {
-            da[n * g.c + grp * cg + j] = a;
-            db[n * g.c + grp * cg + j] = b;
+            let mut da: f64 = da.iter().map(|&v| v as f64).sum();
+            let mut db: f64 = db.iter().map(|&v| v as f64).sum();
+            for (&dz, &xv) in dr.iter().zip(xr) {
+                da += (dz * ((xv - mean) * rstd)) as f64;
+                db += dz as f64;
+            }
+            (da_out[j], db_out[j]) = (da as f32, db as f32);
+            s1 += aj as f64 * db;
+            s2 += aj as f64 * da;
+        }
+        // Pass 2: dx = rstd · (dz · a − mean(dx̂) − x̂ · mean(dx̂ · x̂)).
+        let (m1, m2) = ((s1 / m) as f32, (s2 / m) as f32);
+        for (j, &aj) in a.iter().enumerate() {
+            let range = j * hw..(j + 1) * hw;
+            for (d, &xv) in dxb[range.clone()].iter_mut().zip(&xb[range]) {
+                let xh = (xv - mean) * rstd;
+                *d = rstd * (*d * aj - m1 - xh * m2);
+            }
         }
     }
-    (dx, da, db)
 }
 
 impl FlexOps for Flex {
