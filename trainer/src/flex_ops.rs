@@ -428,12 +428,16 @@ fn epilogue_rows(f: usize) -> usize {
 
 /// z = act(y · (1 + scale) + shift) row by row; m None: act(y).
 fn modulate_act_forward(y: &[f32], m: Option<&[f32]>, f: usize, act: Activation) -> Vec<f32> {
-    match act {
-        Activation::None => modulate_forward::<Identity>(y, m, f),
-        Activation::Relu => modulate_forward::<Relu>(y, m, f),
-        Activation::Silu => modulate_forward::<Silu>(y, m, f),
-        Activation::Gelu => modulate_forward::<Gelu>(y, m, f),
+    let rows = epilogue_rows(f);
+    let mut z = vec![0.0f32; y.len()];
+    let chunks = z.par_chunks_mut(rows * f).zip(y.par_chunks(rows * f));
+    match m {
+        Some(m) => chunks
+            .zip(m.par_chunks(rows * 2 * f))
+            .for_each(|((zb, yb), mb)| modulate_block_forward(zb, yb, Some(mb), f, act)),
+        None => chunks.for_each(|(zb, yb)| modulate_block_forward(zb, yb, None, f, act)),
     }
+    z
 }
 
 /// (dy, dm) of [`modulate_act_forward`]: with g = dz · act'(u), dy = g · (1 + scale),
@@ -445,45 +449,6 @@ fn modulate_act_backward(
     f: usize,
     act: Activation,
 ) -> (Vec<f32>, Vec<f32>) {
-    match act {
-        Activation::None => modulate_backward::<Identity>(y, m, dz, f),
-        Activation::Relu => modulate_backward::<Relu>(y, m, dz, f),
-        Activation::Silu => modulate_backward::<Silu>(y, m, dz, f),
-        Activation::Gelu => modulate_backward::<Gelu>(y, m, dz, f),
-    }
-}
-
-fn modulate_forward<A: Act>(y: &[f32], m: Option<&[f32]>, f: usize) -> Vec<f32> {
-    let rows = epilogue_rows(f);
-    let mut z = vec![0.0f32; y.len()];
-    let chunks = z.par_chunks_mut(rows * f).zip(y.par_chunks(rows * f));
-    let Some(m) = m else {
-        chunks.for_each(|(zb, yb)| {
-            for (z, &y) in zb.iter_mut().zip(yb) {
-                *z = A::value(y);
-            }
-        });
-        return z;
-    };
-    chunks
-        .zip(m.par_chunks(rows * 2 * f))
-        .for_each(|((zb, yb), mb)| {
-            for ((zr, yr), mr) in zb.chunks_mut(f).zip(yb.chunks(f)).zip(mb.chunks(2 * f)) {
-                let (scale, shift) = mr.split_at(f);
-                for (((z, &y), &s), &t) in zr.iter_mut().zip(yr).zip(scale).zip(shift) {
-                    *z = A::value(y * (1.0 + s) + t);
-                }
-            }
-        });
-    z
-}
-
-fn modulate_backward<A: Act>(
-    y: &[f32],
-    m: Option<&[f32]>,
-    dz: &[f32],
-    f: usize,
-) -> (Vec<f32>, Vec<f32>) {
     let rows = epilogue_rows(f);
     let mut dy = vec![0.0f32; y.len()];
     let chunks = dy
@@ -492,9 +457,7 @@ fn modulate_backward<A: Act>(
         .zip(dz.par_chunks(rows * f));
     let Some(m) = m else {
         chunks.for_each(|((dyb, yb), dzb)| {
-            for ((d, &y), &g) in dyb.iter_mut().zip(yb).zip(dzb) {
-                *d = g * A::grad(y);
-            }
+            modulate_block_backward(dyb, yb, None, dzb, &mut [], f, act)
         });
         return (dy, Vec::new());
     };
@@ -503,25 +466,98 @@ fn modulate_backward<A: Act>(
         .zip(dm.par_chunks_mut(rows * 2 * f))
         .zip(m.par_chunks(rows * 2 * f))
         .for_each(|((((dyb, yb), dzb), dmb), mb)| {
-            let rows = dyb
-                .chunks_mut(f)
-                .zip(yb.chunks(f))
-                .zip(dzb.chunks(f))
-                .zip(dmb.chunks_mut(2 * f))
-                .zip(mb.chunks(2 * f));
-            for ((((dyr, yr), dzr), dmr), mr) in rows {
-                let (scale, shift) = mr.split_at(f);
-                let (ds, dt) = dmr.split_at_mut(f);
-                for i in 0..f {
-                    let u = yr[i] * (1.0 + scale[i]) + shift[i];
-                    let g = dzr[i] * A::grad(u);
-                    dyr[i] = g * (1.0 + scale[i]);
-                    ds[i] = g * yr[i];
-                    dt[i] = g;
-                }
-            }
+            modulate_block_backward(dyb, yb, Some(mb), dzb, dmb, f, act)
         });
     (dy, dm)
+}
+
+flowmap::multiversion! {
+    /// One block of rows of [`modulate_act_forward`], compiled for the CPU's vector width; the
+    /// activation is matched once, outside the loops.
+    fn modulate_block_forward(zb: &mut [f32], yb: &[f32], mb: Option<&[f32]>, f: usize, act: Activation) {
+        match act {
+            Activation::None => modulate_rows_forward::<Identity>(zb, yb, mb, f),
+            Activation::Relu => modulate_rows_forward::<Relu>(zb, yb, mb, f),
+            Activation::Silu => modulate_rows_forward::<Silu>(zb, yb, mb, f),
+            Activation::Gelu => modulate_rows_forward::<Gelu>(zb, yb, mb, f),
+        }
+    }
+}
+
+flowmap::multiversion! {
+    /// One block of rows of [`modulate_act_backward`] (dmb empty without mb), compiled for the
+    /// CPU's vector width; the activation is matched once, outside the loops.
+    #[allow(clippy::too_many_arguments)]
+    fn modulate_block_backward(
+        dyb: &mut [f32],
+        yb: &[f32],
+        mb: Option<&[f32]>,
+        dzb: &[f32],
+        dmb: &mut [f32],
+        f: usize,
+        act: Activation,
+    ) {
+        match act {
+            Activation::None => modulate_rows_backward::<Identity>(dyb, yb, mb, dzb, dmb, f),
+            Activation::Relu => modulate_rows_backward::<Relu>(dyb, yb, mb, dzb, dmb, f),
+            Activation::Silu => modulate_rows_backward::<Silu>(dyb, yb, mb, dzb, dmb, f),
+            Activation::Gelu => modulate_rows_backward::<Gelu>(dyb, yb, mb, dzb, dmb, f),
+        }
+    }
+}
+
+#[inline(always)]
+fn modulate_rows_forward<A: Act>(zb: &mut [f32], yb: &[f32], mb: Option<&[f32]>, f: usize) {
+    let Some(mb) = mb else {
+        for (z, &y) in zb.iter_mut().zip(yb) {
+            *z = A::value(y);
+        }
+        return;
+    };
+    for ((zr, yr), mr) in zb.chunks_mut(f).zip(yb.chunks(f)).zip(mb.chunks(2 * f)) {
+        let (scale, shift) = mr.split_at(f);
+        for (((z, &y), &s), &t) in zr.iter_mut().zip(yr).zip(scale).zip(shift) {
+            *z = A::value(y * (1.0 + s) + t);
+        }
+    }
+}
+
+#[inline(always)]
+fn modulate_rows_backward<A: Act>(
+    dyb: &mut [f32],
+    yb: &[f32],
+    mb: Option<&[f32]>,
+    dzb: &[f32],
+    dmb: &mut [f32],
+    f: usize,
+) {
+    let Some(mb) = mb else {
+        for ((d, &y), &g) in dyb.iter_mut().zip(yb).zip(dzb) {
+            *d = g * A::grad(y);
+        }
+        return;
+    };
+    let rows = dyb
+        .chunks_mut(f)
+        .zip(yb.chunks(f))
+        .zip(dzb.chunks(f))
+        .zip(dmb.chunks_mut(2 * f))
+        .zip(mb.chunks(2 * f));
+    for ((((dyr, yr), dzr), dmr), mr) in rows {
+        let (scale, shift) = mr.split_at(f);
+        let (ds, dt) = dmr.split_at_mut(f);
+        let each = dyr
+            .iter_mut()
+            .zip(ds.iter_mut().zip(dt))
+            .zip(yr.iter().zip(dzr))
+            .zip(scale.iter().zip(shift));
+        for (((dy, (ds, dt)), (&y, &dz)), (&s, &t)) in each {
+            let g = dz * A::grad(y * (1.0 + s) + t);
+            *dy = g * (1.0 + s);
+            *ds = g * y;
+            *dt = g;
+        }
+    }
 }
 
 /// (mean, 1/√(var + eps)) of a group: two passes of vectorizable sums (eight f32 lanes, combined
