@@ -962,18 +962,33 @@ impl FusedGrad<3> for ConvGrad {
         [x, w, _]: [B::FloatTensorPrimitive; 3],
         dy: B::FloatTensorPrimitive,
         (stride, padding): (usize, usize),
-        [want_x, want_w, want_b]: [bool; 3],
+        wanted: [bool; 3],
     ) -> [Option<B::FloatTensorPrimitive>; 3] {
-        let dx =
-            want_x.then(|| B::fast_conv2d_dx(x.clone(), w.clone(), dy.clone(), stride, padding));
-        let (dw, db) = if want_w || want_b {
-            let (dw, db) = B::fast_conv2d_dwb(x, w, dy, stride, padding);
-            (Some(dw), Some(db))
-        } else {
-            (None, None)
-        };
-        [dx, dw, db]
+        input_and_params(
+            wanted,
+            [x, w, dy],
+            |[x, w, dy]| B::fast_conv2d_dx(x, w, dy, stride, padding),
+            |[x, w, dy]| B::fast_conv2d_dwb(x, w, dy, stride, padding),
+        )
     }
+}
+
+/// The gradients of an op on (x, w, b) whose input gradient is one product (`dx`) and whose
+/// weight and bias gradients come from another (`dwb`), each run only when wanted.
+fn input_and_params<P: Clone>(
+    [want_x, want_w, want_b]: [bool; 3],
+    [x, w, dy]: [P; 3],
+    dx: impl FnOnce([P; 3]) -> P,
+    dwb: impl FnOnce([P; 3]) -> (P, P),
+) -> [Option<P>; 3] {
+    let dx = want_x.then(|| dx([x.clone(), w.clone(), dy.clone()]));
+    let (dw, db) = if want_w || want_b {
+        let (dw, db) = dwb([x, w, dy]);
+        (Some(dw), Some(db))
+    } else {
+        (None, None)
+    };
+    [dx, dw, db]
 }
 
 /// Linear layer: x, w, b.
@@ -987,16 +1002,14 @@ impl FusedGrad<3> for LinearGrad {
         [x, w, _]: [B::FloatTensorPrimitive; 3],
         dy: B::FloatTensorPrimitive,
         (): (),
-        [want_x, want_w, want_b]: [bool; 3],
+        wanted: [bool; 3],
     ) -> [Option<B::FloatTensorPrimitive>; 3] {
-        let dx = want_x.then(|| B::fast_linear_dx(x.clone(), w.clone(), dy.clone()));
-        let (dw, db) = if want_w || want_b {
-            let (dw, db) = B::fast_linear_dwb(x, w, dy);
-            (Some(dw), Some(db))
-        } else {
-            (None, None)
-        };
-        [dx, dw, db]
+        input_and_params(
+            wanted,
+            [x, w, dy],
+            |[x, w, dy]| B::fast_linear_dx(x, w, dy),
+            |[x, w, dy]| B::fast_linear_dwb(x, w, dy),
+        )
     }
 }
 
