@@ -25,7 +25,7 @@
 //! `fast_linear_matches_burns_matmul` hold values and all three gradients to burn's.
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, AutodiffBackend, Backend, TensorMetadata};
+use burn::backend::{backend_extension, Backend, TensorMetadata};
 use burn::tensor::{Tensor, TensorData};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -43,8 +43,9 @@ use flowmap::cpu::im2col::ConvGeom;
 use flowmap::cpu::{direct, exp_fast, sum8};
 use rayon::prelude::*;
 
-/// The convolution as a backend extension: implemented for flex and, with a custom backward,
-/// for autodiff over it.
+/// The fused ops (convolution, linear layer, modulation + activation, GroupNorm) as a backend
+/// extension: implemented for flex and, with their own autodiff nodes, for autodiff over it.
+/// Their backward products are [`FlexGrads`].
 #[backend_extension(Flex, Autodiff)]
 pub trait FlexOps: Backend {
     /// y = conv(x, w) + b; x [N, C, H, W], w [O, C, k, k], b [O].
@@ -56,6 +57,39 @@ pub trait FlexOps: Backend {
         padding: usize,
     ) -> FloatTensor<Self>;
 
+    /// y = x · wᵀ + b; x [N, in], w [out, in] (flowmap's layout), b [out].
+    fn fast_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// z = act(y · (1 + scale) + shift); y [N, F], m = [scale | shift] [N, 2F]: the linear
+    /// layer's time modulation and activation in one pass.
+    fn fast_modulate_act(
+        y: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        act: Activation,
+    ) -> FloatTensor<Self>;
+
+    /// z = act(y), elementwise.
+    fn fast_act(y: FloatTensor<Self>, act: Activation) -> FloatTensor<Self>;
+
+    /// y = act(x̂ · a + b) with x̂ = GroupNorm(x) over (C/groups, H, W), per-(sample, channel)
+    /// a, b [N, C], act = SiLU or identity. x [N, C, H, W].
+    fn fast_group_norm(
+        x: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        groups: usize,
+        eps: f32,
+        silu: bool,
+    ) -> FloatTensor<Self>;
+}
+
+/// The backward products of [`FlexOps`], on the inner (non-autodiff) backend only: the
+/// autodiff nodes call them, nothing dispatches to them.
+pub trait FlexGrads: Backend {
     /// ∂L/∂x given dy = ∂L/∂y (x supplies the shape).
     fn fast_conv2d_dx(
         x: FloatTensor<Self>,
@@ -74,13 +108,6 @@ pub trait FlexOps: Backend {
         padding: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    /// y = x · wᵀ + b; x [N, in], w [out, in] (flowmap's layout), b [out].
-    fn fast_linear(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-    ) -> FloatTensor<Self>;
-
     /// ∂L/∂x = dy · w given dy = ∂L/∂y.
     fn fast_linear_dx(
         x: FloatTensor<Self>,
@@ -95,14 +122,6 @@ pub trait FlexOps: Backend {
         dy: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    /// z = act(y · (1 + scale) + shift); y [N, F], m = [scale | shift] [N, 2F]: the linear
-    /// layer's time modulation and activation in one pass.
-    fn fast_modulate_act(
-        y: FloatTensor<Self>,
-        m: FloatTensor<Self>,
-        act: Activation,
-    ) -> FloatTensor<Self>;
-
     /// (∂L/∂y, ∂L/∂m) given dz.
     fn fast_modulate_act_backward(
         y: FloatTensor<Self>,
@@ -111,25 +130,11 @@ pub trait FlexOps: Backend {
         act: Activation,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    /// z = act(y), elementwise.
-    fn fast_act(y: FloatTensor<Self>, act: Activation) -> FloatTensor<Self>;
-
     /// ∂L/∂y given dz.
     fn fast_act_backward(
         y: FloatTensor<Self>,
         dz: FloatTensor<Self>,
         act: Activation,
-    ) -> FloatTensor<Self>;
-
-    /// y = act(x̂ · a + b) with x̂ = GroupNorm(x) over (C/groups, H, W), per-(sample, channel)
-    /// a, b [N, C], act = SiLU or identity. x [N, C, H, W].
-    fn fast_group_norm(
-        x: FloatTensor<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        groups: usize,
-        eps: f32,
-        silu: bool,
     ) -> FloatTensor<Self>;
 
     /// (∂L/∂x, ∂L/∂a, ∂L/∂b) given dy.
@@ -757,31 +762,10 @@ impl FlexOps for Flex {
         )
     }
 
-    fn fast_modulate_act_backward(
-        y: FlexTensor,
-        m: FlexTensor,
-        dz: FlexTensor,
-        act: Activation,
-    ) -> (FlexTensor, FlexTensor) {
-        let (y, m, dz) = (contiguous(y), contiguous(m), contiguous(dz));
-        let [n, f] = dims2(&y);
-        let (dy, dm) = modulate_act_backward(slice(&y), Some(slice(&m)), slice(&dz), f, act);
-        (flex(dy, &[n, f]), flex(dm, &[n, 2 * f]))
-    }
-
     fn fast_act(y: FlexTensor, act: Activation) -> FlexTensor {
         let y = contiguous(y);
         let [n, f] = dims2(&y);
         flex(modulate_act_forward(slice(&y), None, f, act), &[n, f])
-    }
-
-    fn fast_act_backward(y: FlexTensor, dz: FlexTensor, act: Activation) -> FlexTensor {
-        let (y, dz) = (contiguous(y), contiguous(dz));
-        let [n, f] = dims2(&y);
-        flex(
-            modulate_act_backward(slice(&y), None, slice(&dz), f, act).0,
-            &[n, f],
-        )
     }
 
     fn fast_linear(x: FlexTensor, w: FlexTensor, b: FlexTensor) -> FlexTensor {
@@ -807,20 +791,6 @@ impl FlexOps for Flex {
         flex(y, &[n, out])
     }
 
-    fn fast_linear_dx(x: FlexTensor, w: FlexTensor, dy: FlexTensor) -> FlexTensor {
-        let ([n, inp], out) = (dims2(&x), dims2(&w)[0]);
-        let (w, dy) = (contiguous(w), contiguous(dy));
-        flex(linear_dx(slice(&w), slice(&dy), n, inp, out), &[n, inp])
-    }
-
-    fn fast_linear_dwb(x: FlexTensor, w: FlexTensor, dy: FlexTensor) -> (FlexTensor, FlexTensor) {
-        let [out, inp] = dims2(&w);
-        let (x, dy) = (contiguous(x), contiguous(dy));
-        let n = dims2(&x)[0];
-        let (dw, db) = linear_dwb(slice(&x), slice(&dy), n, inp, out);
-        (flex(dw, &[out, inp]), flex(db, &[out]))
-    }
-
     fn fast_conv2d(
         x: FlexTensor,
         w: FlexTensor,
@@ -840,6 +810,60 @@ impl FlexOps for Flex {
             None,
         );
         flex(y, &shape)
+    }
+
+    fn fast_group_norm(
+        x: FlexTensor,
+        a: FlexTensor,
+        b: FlexTensor,
+        groups: usize,
+        eps: f32,
+        silu: bool,
+    ) -> FlexTensor {
+        let (x, a, b) = (contiguous(x), contiguous(a), contiguous(b));
+        let xs = dims4(&x);
+        let g = NormGeom::new(xs, groups);
+        flex(
+            norm_forward(slice(&x), slice(&a), slice(&b), g, eps, silu),
+            &xs,
+        )
+    }
+}
+
+impl FlexGrads for Flex {
+    fn fast_modulate_act_backward(
+        y: FlexTensor,
+        m: FlexTensor,
+        dz: FlexTensor,
+        act: Activation,
+    ) -> (FlexTensor, FlexTensor) {
+        let (y, m, dz) = (contiguous(y), contiguous(m), contiguous(dz));
+        let [n, f] = dims2(&y);
+        let (dy, dm) = modulate_act_backward(slice(&y), Some(slice(&m)), slice(&dz), f, act);
+        (flex(dy, &[n, f]), flex(dm, &[n, 2 * f]))
+    }
+
+    fn fast_act_backward(y: FlexTensor, dz: FlexTensor, act: Activation) -> FlexTensor {
+        let (y, dz) = (contiguous(y), contiguous(dz));
+        let [n, f] = dims2(&y);
+        flex(
+            modulate_act_backward(slice(&y), None, slice(&dz), f, act).0,
+            &[n, f],
+        )
+    }
+
+    fn fast_linear_dx(x: FlexTensor, w: FlexTensor, dy: FlexTensor) -> FlexTensor {
+        let ([n, inp], out) = (dims2(&x), dims2(&w)[0]);
+        let (w, dy) = (contiguous(w), contiguous(dy));
+        flex(linear_dx(slice(&w), slice(&dy), n, inp, out), &[n, inp])
+    }
+
+    fn fast_linear_dwb(x: FlexTensor, w: FlexTensor, dy: FlexTensor) -> (FlexTensor, FlexTensor) {
+        let [out, inp] = dims2(&w);
+        let (x, dy) = (contiguous(x), contiguous(dy));
+        let n = dims2(&x)[0];
+        let (dw, db) = linear_dwb(slice(&x), slice(&dy), n, inp, out);
+        (flex(dw, &[out, inp]), flex(db, &[out]))
     }
 
     fn fast_conv2d_dx(
@@ -869,23 +893,6 @@ impl FlexOps for Flex {
         (flex(dw, &ws), flex(db, &[g.o]))
     }
 
-    fn fast_group_norm(
-        x: FlexTensor,
-        a: FlexTensor,
-        b: FlexTensor,
-        groups: usize,
-        eps: f32,
-        silu: bool,
-    ) -> FlexTensor {
-        let (x, a, b) = (contiguous(x), contiguous(a), contiguous(b));
-        let xs = dims4(&x);
-        let g = NormGeom::new(xs, groups);
-        flex(
-            norm_forward(slice(&x), slice(&a), slice(&b), g, eps, silu),
-            &xs,
-        )
-    }
-
     fn fast_group_norm_backward(
         x: FlexTensor,
         a: FlexTensor,
@@ -909,7 +916,7 @@ trait FusedGrad<const K: usize>: std::fmt::Debug + Send + 'static {
     /// The op's settings (stride, activation, …), kept on the graph for the backward.
     type Extra: Clone + Send + std::fmt::Debug + 'static;
 
-    fn grads<B: Backend + FlexOps>(
+    fn grads<B: Backend + FlexGrads>(
         inputs: [B::FloatTensorPrimitive; K],
         dy: B::FloatTensorPrimitive,
         extra: Self::Extra,
@@ -928,7 +935,7 @@ impl<G> FusedNode<G> {
     }
 }
 
-impl<B: Backend + FlexOps, G: FusedGrad<K>, const K: usize> Backward<B, K> for FusedNode<G> {
+impl<B: Backend + FlexGrads, G: FusedGrad<K>, const K: usize> Backward<B, K> for FusedNode<G> {
     /// Checkpointed inputs; the op's settings.
     type State = ([NodeId; K], G::Extra);
 
@@ -958,7 +965,7 @@ struct ConvGrad;
 impl FusedGrad<3> for ConvGrad {
     type Extra = (usize, usize);
 
-    fn grads<B: Backend + FlexOps>(
+    fn grads<B: Backend + FlexGrads>(
         [x, w, _]: [B::FloatTensorPrimitive; 3],
         dy: B::FloatTensorPrimitive,
         (stride, padding): (usize, usize),
@@ -998,7 +1005,7 @@ struct LinearGrad;
 impl FusedGrad<3> for LinearGrad {
     type Extra = ();
 
-    fn grads<B: Backend + FlexOps>(
+    fn grads<B: Backend + FlexGrads>(
         [x, w, _]: [B::FloatTensorPrimitive; 3],
         dy: B::FloatTensorPrimitive,
         (): (),
@@ -1020,7 +1027,7 @@ struct ModulateActGrad;
 impl FusedGrad<2> for ModulateActGrad {
     type Extra = Activation;
 
-    fn grads<B: Backend + FlexOps>(
+    fn grads<B: Backend + FlexGrads>(
         [y, m]: [B::FloatTensorPrimitive; 2],
         dz: B::FloatTensorPrimitive,
         act: Activation,
@@ -1038,7 +1045,7 @@ struct ActGrad;
 impl FusedGrad<1> for ActGrad {
     type Extra = Activation;
 
-    fn grads<B: Backend + FlexOps>(
+    fn grads<B: Backend + FlexGrads>(
         [y]: [B::FloatTensorPrimitive; 1],
         dz: B::FloatTensorPrimitive,
         act: Activation,
@@ -1055,7 +1062,7 @@ struct NormGrad;
 impl FusedGrad<3> for NormGrad {
     type Extra = (usize, f32, bool);
 
-    fn grads<B: Backend + FlexOps>(
+    fn grads<B: Backend + FlexGrads>(
         [x, a, b]: [B::FloatTensorPrimitive; 3],
         dy: B::FloatTensorPrimitive,
         (groups, eps, silu): (usize, f32, bool),
@@ -1095,7 +1102,7 @@ where
     }
 }
 
-impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
+impl<B: Backend + FlexOps + FlexGrads, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
     fn fast_modulate_act(
         y: FloatTensor<Self>,
         m: FloatTensor<Self>,
@@ -1106,39 +1113,10 @@ impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
         })
     }
 
-    fn fast_modulate_act_backward(
-        y: FloatTensor<Self>,
-        m: FloatTensor<Self>,
-        dz: FloatTensor<Self>,
-        act: Activation,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        // Only the backward above calls this, on the inner backend; here it is a constant.
-        let (dy, dm) = B::fast_modulate_act_backward(
-            y.into_primitive(),
-            m.into_primitive(),
-            dz.into_primitive(),
-            act,
-        );
-        (Self::from_inner(dy), Self::from_inner(dm))
-    }
-
     fn fast_act(y: FloatTensor<Self>, act: Activation) -> FloatTensor<Self> {
         record::<B, C, _, _, 1>(FusedNode::<ActGrad>::new(), [y], act, |[y]| {
             B::fast_act(y, act)
         })
-    }
-
-    fn fast_act_backward(
-        y: FloatTensor<Self>,
-        dz: FloatTensor<Self>,
-        act: Activation,
-    ) -> FloatTensor<Self> {
-        // Only the backward above calls this, on the inner backend; here it is a constant.
-        Self::from_inner(B::fast_act_backward(
-            y.into_primitive(),
-            dz.into_primitive(),
-            act,
-        ))
     }
 
     fn fast_linear(
@@ -1149,29 +1127,6 @@ impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
         record::<B, C, _, _, 3>(FusedNode::<LinearGrad>::new(), [x, w, b], (), |[x, w, b]| {
             B::fast_linear(x, w, b)
         })
-    }
-
-    fn fast_linear_dx(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        // Only the backward above calls this, on the inner backend; here it is a constant.
-        Self::from_inner(B::fast_linear_dx(
-            x.into_primitive(),
-            w.into_primitive(),
-            dy.into_primitive(),
-        ))
-    }
-
-    fn fast_linear_dwb(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (dw, db) =
-            B::fast_linear_dwb(x.into_primitive(), w.into_primitive(), dy.into_primitive());
-        (Self::from_inner(dw), Self::from_inner(db))
     }
 
     fn fast_group_norm(
@@ -1190,32 +1145,6 @@ impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
         )
     }
 
-    fn fast_group_norm_backward(
-        x: FloatTensor<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        groups: usize,
-        eps: f32,
-        silu: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        // Only the backward above calls this, on the inner backend; here it is a constant.
-        let (dx, da, db) = B::fast_group_norm_backward(
-            x.into_primitive(),
-            a.into_primitive(),
-            b.into_primitive(),
-            dy.into_primitive(),
-            groups,
-            eps,
-            silu,
-        );
-        (
-            Self::from_inner(dx),
-            Self::from_inner(da),
-            Self::from_inner(db),
-        )
-    }
-
     fn fast_conv2d(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
@@ -1229,40 +1158,6 @@ impl<B: Backend + FlexOps, C: CheckpointStrategy> FlexOps for Autodiff<B, C> {
             (stride, padding),
             |[x, w, b]| B::fast_conv2d(x, w, b, stride, padding),
         )
-    }
-
-    fn fast_conv2d_dx(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        stride: usize,
-        padding: usize,
-    ) -> FloatTensor<Self> {
-        // Only the backward above calls this, on the inner backend; here it is a constant.
-        Self::from_inner(B::fast_conv2d_dx(
-            x.into_primitive(),
-            w.into_primitive(),
-            dy.into_primitive(),
-            stride,
-            padding,
-        ))
-    }
-
-    fn fast_conv2d_dwb(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        stride: usize,
-        padding: usize,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (dw, db) = B::fast_conv2d_dwb(
-            x.into_primitive(),
-            w.into_primitive(),
-            dy.into_primitive(),
-            stride,
-            padding,
-        );
-        (Self::from_inner(dw), Self::from_inner(db))
     }
 }
 
