@@ -24,41 +24,9 @@
 use super::gemm;
 use super::im2col::ConvGeom;
 
-/// The instruction set the tiles are compiled for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    Avx512,
-    Avx2,
-    /// The target's baseline (SSE2 on x86-64; simd128 on wasm when built with it; NEON).
-    Base,
-}
+pub use super::simd::Isa;
 
 impl Isa {
-    /// The widest set this CPU runs.
-    pub fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Base
-    }
-
-    /// Every set this CPU runs (for tests that hold each one to the reference).
-    pub fn available() -> Vec<Isa> {
-        let best = Isa::detect();
-        [Isa::Avx512, Isa::Avx2, Isa::Base]
-            .into_iter()
-            .filter(|&i| i as u8 >= best as u8)
-            .collect()
-    }
-
     /// (MR, NR): output channels × positions per tile (the widest NR of the set).
     pub fn tile(self) -> (usize, usize) {
         match self {

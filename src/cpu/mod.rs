@@ -24,6 +24,7 @@ pub use elementwise::{
 };
 pub use linear::{linear, linear_reference};
 pub use norm::{group_norm, group_norm_reference, sum8};
+pub use simd::Isa;
 
 use crate::backend::{Backend, Conv2d, Shaped};
 use crate::config::Activation;

@@ -25,18 +25,53 @@ macro_rules! multiversion {
                 fn v3($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F, the only feature v4 was compiled for.
-                    return unsafe { v4($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has AVX2 and FMA, the features v3 was compiled for.
-                    return unsafe { v3($($arg),*) };
+                match $crate::cpu::Isa::detect() {
+                    // SAFETY: detect() found AVX-512F, the only feature v4 was compiled for.
+                    $crate::cpu::Isa::Avx512 => return unsafe { v4($($arg),*) },
+                    // SAFETY: detect() found AVX2 and FMA, the features v3 was compiled for.
+                    $crate::cpu::Isa::Avx2 => return unsafe { v3($($arg),*) },
+                    $crate::cpu::Isa::Base => {}
                 }
             }
             body($($arg),*)
         }
     };
+}
+
+/// The instruction sets the fast path is compiled for, and the one this CPU runs: the single
+/// owner of the CPUID checks ([`multiversion!`](crate::multiversion) and the direct
+/// convolution's tiles both dispatch on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    /// The target's baseline (SSE2 on x86-64; simd128 on wasm when built with it; NEON).
+    Base,
+}
+
+impl Isa {
+    /// The widest set this CPU runs.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Base
+    }
+
+    /// Every set this CPU runs (for tests that hold each one to the reference).
+    pub fn available() -> Vec<Isa> {
+        let best = Isa::detect();
+        [Isa::Avx512, Isa::Avx2, Isa::Base]
+            .into_iter()
+            .filter(|&i| i as u8 >= best as u8)
+            .collect()
+    }
 }
