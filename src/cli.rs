@@ -239,13 +239,10 @@ fn run_sample(
         Engine::Cpu(b) => {
             let net = w.network(b)?;
             let chunk = sampler::max_batch(meta, 1 << 28)?;
-            let run = || sampler::sample_paced(b, &net, &noise, &grid, integrator, chunk, pace);
             // Fewer samples than cores: every op is latency-bound, so the idle cores poll.
-            if n < rayon::current_num_threads() {
-                flowmap::cpu::in_pool_warm(run)?
-            } else {
-                flowmap::cpu::in_pool(run)?
-            }
+            flowmap::cpu::in_pool_for(n, || {
+                sampler::sample_paced(b, &net, &noise, &grid, integrator, chunk, pace)
+            })?
         }
         Engine::Gpu(b) => {
             b.warm_up()?;
@@ -501,12 +498,9 @@ fn run_bench(
                 // As `sample` runs it: with fewer samples than cores, the idle cores poll for
                 // work (otherwise the profile's gaps between ops put them to sleep, and each
                 // batch-1 op would read the time of waking them).
-                let run = || bench_backend(b, &w, batch, iters, flops, peak);
-                if batch < rayon::current_num_threads() {
-                    flowmap::cpu::in_pool_warm(run)?
-                } else {
-                    flowmap::cpu::in_pool(run)?
-                }
+                flowmap::cpu::in_pool_for(batch, || {
+                    bench_backend(b, &w, batch, iters, flops, peak)
+                })?
             }
             Engine::Gpu(b) => {
                 say!("\n== {} ==", engine.describe());

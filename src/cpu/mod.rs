@@ -76,6 +76,16 @@ pub fn in_pool_warm<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
+/// [`in_pool_warm`] for work on fewer samples than there are cores (every op latency-bound),
+/// [`in_pool`] otherwise: the one rule the CLI's `sample` and `bench` both follow.
+pub fn in_pool_for<R: Send>(samples: usize, f: impl FnOnce() -> R + Send) -> R {
+    if samples < rayon::current_num_threads() {
+        in_pool_warm(f)
+    } else {
+        in_pool(f)
+    }
+}
+
 /// A host tensor: shared data (cheap clones) and a shape.
 #[derive(Debug, Clone)]
 pub struct CpuTensor {
