@@ -271,6 +271,46 @@ fn network_time_derivative_matches_richardson_estimate() {
     assert_close("∂_t X: FD(1e-3) vs Richardson", &train, &richardson, 5e-3);
 }
 
+/// What the split of `lmd` (and every self-distillation loss) rests on: at t = s the
+/// finite-difference ∂_t X_{s,t}(x) of a real network is v(s, s, x) and its midpoint is x
+/// (METHOD §3), so the diagonal pairs need no difference pair.
+#[test]
+fn diagonal_time_derivative_is_the_velocity() {
+    use crate::objectives::derivative::{time_derivative, Wrt, FD_STEP};
+    let cfg = tiny_mlp();
+    let be = flex();
+    let net = ParamStore::from_host(
+        &cfg,
+        &random_tensors(&flowmap::net::param_specs(&cfg).unwrap(), 6),
+        &be.device,
+    )
+    .unwrap()
+    .network(&cfg)
+    .unwrap();
+    let n = 16;
+    let xs = Rng::new(4).normals(n * 2, 1.0);
+    let x = be.tensor(xs.clone(), &[n, 2]);
+    // Inside (0, 1), where the difference is central (at t = 0 and 1 it is one-sided, with an
+    // O(h) error that the exact diagonal term does not have).
+    let t: Vec<f32> = (0..n).map(|i| (i as f32 + 0.5) / n as f32).collect();
+    let (dx, mid) = time_derivative(&net, &be, &x, &t, &t, Wrt::T, FD_STEP).unwrap();
+    let v = be
+        .download(&net.velocity(&be, &x, &t, &t).unwrap())
+        .unwrap();
+    assert_close(
+        "∂_t X at t = s vs v(t, t)",
+        &be.download(&dx).unwrap(),
+        &v,
+        5e-3,
+    );
+    assert_close(
+        "X_{t,t±h} midpoint vs x",
+        &be.download(&mid).unwrap(),
+        &xs,
+        5e-3,
+    );
+}
+
 fn quick(obj: Objective, steps: usize) -> TrainConfig {
     let mut c = TrainConfig::new(obj, "checkerboard");
     c.model = Some(tiny_mlp());

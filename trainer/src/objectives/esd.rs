@@ -3,17 +3,12 @@
 //! sg(v(s, s, ·)), plus the diagonal flow-matching term on the diagonal pairs.
 
 use super::emd::eulerian;
-use super::{self_distillation, Batch, Ctx, Loss, TimePairs};
+use super::{self_distillation, Batch, Ctx, Loss};
 use flowmap::rng::Rng;
 use flowmap::Result;
 
 pub fn loss(ctx: &Ctx, batch: &Batch, rng: &mut Rng) -> Result<Loss> {
     self_distillation(ctx, batch, rng, |ctx, off, s, t, _| {
-        let pairs = TimePairs {
-            s: s.to_vec(),
-            t: t.to_vec(),
-            diagonal: vec![false; s.len()],
-        };
-        eulerian(ctx, ctx.student_sg, off, &pairs, batch.n)
+        eulerian(ctx, ctx.student_sg, off, s, t, batch.n)
     })
 }

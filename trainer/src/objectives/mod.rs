@@ -186,6 +186,22 @@ pub fn diagonal_fm(
     Ok(sq_err(&v, &dit, n_total))
 }
 
+/// The diagonal term of a distillation loss, |v(t, t, I_t) − b̂_t(I_t)|² over `batch`, divided by
+/// `n_total`: what both `lmd` and `emd` reduce to at t = s (X_{t,t} = id, ∂_t X = −∂_s X = v
+/// there and ∇_x X_{t,t} = I; METHOD §3). The teacher runs outside the graph.
+pub fn distilled_diagonal(
+    ctx: &Ctx,
+    teacher: &dyn FlowModel,
+    batch: &Batch,
+    t: &[f32],
+    n_total: usize,
+) -> Result<Tensor<1>> {
+    let (it, _) = interpolant(ctx, batch, t);
+    let v = ctx.student.velocity(ctx.be, &it, t, t)?;
+    let target = teacher.velocity(ctx.be, &it, t, t)?.detached();
+    Ok(sq_err(&v, &target, n_total))
+}
+
 /// The self-distillation split (METHOD §4): the η-sampler's diagonal pairs get the
 /// flow-matching term L_diag, the others the objective's own `off` term, both divided by the full
 /// batch size. `off` receives the off-diagonal sub-batch and its (s, t).
@@ -195,18 +211,33 @@ pub fn self_distillation(
     rng: &mut Rng,
     off: impl FnOnce(&Ctx, &Batch, &[f32], &[f32], &mut Rng) -> Result<Tensor<1>>,
 ) -> Result<Loss> {
+    split_pairs(
+        ctx,
+        batch,
+        rng,
+        |ctx, diag, t| diagonal_fm(ctx, ctx.student, diag, t, batch.n),
+        off,
+    )
+}
+
+/// Draws the η-sampler's pairs and evaluates `diag` on the diagonal sub-batch (with its t) and
+/// `off` on the rest (with its s and t); the loss is their sum, with parts "diag" and "off".
+/// Both terms divide by the full batch size. A diagonal pair needs no difference pair: under the
+/// parameterization X_{t,t}(x) = x and ∂_t X_{s,t}(x) at t = s is v(s, s, x) exactly (METHOD §3,
+/// §5), so a loss's diagonal term is a single forward.
+pub fn split_pairs(
+    ctx: &Ctx,
+    batch: &Batch,
+    rng: &mut Rng,
+    diag: impl FnOnce(&Ctx, &Batch, &[f32]) -> Result<Tensor<1>>,
+    off: impl FnOnce(&Ctx, &Batch, &[f32], &[f32], &mut Rng) -> Result<Tensor<1>>,
+) -> Result<Loss> {
     let p = sample_pairs(rng, batch.n, ETA);
     let (diag_idx, off_idx) = split_diagonal(&p);
     let l_diag = if diag_idx.is_empty() {
         zero(ctx)
     } else {
-        diagonal_fm(
-            ctx,
-            ctx.student,
-            &batch.subset(&diag_idx),
-            &pick(&p.t, &diag_idx),
-            batch.n,
-        )?
+        diag(ctx, &batch.subset(&diag_idx), &pick(&p.t, &diag_idx))?
     };
     let l_off = if off_idx.is_empty() {
         zero(ctx)
