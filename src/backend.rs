@@ -154,6 +154,11 @@ pub trait Backend {
     /// Concatenation of [N, Ca, H, W] and [N, Cb, H, W] along channels.
     fn concat_channels(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
 
+    /// Each of the N rows of x [N, ...] repeated `times` times in place: [N·times, ...], output
+    /// row i being input row ⌊i / times⌋. A batch whose samples share their times gets its time
+    /// conditioning once per distinct (s, t), spread by this (`net::embed::Cond`).
+    fn repeat_rows(&self, x: &Self::Tensor, times: usize) -> Self::Tensor;
+
     /// The same data viewed with another shape of equal size (free on every backend).
     fn reshape(&self, t: &Self::Tensor, shape: &[usize]) -> Self::Tensor;
 

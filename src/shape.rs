@@ -226,6 +226,12 @@ impl Backend for ShapeBackend {
         self.record(OpFamily::Concat, 0.0, &[&a.0, &b.0], &[], out)
     }
 
+    fn repeat_rows(&self, x: &ShapeTensor, times: usize) -> ShapeTensor {
+        let mut out = x.0.clone();
+        out[0] *= times;
+        self.record(OpFamily::Concat, 0.0, &[&x.0], &[], out)
+    }
+
     fn reshape(&self, t: &ShapeTensor, shape: &[usize]) -> ShapeTensor {
         assert_eq!(
             t.len(),

@@ -177,6 +177,13 @@ fn upsample_concat_elementwise_match_cpu() {
         vec![t(&mut rng, &[2, 3, 5, 7]), t(&mut rng, &[2, 5, 5, 7])],
         |b, t| b.concat_channels(&t[0], &t[1])
     );
+    parity!("repeat_rows", vec![t(&mut rng, &[3, 5, 7])], |b, t| b
+        .repeat_rows(&t[0], 4));
+    parity!(
+        "repeat_rows one row",
+        vec![t(&mut rng, &[1, 130])],
+        |b, t| b.repeat_rows(&t[0], 300)
+    );
     let pair = || {
         vec![
             t(&mut Rng::new(7), &[3, 1001]),

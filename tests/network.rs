@@ -10,15 +10,18 @@ use flowmap::rng::Rng;
 use flowmap::weights::Weights;
 
 fn parity(name: &str, model: flowmap::config::ModelConfig) {
+    parity_at(name, model, &[0.0, 0.3, 0.9], &[1.0, 0.55, 0.9]);
+}
+
+/// Parity at per-sample times `s`, `t`.
+fn parity_at(name: &str, model: flowmap::config::ModelConfig, s: &[f32], t: &[f32]) {
     let dir = temp_dir(name);
     let path = write_random_model(&dir, "m.safetensors", model, 11);
     let w = Weights::read(&path).unwrap();
-    let n = 3;
+    let n = s.len();
     let len = w.meta.model.sample_len();
     let mut rng = Rng::new(5);
     let x = rng.normals(n * len, 1.0);
-    let s = [0.0f32, 0.3, 0.9];
-    let t = [1.0f32, 0.55, 0.9];
     let mut shape = vec![n];
     shape.extend(w.meta.model.sample_shape());
 
@@ -26,11 +29,29 @@ fn parity(name: &str, model: flowmap::config::ModelConfig) {
     let net = w.network(&cpu).unwrap();
     let expected = cpu
         .download(
-            &net.velocity(&cpu, &cpu.upload(&x, &shape).unwrap(), &s, &t)
+            &net.velocity(&cpu, &cpu.upload(&x, &shape).unwrap(), s, t)
                 .unwrap(),
         )
         .unwrap();
     assert!(expected.iter().all(|v| v.is_finite()));
+    // Samples that share their times get the time conditioning once per distinct (s, t), spread
+    // by `repeat_rows`: each sample alone (its own conditioning) must give the same values.
+    for i in 0..n {
+        let xi = &x[i * len..(i + 1) * len];
+        let mut one = shape.clone();
+        one[0] = 1;
+        let alone = cpu
+            .download(
+                &net.velocity(&cpu, &cpu.upload(xi, &one).unwrap(), &s[i..=i], &t[i..=i])
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_close(
+            &format!("{name} sample {i} alone vs in the batch"),
+            &expected[i * len..(i + 1) * len],
+            &alone,
+        );
+    }
     assert!(
         expected.iter().any(|v| v.abs() > 1e-3),
         "a degenerate network would make parity vacuous"
@@ -41,7 +62,7 @@ fn parity(name: &str, model: flowmap::config::ModelConfig) {
     let got = g
         .download(
             &gnet
-                .velocity(&g, &g.upload(&x, &shape).unwrap(), &s, &t)
+                .velocity(&g, &g.upload(&x, &shape).unwrap(), s, t)
                 .unwrap(),
         )
         .unwrap();
@@ -57,6 +78,19 @@ fn unet_gpu_matches_cpu() {
 #[test]
 fn mlp_gpu_matches_cpu() {
     parity("mlp", tiny_mlp());
+}
+
+/// Times shared in runs (a sampler's jump: one (s, t) for the batch; a training batch with
+/// grouped times: runs of 2 and 4 tile as runs of 2).
+#[test]
+fn shared_times_gpu_match_cpu() {
+    let (s, t) = ([0.25f32; 4], [0.75f32; 4]);
+    parity_at("unet-shared", tiny_unet(), &s, &t);
+    parity_at("mlp-shared", tiny_mlp(), &s, &t);
+    let s = [0.1f32, 0.1, 0.4, 0.4, 0.4, 0.4, 0.0, 0.0];
+    let t = [0.1f32, 0.1, 0.9, 0.9, 0.9, 0.9, 1.0, 1.0];
+    parity_at("unet-runs", tiny_unet(), &s, &t);
+    parity_at("mlp-runs", tiny_mlp(), &s, &t);
 }
 
 /// The authors' raw-time MLP ([s, t, x] input, no time embedding): the times reach the first

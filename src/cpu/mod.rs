@@ -20,7 +20,7 @@ pub use attention::attention;
 pub use conv::{conv2d, conv2d_packed, conv2d_reference};
 pub use elementwise::{
     activate, activate_reference, add, concat_channels, embedding_frequencies, exp_fast, flow_step,
-    silu_fast, timestep_embedding, upsample_nearest2x,
+    repeat_rows, silu_fast, timestep_embedding, upsample_nearest2x,
 };
 pub use linear::{linear, linear_reference};
 pub use norm::{group_norm, group_norm_reference, sum8};
@@ -295,6 +295,13 @@ impl Backend for CpuBackend {
         let mut shape = a.shape.clone();
         shape[1] = ca + cb;
         CpuTensor::new(y, &shape)
+    }
+
+    fn repeat_rows(&self, x: &CpuTensor, times: usize) -> CpuTensor {
+        let row = x.shape[1..].iter().product();
+        let mut shape = x.shape.clone();
+        shape[0] *= times;
+        CpuTensor::new(repeat_rows(&x.data, row, times), &shape)
     }
 
     fn reshape(&self, t: &CpuTensor, shape: &[usize]) -> CpuTensor {

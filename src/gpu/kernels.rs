@@ -229,6 +229,7 @@ impl GpuBackend {
         for (shader, entry) in [
             ("attention.wgsl", "main"),
             ("concat.wgsl", "main"),
+            ("concat.wgsl", "repeat_rows"),
             ("conv2d.wgsl", "main"),
             ("elementwise.wgsl", "add"),
             ("elementwise.wgsl", "activate"),
@@ -744,6 +745,21 @@ impl Backend for GpuBackend {
             "concat.wgsl",
             "main",
             &[(0, a.buffer()), (1, b.buffer()), (2, y.buffer())],
+            &params,
+            y.len().div_ceil(256),
+        );
+        y
+    }
+
+    fn repeat_rows(&self, x: &GpuTensor, times: usize) -> GpuTensor {
+        let mut shape = x.shape.clone();
+        shape[0] *= times;
+        let y = self.alloc(&shape);
+        let params = [u(y.shape[0]), u(x.len() / x.shape[0].max(1)), u(times)];
+        self.dispatch(
+            "concat.wgsl",
+            "repeat_rows",
+            &[(0, x.buffer()), (2, y.buffer())],
             &params,
             y.len().div_ceil(256),
         );

@@ -1,10 +1,9 @@
 //! U-Net building blocks: convolutions, norms, the time-conditioned residual block and the
 //! self-attention block.
 
-use super::embed::Dense;
+use super::embed::{Cond, Dense};
 use super::ParamSource;
 use crate::backend::{Backend, Conv2d, Shaped};
-use crate::config::Activation;
 use crate::error::Result;
 
 pub struct Conv<B: Backend> {
@@ -119,10 +118,10 @@ impl<B: Backend> ResBlock<B> {
         })
     }
 
-    pub fn forward(&self, be: &B, x: &B::Tensor, cond: &B::Tensor) -> B::Tensor {
+    pub fn forward(&self, be: &B, x: &B::Tensor, cond: &Cond<B>) -> B::Tensor {
         let h = self.norm1.forward(be, x, None, true);
         let h = self.conv1.forward(be, &h, None);
-        let m = self.emb.forward(be, cond, None, Activation::None);
+        let m = cond.project(be, &self.emb);
         let h = self.norm2.forward(be, &h, Some(&m), true);
         let skip = self.skip.as_ref().map(|s| s.forward(be, x, None));
         self.conv2.forward(be, &h, Some(skip.as_ref().unwrap_or(x)))

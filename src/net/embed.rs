@@ -32,6 +32,48 @@ impl<B: Backend> Dense<B> {
     }
 }
 
+/// The time conditioning of a batch: one row per distinct (s, t), each shared by `repeat`
+/// consecutive samples (1 when every sample has its own times, as in training; the batch size
+/// when a sampler's jump moves the whole batch at once). A block reads it through its own linear
+/// layer, which then runs on the distinct rows only, and the result is spread to the samples.
+pub struct Cond<B: Backend> {
+    pub rows: B::Tensor,
+    pub repeat: usize,
+}
+
+impl<B: Backend> Cond<B> {
+    /// emb(cond) for every sample, [N, out].
+    pub fn project(&self, be: &B, emb: &Dense<B>) -> B::Tensor {
+        let m = emb.forward(be, &self.rows, None, Activation::None);
+        if self.repeat == 1 {
+            m
+        } else {
+            be.repeat_rows(&m, self.repeat)
+        }
+    }
+}
+
+/// The length of the runs of equal consecutive (s, t) pairs that tile the batch: the greatest
+/// common divisor of the run lengths, so that every block of that many samples shares its times.
+pub fn shared_run(s: &[f32], t: &[f32]) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let (mut g, mut run) = (0, 0);
+    for i in 0..s.len() {
+        if i > 0 && (s[i] != s[i - 1] || t[i] != t[i - 1]) {
+            g = gcd(g, run);
+            run = 0;
+        }
+        run += 1;
+    }
+    gcd(g, run).max(1)
+}
+
 pub struct TimeEmbed<B: Backend> {
     cfg: TimeEmbedConfig,
     s: [Dense<B>; 2],
@@ -68,5 +110,23 @@ impl<B: Backend> TimeEmbed<B> {
         };
         let sum = be.add(&branch(&self.s, s), &branch(&self.d, dt));
         be.activation(&sum, Activation::Silu)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_run;
+
+    #[test]
+    fn shared_run_is_the_gcd_of_the_run_lengths() {
+        assert_eq!(shared_run(&[0.5; 6], &[1.0; 6]), 6);
+        assert_eq!(shared_run(&[0.1, 0.2, 0.3], &[0.5, 0.5, 0.5]), 1);
+        // Runs of 2, 4, 2: blocks of 2 share their times.
+        let s = [0.1, 0.1, 0.4, 0.4, 0.4, 0.4, 0.0, 0.0];
+        let t = [0.1, 0.1, 0.9, 0.9, 0.9, 0.9, 1.0, 1.0];
+        assert_eq!(shared_run(&s, &t), 2);
+        // Equal s but different t breaks a run; runs of 3 and 1 leave no sharing.
+        assert_eq!(shared_run(&[0.2; 4], &[0.3, 0.3, 0.3, 0.4]), 1);
+        assert_eq!(shared_run(&[], &[]), 1);
     }
 }

@@ -3,7 +3,7 @@
 //! first layer reads [s, t, x] and no layer is modulated (the authors' checkerboard network,
 //! RECIPES.md).
 
-use super::embed::Dense;
+use super::embed::{Cond, Dense};
 use super::ParamSource;
 use crate::backend::{Backend, Shaped};
 use crate::config::{Activation, Conditioning, MlpConfig};
@@ -54,11 +54,11 @@ impl<B: Backend> Mlp<B> {
 
     /// `embed`: x with the conditioning vector `cond`. `raw`: x is already [s, t, x] and `cond`
     /// is None.
-    pub fn forward(&self, be: &B, x: &B::Tensor, cond: Option<&B::Tensor>) -> B::Tensor {
+    pub fn forward(&self, be: &B, x: &B::Tensor, cond: Option<&Cond<B>>) -> B::Tensor {
         let mut h = x.clone();
         for (layer, emb) in &self.layers {
             let m = match (emb, cond) {
-                (Some(emb), Some(cond)) => Some(emb.forward(be, cond, None, Activation::None)),
+                (Some(emb), Some(cond)) => Some(cond.project(be, emb)),
                 _ => None,
             };
             h = layer.forward(be, &h, m.as_ref(), self.act);

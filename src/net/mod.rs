@@ -138,10 +138,20 @@ impl<B: Backend> Network<B> {
         }
         let cond = match &self.time {
             Some(time) => {
-                let dt: Vec<f32> = s.iter().zip(t).map(|(s, t)| t - s).collect();
-                let s_t = b.upload(s, &[n])?;
-                let dt_t = b.upload(&dt, &[n])?;
-                Some(time.forward(b, &s_t, &dt_t))
+                // Once per distinct (s, t): a sampler's jump shares them over the whole batch.
+                let repeat = embed::shared_run(s, t);
+                let s: Vec<f32> = s.iter().step_by(repeat).copied().collect();
+                let dt: Vec<f32> = s
+                    .iter()
+                    .zip(t.iter().step_by(repeat))
+                    .map(|(s, t)| t - s)
+                    .collect();
+                let s_t = b.upload(&s, &[s.len()])?;
+                let dt_t = b.upload(&dt, &[dt.len()])?;
+                Some(embed::Cond {
+                    rows: time.forward(b, &s_t, &dt_t),
+                    repeat,
+                })
             }
             None => None,
         };

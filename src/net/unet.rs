@@ -1,6 +1,7 @@
 //! The `unet` architecture (layout documented on [`crate::config::UnetConfig`]).
 
 use super::blocks::{AttnBlock, Conv, Norm, ResBlock};
+use super::embed::Cond;
 use super::ParamSource;
 use crate::backend::{Backend, Conv2d};
 use crate::config::UnetConfig;
@@ -12,7 +13,7 @@ struct Stage<B: Backend> {
 }
 
 impl<B: Backend> Stage<B> {
-    fn forward(&self, be: &B, x: &B::Tensor, cond: &B::Tensor) -> B::Tensor {
+    fn forward(&self, be: &B, x: &B::Tensor, cond: &Cond<B>) -> B::Tensor {
         let h = self.res.forward(be, x, cond);
         match &self.attn {
             Some(a) => a.forward(be, &h),
@@ -152,7 +153,7 @@ impl<B: Backend> Unet<B> {
         })
     }
 
-    pub fn forward(&self, be: &B, x: &B::Tensor, cond: &B::Tensor) -> B::Tensor {
+    pub fn forward(&self, be: &B, x: &B::Tensor, cond: &Cond<B>) -> B::Tensor {
         let mut h = self.conv_in.forward(be, x, None);
         let mut skips = vec![h.clone()];
         for level in &self.down {

@@ -125,16 +125,31 @@ pub fn preset(name: &str) -> Result<(ModelConfig, &'static str), String> {
     }
 }
 
+/// What `trainer bench --train-steps` trains.
+pub struct TrainingBench<'a> {
+    pub data: &'a str,
+    pub model: ModelConfig,
+    pub batch: usize,
+    pub steps: usize,
+    /// `TrainConfig::share_times`.
+    pub share_times: usize,
+}
+
 /// Training samples/s of each objective (all when `only` is empty) for `steps` steps on `device`.
 pub fn training(
-    data: &str,
-    model: Option<ModelConfig>,
-    batch: usize,
-    steps: usize,
+    run: &TrainingBench,
     device: Device,
     label: &str,
     only: &[Objective],
 ) -> Result<()> {
+    let &TrainingBench {
+        data,
+        ref model,
+        batch,
+        steps,
+        share_times,
+    } = run;
+    let model = Some(model.clone());
     let dir = std::env::temp_dir().join(format!("flowmap-bench-{}", std::process::id()));
     let mut teacher_cfg = TrainConfig::new(Objective::Fm, data);
     teacher_cfg.model = model.clone();
@@ -148,7 +163,7 @@ pub fn training(
         true,
     )?
     .model_path;
-    println!("training throughput on {data} ({}), batch {batch}, {} steps (the first, slower one included), {label}:", teacher_cfg.model().arch_name(), steps + 1);
+    println!("training throughput on {data} ({}), batch {batch}, {} steps (the first, slower one included), (s, t) shared by {share_times}, {label}:", teacher_cfg.model().arch_name(), steps + 1);
     for obj in Objective::ALL {
         if !only.is_empty() && !only.contains(&obj) {
             continue;
@@ -156,6 +171,7 @@ pub fn training(
         let mut cfg = TrainConfig::new(obj, data);
         cfg.model = model.clone();
         cfg.batch = batch;
+        cfg.share_times = share_times;
         cfg.steps = steps + 1;
         cfg.checkpoint_every = usize::MAX / 2;
         if obj.needs_teacher() {

@@ -367,6 +367,17 @@ impl Backend for BurnBackend {
         y
     }
 
+    fn repeat_rows(&self, x: &BurnTensor, times: usize) -> BurnTensor {
+        let start = self.tick();
+        let (g, k) = (x.shape[0], x.len() / x.shape[0].max(1));
+        let mut shape = x.shape.clone();
+        shape[0] *= times;
+        let y = x.t.clone().reshape([g, 1, k]).repeat_dim(1, times);
+        let y = BurnTensor::new(y.reshape(pad4(&shape)), &shape);
+        self.note(start, Op::Other(OpFamily::Concat), &y);
+        y
+    }
+
     fn reshape(&self, t: &BurnTensor, shape: &[usize]) -> BurnTensor {
         BurnTensor::from_flat(t.r1(), shape)
     }

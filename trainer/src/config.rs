@@ -86,6 +86,12 @@ pub struct TrainConfig {
     /// psd: γ ~ U[0, 1] (PSD-U) instead of γ = 1/2 (PSD-M).
     #[serde(default)]
     pub psd_uniform: bool,
+    /// Consecutive samples of a batch that share one draw of their times (s, t). The network's
+    /// time conditioning runs once per distinct (s, t) (`flowmap::net::embed::Cond`), so sharing
+    /// cuts the FLOPs of models whose conditioning is a large share of the work (the embedded
+    /// MLP: about 60%) at the price of fewer distinct times per batch. Default 1 (no sharing).
+    #[serde(default = "d::share_times")]
+    pub share_times: usize,
     /// Base standard deviation; default 1 for images and the data's standard deviation for 2-D
     /// sets (METHOD §1).
     #[serde(default)]
@@ -152,6 +158,9 @@ pub mod d {
     pub fn checkpoint_every() -> usize {
         500
     }
+    pub fn share_times() -> usize {
+        1
+    }
     pub fn log_every() -> usize {
         10
     }
@@ -200,6 +209,12 @@ impl TrainConfig {
         }
         if self.pfmm_stages == 0 {
             return Err("pfmm_stages must be at least 1".into());
+        }
+        if self.share_times == 0 || self.share_times > self.batch {
+            return Err(format!(
+                "share_times must be between 1 and the batch size {}, got {}",
+                self.batch, self.share_times
+            ));
         }
         if self.log_every == 0 || self.checkpoint_every == 0 {
             return Err("log_every and checkpoint_every must be at least 1".into());

@@ -102,6 +102,8 @@ struct TrainArgs {
     /// psd with γ ~ U[0, 1] (PSD-U) instead of γ = 1/2 (PSD-M).
     #[arg(long)]
     psd_uniform: bool,
+    #[arg(long, help = with_default("Consecutive samples of a batch that share one draw of (s, t); the time conditioning runs once per draw", config::d::share_times()))]
+    share_times: Option<usize>,
     /// Base standard deviation σ0 [default: 1 for images, the data's standard deviation for 2-D
     /// sets].
     #[arg(long)]
@@ -254,6 +256,10 @@ enum Command {
         /// --profile with burn's own conv2d and GroupNorm on flex instead of flowmap's flex ops.
         #[arg(long)]
         burn_ops: bool,
+        /// --train-steps and --profile: consecutive samples that share one (s, t) draw (the
+        /// training option of the same name).
+        #[arg(long, default_value_t = 1)]
+        share_times: usize,
     },
     /// Inspect training data.
     #[command(after_help = "Examples:
@@ -377,6 +383,7 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         ema,
         seed,
         pfmm_stages,
+        share_times,
         checkpoint_every,
         log_every,
         decay_start
@@ -510,6 +517,7 @@ fn run(cli: Cli) -> Result<()> {
             objectives,
             conv,
             burn_ops,
+            share_times,
         } => {
             if conv {
                 profile::conv_variants(batch);
@@ -535,13 +543,22 @@ fn run(cli: Cli) -> Result<()> {
                         let mut cfg = TrainConfig::new(obj, data);
                         cfg.model = Some(model.clone());
                         cfg.batch = batch;
+                        cfg.share_times = share_times;
+                        cfg.validate().map_err(anyhow::Error::msg)?;
                         profile::run(&cfg, device.clone(), steps, &name, burn_ops)?;
                     }
                     Ok(())
                 }
                 (None, Some(steps)) => {
                     let (device, name) = pick_device(&backend)?;
-                    bench::training(data, Some(model), batch, steps, device, &name, &objectives)
+                    let run = bench::TrainingBench {
+                        data,
+                        model,
+                        batch,
+                        steps,
+                        share_times,
+                    };
+                    bench::training(&run, device, &name, &objectives)
                 }
                 (None, None) => bench::forward(&model, batch, iters, wgpu),
             }

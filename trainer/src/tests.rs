@@ -160,6 +160,7 @@ fn loss_parts(obj: Objective, student: &dyn FlowModel, n: usize) -> Vec<(String,
         interpolant: Interpolant::Linear,
         max_gap: 1.0,
         psd_uniform: false,
+        share_times: 1,
     };
     let l = objectives::loss(obj, &ctx, &gaussian_batch(n, 1), &mut Rng::new(2)).unwrap();
     let mut out = vec![("total".to_string(), l.total.into_scalar::<f32>())];
@@ -309,6 +310,79 @@ fn diagonal_time_derivative_is_the_velocity() {
         &xs,
         5e-3,
     );
+}
+
+/// Samples that share their times get the time conditioning once, spread by `repeat_rows`
+/// (`TrainConfig::share_times`); the gradients through that spread must be the sum of each
+/// sample's own gradients, for both architectures.
+#[test]
+fn shared_time_gradients_are_the_sum_of_per_sample_gradients() {
+    for cfg in [tiny_mlp(), tiny_unet()] {
+        let be = flex();
+        let store = ParamStore::from_host(
+            &cfg,
+            &random_tensors(&flowmap::net::param_specs(&cfg).unwrap(), 7),
+            &be.device,
+        )
+        .unwrap()
+        .require_grad();
+        let len = cfg.sample_len();
+        let (s, t) = (
+            [0.2f32, 0.2, 0.2, 0.5, 0.5, 0.5],
+            [0.7f32, 0.7, 0.7, 0.9, 0.9, 0.9],
+        );
+        let n = s.len();
+        let x = Rng::new(8).normals(n * len, 1.0);
+        let w = Rng::new(9).normals(n * len, 1.0);
+        // Σ w · v(s, t, x) over the given samples, and its gradient per parameter.
+        let grads = |idx: std::ops::Range<usize>| -> Vec<Vec<f32>> {
+            let mut shape = vec![idx.len()];
+            shape.extend(cfg.sample_shape());
+            let xs = be.tensor(x[idx.start * len..idx.end * len].to_vec(), &shape);
+            // A fresh graph per backward pass (burn consumes the tape).
+            let net = store.network(&cfg).unwrap();
+            let v = net
+                .velocity(&be, &xs, &s[idx.clone()], &t[idx.clone()])
+                .unwrap();
+            let wt = be.tensor(w[idx.start * len..idx.end * len].to_vec(), &shape);
+            let g = (v.r1() * wt.r1()).sum().backward();
+            store
+                .values
+                .iter()
+                .map(|p| p.grad(&g).unwrap().into_data().try_to_vec::<f32>().unwrap())
+                .collect()
+        };
+        let batched = grads(0..n);
+        let mut summed = grads(0..1);
+        for i in 1..n {
+            for (a, b) in summed.iter_mut().zip(grads(i..i + 1)) {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            }
+        }
+        for ((spec, a), b) in store.specs.iter().zip(&batched).zip(&summed) {
+            assert_close(&format!("∂/∂{}", spec.name), a, b, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn shared_draws_repeat_each_draw_over_consecutive_samples() {
+    let mut k = 0;
+    let v = objectives::shared_draws(7, 3, || {
+        k += 1;
+        k
+    });
+    assert_eq!(v, [1, 1, 1, 2, 2, 2, 3]);
+    let p = objectives::sample_pairs(&mut Rng::new(1), 64, 0.5, 4);
+    for run in 0..16 {
+        let r = run * 4..run * 4 + 4;
+        assert!(p.s[r.clone()].iter().all(|&v| v == p.s[r.start]));
+        assert!(p.t[r.clone()].iter().all(|&v| v == p.t[r.start]));
+        assert!(p.diagonal[r.clone()]
+            .iter()
+            .all(|&d| d == p.diagonal[r.start]));
+    }
+    assert!(p.s[0] != p.s[4] && p.diagonal.iter().any(|&d| d) && !p.diagonal.iter().all(|&d| d));
 }
 
 fn quick(obj: Objective, steps: usize) -> TrainConfig {

@@ -210,6 +210,7 @@ impl Session {
             interpolant: cfg.interpolant,
             max_gap,
             psd_uniform: cfg.psd_uniform,
+            share_times: cfg.share_times,
         };
         let t1 = Instant::now();
         let loss = objectives::loss(cfg.objective, &ctx, &batch, &mut st.rng)?;

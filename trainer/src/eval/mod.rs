@@ -556,11 +556,7 @@ fn markdown(
         for c in &r.cells {
             match c {
                 Some(m) => {
-                    let _ = write!(md, " {:.4} / {:.3}", m.primary, m.secondary);
-                    if let Some(c) = m.confident {
-                        let _ = write!(md, " / {:.0}%", c * 100.0);
-                    }
-                    let _ = write!(md, " |");
+                    let _ = write!(md, " {} |", cell_text(m));
                 }
                 None => {
                     let _ = write!(md, " — |");
@@ -572,8 +568,9 @@ fn markdown(
     if let Some(b) = best {
         let _ = writeln!(
             md,
-            "\nTeacher's best: Heun at {} NFE: {:.4} / {:.3}.",
-            args.teacher_nfe, b.primary, b.secondary
+            "\nTeacher's best: Heun at {} NFE: {}.",
+            args.teacher_nfe,
+            cell_text(b)
         );
     }
     if images {
@@ -618,6 +615,15 @@ fn relative_to_report(figures: &std::path::Path, report: &std::path::Path) -> St
         .unwrap_or(figures)
         .display()
         .to_string()
+}
+
+/// A table cell: primary / secondary metric, then the confident share where there is one.
+fn cell_text(m: &Metrics) -> String {
+    let mut t = format!("{:.4} / {:.3}", m.primary, m.secondary);
+    if let Some(c) = m.confident {
+        let _ = write!(t, " / {:.0}%", c * 100.0);
+    }
+    t
 }
 
 #[cfg(test)]

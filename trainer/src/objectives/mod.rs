@@ -120,6 +120,8 @@ pub struct Ctx<'a> {
     pub max_gap: f32,
     /// `psd`: draw γ ~ U[0, 1] (PSD-U) instead of γ = 1/2 (PSD-M).
     pub psd_uniform: bool,
+    /// Consecutive samples that share one draw of their times (`TrainConfig::share_times`).
+    pub share_times: usize,
 }
 
 /// A loss value and its parts (already divided by the batch size), for logging.
@@ -138,26 +140,39 @@ pub struct TimePairs {
     pub diagonal: Vec<bool>,
 }
 
-pub fn sample_pairs(rng: &mut Rng, n: usize, eta: f64) -> TimePairs {
+/// Each draw is shared by `share` consecutive samples (the last run cut at n).
+pub fn sample_pairs(rng: &mut Rng, n: usize, eta: f64, share: usize) -> TimePairs {
     let mut p = TimePairs {
         s: Vec::with_capacity(n),
         t: Vec::with_capacity(n),
         diagonal: Vec::with_capacity(n),
     };
-    for _ in 0..n {
+    for (s, t, diagonal) in shared_draws(n, share, || {
         if rng.uniform() < eta {
             let u = rng.uniform() as f32;
-            p.s.push(u);
-            p.t.push(u);
-            p.diagonal.push(true);
+            (u, u, true)
         } else {
             let (a, b) = (rng.uniform() as f32, rng.uniform() as f32);
-            p.s.push(a.min(b));
-            p.t.push(a.max(b));
-            p.diagonal.push(false);
+            (a.min(b), a.max(b), false)
         }
+    }) {
+        p.s.push(s);
+        p.t.push(t);
+        p.diagonal.push(diagonal);
     }
     p
+}
+
+/// n values, each draw repeated for `share` consecutive samples (the last run cut at n).
+pub fn shared_draws<T: Clone>(n: usize, share: usize, mut draw: impl FnMut() -> T) -> Vec<T> {
+    let share = share.max(1);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let v = draw();
+        let k = share.min(n - out.len());
+        out.extend(std::iter::repeat_n(v, k));
+    }
+    out
 }
 
 /// Σ (a − b)² over every element, divided by `n` (the batch size).
@@ -232,7 +247,7 @@ pub fn split_pairs(
     diag: impl FnOnce(&Ctx, &Batch, &[f32]) -> Result<Tensor<1>>,
     off: impl FnOnce(&Ctx, &Batch, &[f32], &[f32], &mut Rng) -> Result<Tensor<1>>,
 ) -> Result<Loss> {
-    let p = sample_pairs(rng, batch.n, ETA);
+    let p = sample_pairs(rng, batch.n, ETA, ctx.share_times);
     let (diag_idx, off_idx) = split_diagonal(&p);
     let l_diag = if diag_idx.is_empty() {
         zero(ctx)
