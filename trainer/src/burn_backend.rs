@@ -372,7 +372,7 @@ impl Backend for BurnBackend {
         let (g, k) = (x.shape[0], x.len() / x.shape[0].max(1));
         let mut shape = x.shape.clone();
         shape[0] *= times;
-        let y = x.t.clone().reshape([g, 1, k]).repeat_dim(1, times);
+        let y = x.t.clone().reshape([g, 1, k]).expand([g, times, k]);
         let y = BurnTensor::new(y.reshape(pad4(&shape)), &shape);
         self.note(start, Op::Other(OpFamily::Concat), &y);
         y

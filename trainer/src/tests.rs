@@ -20,6 +20,16 @@ fn flex() -> BurnBackend {
     BurnBackend::new(Device::flex().autodiff())
 }
 
+/// Parameters of `cfg` drawn from a seed (flowmap's `random_tensors`) on `be`'s device.
+fn random_store(cfg: &ModelConfig, seed: u64, be: &BurnBackend) -> ParamStore {
+    ParamStore::from_host(
+        cfg,
+        &random_tensors(&flowmap::net::param_specs(cfg).unwrap(), seed),
+        &be.device,
+    )
+    .unwrap()
+}
+
 fn tiny_unet() -> ModelConfig {
     serde_json::from_str(
         r#"{"arch":"unet","in_channels":1,"height":8,"width":8,"base_channels":8,"channel_mult":[1,2],
@@ -247,14 +257,7 @@ fn network_time_derivative_matches_richardson_estimate() {
     use crate::objectives::derivative::{time_derivative, Wrt, FD_STEP};
     let cfg = tiny_mlp();
     let be = flex();
-    let net = ParamStore::from_host(
-        &cfg,
-        &random_tensors(&flowmap::net::param_specs(&cfg).unwrap(), 5),
-        &be.device,
-    )
-    .unwrap()
-    .network(&cfg)
-    .unwrap();
+    let net = random_store(&cfg, 5, &be).network(&cfg).unwrap();
     let n = 16;
     let x = be.tensor(Rng::new(3).normals(n * 2, 1.0), &[n, 2]);
     let s: Vec<f32> = (0..n).map(|i| 0.05 * i as f32 / n as f32).collect();
@@ -280,14 +283,7 @@ fn diagonal_time_derivative_is_the_velocity() {
     use crate::objectives::derivative::{time_derivative, Wrt, FD_STEP};
     let cfg = tiny_mlp();
     let be = flex();
-    let net = ParamStore::from_host(
-        &cfg,
-        &random_tensors(&flowmap::net::param_specs(&cfg).unwrap(), 6),
-        &be.device,
-    )
-    .unwrap()
-    .network(&cfg)
-    .unwrap();
+    let net = random_store(&cfg, 6, &be).network(&cfg).unwrap();
     let n = 16;
     let xs = Rng::new(4).normals(n * 2, 1.0);
     let x = be.tensor(xs.clone(), &[n, 2]);
@@ -319,13 +315,7 @@ fn diagonal_time_derivative_is_the_velocity() {
 fn shared_time_gradients_are_the_sum_of_per_sample_gradients() {
     for cfg in [tiny_mlp(), tiny_unet()] {
         let be = flex();
-        let store = ParamStore::from_host(
-            &cfg,
-            &random_tensors(&flowmap::net::param_specs(&cfg).unwrap(), 7),
-            &be.device,
-        )
-        .unwrap()
-        .require_grad();
+        let store = random_store(&cfg, 7, &be).require_grad();
         let len = cfg.sample_len();
         let (s, t) = (
             [0.2f32, 0.2, 0.2, 0.5, 0.5, 0.5],
