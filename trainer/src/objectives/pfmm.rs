@@ -3,7 +3,7 @@
 //! teacher velocity's Euler step x + (t − s) b̂_s(x) in the first stage and the previous stage's
 //! student after that; δ_k doubles per stage (the schedule lives in train.rs).
 
-use super::{interpolant, sq_err, Batch, Ctx, Loss};
+use super::{interpolant, shared_draws, sq_err, Batch, Ctx, Loss};
 use crate::burn_backend::{BurnBackend, BurnTensor};
 use flowmap::backend::Shaped;
 use flowmap::rng::Rng;
@@ -36,15 +36,14 @@ fn teacher_map(
 
 pub fn loss(ctx: &Ctx, batch: &Batch, rng: &mut Rng) -> Result<Loss> {
     let n = batch.n;
-    let mut s = Vec::with_capacity(n);
-    let mut t = Vec::with_capacity(n);
-    for _ in 0..n {
+    let (s, t): (Vec<f32>, Vec<f32>) = shared_draws(n, ctx.share_times, || {
         let a = rng.uniform() as f32;
         let gap = ctx.max_gap * rng.uniform() as f32;
         let lo = (a * (1.0 - gap)).max(0.0);
-        s.push(lo);
-        t.push((lo + gap).min(1.0));
-    }
+        (lo, (lo + gap).min(1.0))
+    })
+    .into_iter()
+    .unzip();
     let u: Vec<f32> = s.iter().zip(&t).map(|(s, t)| 0.5 * (s + t)).collect();
     let (is, _) = interpolant(ctx, batch, &s);
     let x = ctx.student.flow_map(ctx.be, &is, &s, &t)?;
