@@ -159,7 +159,7 @@ pub fn training(
         &teacher_cfg,
         device.clone(),
         &dir.join("teacher"),
-        false,
+        None,
         true,
     )?
     .model_path;
@@ -177,7 +177,7 @@ pub fn training(
         if obj.needs_teacher() {
             cfg.teacher = Some(teacher.clone());
         }
-        let s = crate::train::train(&cfg, device.clone(), &dir.join(obj.name()), false, true)?;
+        let s = crate::train::train(&cfg, device.clone(), &dir.join(obj.name()), None, true)?;
         println!("  {:<5} {:>10.1} samples/s", obj.name(), s.samples_per_sec);
     }
     std::fs::remove_dir_all(&dir).ok();

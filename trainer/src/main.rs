@@ -54,6 +54,8 @@ fn with_default(what: &str, default: impl std::fmt::Display) -> String {
   trainer train --objective lmd --data mnist --teacher runs/mnist-fm/model.safetensors --init runs/mnist-fm/model.safetensors --out runs/mnist-lmd
   trainer train --resume weights/runs/mnist-lsd                 # continue a committed run
   trainer train --resume weights/runs/mnist-lsd --steps 200000  # ... and train it longer
+  trainer train --resume weights/runs/mnist-lmd --out runs/lmd-lr --lr 1e-4 --steps 20000
+                                                      # fork it: a new run from its state
   trainer train --config docs/sweep/c-raw-radam-rsqrt.toml --out runs/sweep-raw
 
 Flags override the --config file, which overrides the defaults; the resolved config is saved as
@@ -127,7 +129,8 @@ struct TrainArgs {
     out: Option<PathBuf>,
     /// Continue from a run directory's checkpoint (the --out directory when no DIR is given).
     /// The run's saved config is the starting point; flags given here override it (e.g. --steps
-    /// to train longer).
+    /// to train longer). With both DIR and a different --out, the run forks: --out starts from
+    /// DIR's checkpoint and loss.csv and DIR is left as it is.
     #[arg(long, num_args = 0..=1, value_name = "DIR")]
     resume: Option<Option<PathBuf>>,
     /// auto (wgpu only on a real GPU adapter), flex (CPU) or wgpu.
@@ -328,12 +331,21 @@ impl TrainArgs {
         }
     }
 
+    /// The run directory whose checkpoint is continued: the --resume DIR, else the run directory.
+    fn resume_from(&self) -> Option<PathBuf> {
+        match &self.resume {
+            Some(Some(dir)) => Some(dir.clone()),
+            Some(None) => Some(self.run_dir()),
+            None => None,
+        }
+    }
+
     /// The config saved in the checkpoint being resumed, if any.
     fn resumed_config(&self) -> Result<Option<TrainConfig>> {
-        if self.resume.is_none() {
+        let Some(from) = self.resume_from() else {
             return Ok(None);
-        }
-        let ckpt = self.run_dir().join("checkpoint.safetensors");
+        };
+        let ckpt = from.join("checkpoint.safetensors");
         if !ckpt.exists() {
             return Ok(None);
         }
@@ -435,9 +447,9 @@ fn run(cli: Cli) -> Result<()> {
             );
             // On a rayon worker, so the ops' parallel loops fork inside the pool instead of
             // being handed to it one by one (flowmap::cpu::in_pool).
-            let run_dir = a.run_dir();
+            let (run_dir, from) = (a.run_dir(), a.resume_from());
             let s = flowmap::cpu::in_pool(|| {
-                train::train(&cfg, device, &run_dir, a.resume.is_some(), a.quiet)
+                train::train(&cfg, device, &run_dir, from.as_deref(), a.quiet)
             })?;
             println!(
                 "done: {} steps, final loss {:.5}, {:.1} samples/s; wrote {}",

@@ -390,7 +390,7 @@ fn quick(obj: Objective, steps: usize) -> TrainConfig {
 /// A teacher for the distillation objectives: a briefly trained fm model (run directory, weights).
 fn quick_teacher(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = tmp(tag);
-    let model = crate::train::train(&quick(Objective::Fm, 3), Device::flex(), &dir, false, true)
+    let model = crate::train::train(&quick(Objective::Fm, 3), Device::flex(), &dir, None, true)
         .unwrap()
         .model_path;
     (dir, model)
@@ -406,7 +406,7 @@ fn tmp(tag: &str) -> std::path::PathBuf {
 fn training_lowers_the_loss_and_exports_a_loadable_model() {
     let dir = tmp("learn");
     let cfg = quick(Objective::Fm, 60);
-    let s = crate::train::train(&cfg, Device::flex(), &dir, false, true).unwrap();
+    let s = crate::train::train(&cfg, Device::flex(), &dir, None, true).unwrap();
     let log = std::fs::read_to_string(dir.join("loss.csv")).unwrap();
     let losses: Vec<f32> = log
         .lines()
@@ -440,16 +440,32 @@ fn training_lowers_the_loss_and_exports_a_loadable_model() {
 fn resuming_continues_the_run_exactly() {
     let (a, b) = (tmp("straight"), tmp("resumed"));
     let full = quick(Objective::Lsd, 12);
-    crate::train::train(&full, Device::flex(), &a, false, true).unwrap();
+    crate::train::train(&full, Device::flex(), &a, None, true).unwrap();
     let mut half = full.clone();
     half.steps = 6;
-    crate::train::train(&half, Device::flex(), &b, false, true).unwrap();
+    crate::train::train(&half, Device::flex(), &b, None, true).unwrap();
+    // Forking the half run into c finishes it there, from b's checkpoint and log, and leaves b
+    // at step 6; a fork into a directory that holds a run is refused.
+    let c = tmp("forked");
+    crate::train::train(&full, Device::flex(), &c, Some(&b), true).unwrap();
+    let step_of = |d: &std::path::Path| {
+        crate::checkpoint::load(&d.join("checkpoint.safetensors"))
+            .unwrap()
+            .0
+            .step
+    };
+    assert_eq!((step_of(&b), step_of(&c)), (6, 12));
+    let e = crate::train::train(&full, Device::flex(), &a, Some(&b), true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("already holds a run"), "{e}");
     // A run killed between checkpoints logged steps past its checkpoint (6): the resumed run
     // drops them and logs them again, so loss.csv reads as if it had never stopped.
     let mut log = std::fs::read_to_string(b.join("loss.csv")).unwrap();
     log.push_str("10,1e-3,9.0,9.0,1.0,1.0\n");
     std::fs::write(b.join("loss.csv"), log).unwrap();
-    crate::train::train(&full, Device::flex(), &b, true, true).unwrap();
+    crate::train::train(&full, Device::flex(), &b, Some(&b), true).unwrap();
     // (step, loss) of each row; the resumed log also has the half run's last step, 6.
     let rows = |d: &std::path::Path| -> Vec<(String, String)> {
         std::fs::read_to_string(d.join("loss.csv"))
@@ -468,27 +484,31 @@ fn resuming_continues_the_run_exactly() {
         rows(&a),
         "the stale step-10 row is replaced, nothing doubled"
     );
+    assert_eq!(rows(&c), rows(&a), "the fork's log continues b's");
     let wa = flowmap::weights::Weights::read(&a.join("model.safetensors")).unwrap();
-    let wb = flowmap::weights::Weights::read(&b.join("model.safetensors")).unwrap();
-    for (name, ta) in &wa.tensors {
-        assert_close(
-            &format!("resumed {name}"),
-            &wb.tensors[name].data,
-            &ta.data,
-            1e-5,
-        );
+    for (label, d) in [("resumed", &b), ("forked", &c)] {
+        let w = flowmap::weights::Weights::read(&d.join("model.safetensors")).unwrap();
+        for (name, ta) in &wa.tensors {
+            assert_close(
+                &format!("{label} {name}"),
+                &w.tensors[name].data,
+                &ta.data,
+                1e-5,
+            );
+        }
     }
     // A checkpoint of another model is refused by name.
     let mut other = full.clone();
     other.model =
         Some(serde_json::from_str(r#"{"arch":"mlp","dim":2,"width":16,"depth":2}"#).unwrap());
-    let e = crate::train::train(&other, Device::flex(), &b, true, true)
+    let e = crate::train::train(&other, Device::flex(), &b, Some(&b), true)
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("incompatible checkpoint"), "{e}");
-    std::fs::remove_dir_all(a).unwrap();
-    std::fs::remove_dir_all(b).unwrap();
+    for d in [a, b, c] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
 }
 
 #[test]
@@ -496,7 +516,7 @@ fn non_finite_loss_stops_training_with_a_message() {
     let dir = tmp("nan");
     let mut cfg = quick(Objective::Fm, 5);
     cfg.sigma0 = Some(f32::NAN);
-    let e = crate::train::train(&cfg, Device::flex(), &dir, false, true)
+    let e = crate::train::train(&cfg, Device::flex(), &dir, None, true)
         .err()
         .unwrap()
         .to_string();
@@ -517,7 +537,7 @@ fn every_objective_trains_a_few_steps() {
         if obj.needs_teacher() {
             cfg.teacher = Some(teacher.clone());
         }
-        let s = crate::train::train(&cfg, Device::flex(), &dir, false, true)
+        let s = crate::train::train(&cfg, Device::flex(), &dir, None, true)
             .unwrap_or_else(|e| panic!("{}: {e:#}", obj.name()));
         assert!(s.final_loss.is_finite(), "{}", obj.name());
         std::fs::remove_dir_all(dir).unwrap();
@@ -534,7 +554,7 @@ fn init_starts_the_run_from_the_given_weights_and_refuses_another_architecture()
     cfg.init = Some(teacher.clone());
     // A vanishing learning rate: the exported EMA weights are the starting weights.
     cfg.lr = 1e-9;
-    let s = crate::train::train(&cfg, Device::flex(), &dir, false, true).unwrap();
+    let s = crate::train::train(&cfg, Device::flex(), &dir, None, true).unwrap();
     let a = flowmap::weights::Weights::read(&teacher).unwrap();
     let b = flowmap::weights::Weights::read(&s.model_path).unwrap();
     assert_eq!(
@@ -554,7 +574,7 @@ fn init_starts_the_run_from_the_given_weights_and_refuses_another_architecture()
     let mut other = quick(Objective::Lsd, 1);
     other.init = Some(teacher);
     other.model = Some(ModelConfig::toy2d_default());
-    let e = crate::train::train(&other, Device::flex(), &tmp("init-bad"), false, true)
+    let e = crate::train::train(&other, Device::flex(), &tmp("init-bad"), None, true)
         .err()
         .expect("a different architecture is refused")
         .to_string();
@@ -570,7 +590,7 @@ fn eval_writes_the_quality_table_for_points() {
         &quick(Objective::Lsd, 30),
         Device::flex(),
         &dir.join("run"),
-        false,
+        None,
         true,
     )
     .unwrap()

@@ -267,11 +267,14 @@ impl Session {
     }
 }
 
+/// Trains `cfg` in the run directory `dir`. `resume` names the run directory whose checkpoint is
+/// continued: `dir` itself, or another run, which is then forked: `dir` starts from its
+/// checkpoint and its loss.csv, and it is left untouched.
 pub fn train(
     cfg: &TrainConfig,
     device: Device,
     dir: &Path,
-    resume: bool,
+    resume: Option<&Path>,
     quiet: bool,
 ) -> Result<Summary> {
     cfg.validate().map_err(anyhow::Error::msg)?;
@@ -280,15 +283,28 @@ pub fn train(
     let paths = RunPaths {
         dir: dir.to_path_buf(),
     };
-    if resume && !paths.checkpoint().exists() {
-        eprintln!("note: no checkpoint in {}, starting fresh", dir.display());
-    }
-    let ckpt = paths.checkpoint();
     // A run killed while writing left its temporary files; the files themselves are whole.
-    for p in [&ckpt, &paths.model(), &paths.log()] {
+    for p in [&paths.checkpoint(), &paths.model(), &paths.log()] {
         flowmap::output::remove_stale_temporaries(p);
     }
-    let mut sess = Session::open(cfg, device, resume.then_some(ckpt.as_path()))?;
+    let from = resume.map(|d| RunPaths {
+        dir: d.to_path_buf(),
+    });
+    if let Some(src) = from.as_ref().filter(|s| !same_dir(&s.dir, dir)) {
+        fork(src, &paths)?;
+    }
+    let ckpt = from.as_ref().map(RunPaths::checkpoint);
+    if let Some(c) = ckpt.as_ref().filter(|c| !c.exists()) {
+        eprintln!("note: no checkpoint {}, starting fresh", c.display());
+    }
+    let mut sess = Session::open(cfg, device, ckpt.as_deref())?;
+    if sess.step_count() >= cfg.steps {
+        eprintln!(
+            "note: the run is already at step {} of {}; pass --steps to train it longer",
+            sess.step_count(),
+            cfg.steps
+        );
+    }
     if !quiet {
         println!(
             "{} parameters; run directory {}",
@@ -505,6 +521,39 @@ fn restore(
         rng: Rng::from_state(meta.rng.0, meta.rng.1),
         stage_teacher,
     })
+}
+
+/// Whether two paths name one directory (both exist by now, or they are compared as written).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Starts the run directory `to` as a fork of the run `from`: its loss.csv is copied (the resumed
+/// run trims it to the checkpoint's step). A `to` that holds a run of its own is refused, so a
+/// fork never overwrites another run's state.
+fn fork(from: &RunPaths, to: &RunPaths) -> Result<()> {
+    if !from.checkpoint().exists() {
+        bail!(
+            "nothing to resume: {} has no checkpoint",
+            from.checkpoint().display()
+        );
+    }
+    if to.checkpoint().exists() {
+        bail!(
+            "{} already holds a run; resume it with --resume {}, or fork into an empty directory",
+            to.dir.display(),
+            to.dir.display()
+        );
+    }
+    if from.log().exists() {
+        let log = std::fs::read(from.log())
+            .with_context(|| format!("reading {}", from.log().display()))?;
+        flowmap::output::write_atomic(&to.log(), &log)?;
+    }
+    Ok(())
 }
 
 /// Opens loss.csv for a run at `step`: a fresh file for a new run; for a resumed one, the log with
