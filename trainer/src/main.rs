@@ -451,13 +451,22 @@ fn run(cli: Cli) -> Result<()> {
             let s = flowmap::cpu::in_pool(|| {
                 train::train(&cfg, device, &run_dir, from.as_deref(), a.quiet)
             })?;
-            println!(
-                "done: {} steps, final loss {:.5}, {:.1} samples/s; wrote {}",
-                s.steps,
-                s.final_loss,
-                s.samples_per_sec,
-                s.model_path.display()
-            );
+            if s.final_loss.is_nan() {
+                // No step ran (already at --steps, or --minutes 0): the checkpoint's weights.
+                println!(
+                    "done: no step ran, the run is at step {}; wrote {}",
+                    s.steps,
+                    s.model_path.display()
+                );
+            } else {
+                println!(
+                    "done: {} steps, final loss {:.5}, {:.1} samples/s; wrote {}",
+                    s.steps,
+                    s.final_loss,
+                    s.samples_per_sec,
+                    s.model_path.display()
+                );
+            }
             Ok(())
         }
         Command::Export { run, out, f16 } => {
