@@ -92,6 +92,10 @@ pub struct TrainConfig {
     /// MLP: about 60%) at the price of fewer distinct times per batch. Default 1 (no sharing).
     #[serde(default = "d::share_times")]
     pub share_times: usize,
+    /// The η of the (s, t) sampler (METHOD §4): the share of diagonal pairs t = s, which train
+    /// the velocity v(t, t, ·); the rest are jumps s < t. Default 0.75, the authors' value.
+    #[serde(default = "d::eta")]
+    pub eta: f64,
     /// Base standard deviation; default 1 for images and the data's standard deviation for 2-D
     /// sets (METHOD §1).
     #[serde(default)]
@@ -161,6 +165,9 @@ pub mod d {
     pub fn share_times() -> usize {
         1
     }
+    pub fn eta() -> f64 {
+        0.75
+    }
     pub fn log_every() -> usize {
         10
     }
@@ -215,6 +222,9 @@ impl TrainConfig {
                 "share_times must be between 1 and the batch size {}, got {}",
                 self.batch, self.share_times
             ));
+        }
+        if !(0.0..=1.0).contains(&self.eta) {
+            return Err(format!("eta must be in [0, 1], got {}", self.eta));
         }
         if self.log_every == 0 || self.checkpoint_every == 0 {
             return Err("log_every and checkpoint_every must be at least 1".into());

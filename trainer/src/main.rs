@@ -107,6 +107,8 @@ struct TrainArgs {
     psd_uniform: bool,
     #[arg(long, help = with_default("Consecutive samples of a batch that share one draw of (s, t); the time conditioning runs once per draw", config::d::share_times()))]
     share_times: Option<usize>,
+    #[arg(long, help = with_default("Share of diagonal pairs t = s in the (s, t) sampler of lmd, emd, lsd, psd and esd (METHOD §4)", config::d::eta()))]
+    eta: Option<f64>,
     /// Base standard deviation σ0 [default: 1 for images, the data's standard deviation for 2-D
     /// sets].
     #[arg(long)]
@@ -398,6 +400,7 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         seed,
         pfmm_stages,
         share_times,
+        eta,
         checkpoint_every,
         log_every,
         decay_start

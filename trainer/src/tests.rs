@@ -171,6 +171,7 @@ fn loss_parts(obj: Objective, student: &dyn FlowModel, n: usize) -> Vec<(String,
         max_gap: 1.0,
         psd_uniform: false,
         share_times: 1,
+        eta: crate::config::d::eta(),
     };
     let l = objectives::loss(obj, &ctx, &gaussian_batch(n, 1), &mut Rng::new(2)).unwrap();
     let mut out = vec![("total".to_string(), l.total.into_scalar::<f32>())];
@@ -229,7 +230,7 @@ fn every_loss_vanishes_on_the_exact_flow_map_and_not_on_a_perturbed_one() {
             "{}: off-diagonal {off} on the exact map",
             obj.name()
         );
-        let want = irreducible(objectives::ETA);
+        let want = irreducible(crate::config::d::eta());
         assert!(
             (diag as f64 - want).abs() < 0.1 * want,
             "{}: diagonal {diag}, irreducible {want:.4}",
@@ -373,6 +374,31 @@ fn shared_draws_repeat_each_draw_over_consecutive_samples() {
             .all(|&d| d == p.diagonal[r.start]));
     }
     assert!(p.s[0] != p.s[4] && p.diagonal.iter().any(|&d| d) && !p.diagonal.iter().all(|&d| d));
+}
+
+#[test]
+fn eta_is_the_share_of_diagonal_pairs() {
+    for eta in [0.0, 0.3, 0.75, 1.0] {
+        let p = objectives::sample_pairs(&mut Rng::new(3), 20_000, eta, 1);
+        let share = p.diagonal.iter().filter(|&&d| d).count() as f64 / 20_000.0;
+        assert!(
+            (share - eta).abs() < 0.015,
+            "eta {eta}: diagonal share {share}"
+        );
+        for i in 0..p.s.len() {
+            assert_eq!(p.diagonal[i], p.s[i] == p.t[i], "pair {i}");
+            assert!(p.s[i] <= p.t[i]);
+        }
+    }
+    let mut c = quick(Objective::Lsd, 1);
+    c.eta = 1.5;
+    assert!(c.validate().unwrap_err().contains("eta"));
+    // Saved configs from before the option read as the authors' 0.75.
+    let mut table: toml::Table =
+        toml::from_str(&toml::to_string(&quick(Objective::Lsd, 1)).unwrap()).unwrap();
+    table.remove("eta");
+    let old: TrainConfig = toml::from_str(&toml::to_string(&table).unwrap()).unwrap();
+    assert_eq!(old.eta, 0.75);
 }
 
 fn quick(obj: Objective, steps: usize) -> TrainConfig {

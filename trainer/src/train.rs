@@ -211,6 +211,7 @@ impl Session {
             max_gap,
             psd_uniform: cfg.psd_uniform,
             share_times: cfg.share_times,
+            eta: cfg.eta,
         };
         let t1 = Instant::now();
         let loss = objectives::loss(cfg.objective, &ctx, &batch, &mut st.rng)?;

@@ -122,6 +122,8 @@ pub struct Ctx<'a> {
     pub psd_uniform: bool,
     /// Consecutive samples that share one draw of their times (`TrainConfig::share_times`).
     pub share_times: usize,
+    /// Share of diagonal pairs in the (s, t) sampler (`TrainConfig::eta`).
+    pub eta: f64,
 }
 
 /// A loss value and its parts (already divided by the batch size), for logging.
@@ -130,9 +132,8 @@ pub struct Loss {
     pub parts: Vec<(&'static str, Tensor<1>)>,
 }
 
-/// The (s, t) sampler of METHOD §4: with probability η a diagonal pair t = s ~ U[0, 1], else the
-/// min and max of two U[0, 1] draws.
-pub const ETA: f64 = 0.75;
+/// The (s, t) sampler of METHOD §4: with probability η (`TrainConfig::eta`, default 0.75) a
+/// diagonal pair t = s ~ U[0, 1], else the min and max of two U[0, 1] draws.
 
 pub struct TimePairs {
     pub s: Vec<f32>,
@@ -247,7 +248,7 @@ pub fn split_pairs(
     diag: impl FnOnce(&Ctx, &Batch, &[f32]) -> Result<Tensor<1>>,
     off: impl FnOnce(&Ctx, &Batch, &[f32], &[f32], &mut Rng) -> Result<Tensor<1>>,
 ) -> Result<Loss> {
-    let p = sample_pairs(rng, batch.n, ETA, ctx.share_times);
+    let p = sample_pairs(rng, batch.n, ctx.eta, ctx.share_times);
     let (diag_idx, off_idx) = split_diagonal(&p);
     let l_diag = if diag_idx.is_empty() {
         zero(ctx)
