@@ -132,16 +132,15 @@ pub struct Loss {
     pub parts: Vec<(&'static str, Tensor<1>)>,
 }
 
-/// The (s, t) sampler of METHOD §4: with probability η (`TrainConfig::eta`, default 0.75) a
-/// diagonal pair t = s ~ U[0, 1], else the min and max of two U[0, 1] draws.
-
 pub struct TimePairs {
     pub s: Vec<f32>,
     pub t: Vec<f32>,
     pub diagonal: Vec<bool>,
 }
 
-/// Each draw is shared by `share` consecutive samples (the last run cut at n).
+/// The (s, t) sampler of METHOD §4: with probability η (`TrainConfig::eta`, default 0.75) a
+/// diagonal pair t = s ~ U[0, 1], else the min and max of two U[0, 1] draws. Each draw is shared
+/// by `share` consecutive samples (the last run cut at n).
 pub fn sample_pairs(rng: &mut Rng, n: usize, eta: f64, share: usize) -> TimePairs {
     let mut p = TimePairs {
         s: Vec::with_capacity(n),
