@@ -291,14 +291,21 @@ pub fn train(
     let from = resume.map(|d| RunPaths {
         dir: d.to_path_buf(),
     });
-    if let Some(src) = from.as_ref().filter(|s| !same_dir(&s.dir, dir)) {
-        fork(src, &paths)?;
+    let fork_from = from.as_ref().filter(|s| !same_dir(&s.dir, dir));
+    if let Some(src) = fork_from {
+        check_fork(src, &paths)?;
     }
     let ckpt = from.as_ref().map(RunPaths::checkpoint);
     if let Some(c) = ckpt.as_ref().filter(|c| !c.exists()) {
         eprintln!("note: no checkpoint {}, starting fresh", c.display());
     }
     let mut sess = Session::open(cfg, device, ckpt.as_deref())?;
+    // The fork's log is copied once its checkpoint has loaded (a refused one leaves nothing).
+    if let Some(src) = fork_from.filter(|s| s.log().exists()) {
+        let log =
+            std::fs::read(src.log()).with_context(|| format!("reading {}", src.log().display()))?;
+        flowmap::output::write_atomic(&paths.log(), &log)?;
+    }
     if sess.step_count() >= cfg.steps {
         eprintln!(
             "note: the run is already at step {} of {}; pass --steps to train it longer",
@@ -532,10 +539,9 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Starts the run directory `to` as a fork of the run `from`: its loss.csv is copied (the resumed
-/// run trims it to the checkpoint's step). A `to` that holds a run of its own is refused, so a
-/// fork never overwrites another run's state.
-fn fork(from: &RunPaths, to: &RunPaths) -> Result<()> {
+/// Whether the run directory `to` may start as a fork of the run `from`: `from` has a
+/// checkpoint, and `to` holds no run of its own (a fork never overwrites another run's state).
+fn check_fork(from: &RunPaths, to: &RunPaths) -> Result<()> {
     if !from.checkpoint().exists() {
         bail!(
             "nothing to resume: {} has no checkpoint",
@@ -548,11 +554,6 @@ fn fork(from: &RunPaths, to: &RunPaths) -> Result<()> {
             to.dir.display(),
             to.dir.display()
         );
-    }
-    if from.log().exists() {
-        let log = std::fs::read(from.log())
-            .with_context(|| format!("reading {}", from.log().display()))?;
-        flowmap::output::write_atomic(&to.log(), &log)?;
     }
     Ok(())
 }
