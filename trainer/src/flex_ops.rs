@@ -249,7 +249,7 @@ fn flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape.to_vec()))
 }
 
-fn backward_x(w: &[f32], dy: &[f32], g: ConvGeom) -> Vec<f32> {
+pub(crate) fn backward_x(w: &[f32], dy: &[f32], g: ConvGeom) -> Vec<f32> {
     if g.stride == 1 && !g.pointwise() && g.pad < g.k {
         // For stride 1 the input gradient is itself a stride-1 convolution: dY convolved with
         // the flipped, transposed kernel W'[c, o, ky, kx] = W[o, c, k−1−ky, k−1−kx] at padding
@@ -300,7 +300,7 @@ fn backward_x(w: &[f32], dy: &[f32], g: ConvGeom) -> Vec<f32> {
     dx
 }
 
-fn backward_wb(x: &[f32], dy: &[f32], g: ConvGeom) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn backward_wb(x: &[f32], dy: &[f32], g: ConvGeom) -> (Vec<f32>, Vec<f32>) {
     let (rows, p) = (g.rows(), g.positions());
     let in_len = g.c * g.h * g.w;
     let zero = || {

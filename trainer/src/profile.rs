@@ -394,8 +394,8 @@ pub fn conv_variants(batch: usize) {
         (32, 32, 7),
         (64, 32, 7),
     ];
-    println!("| conv (C_in → C_out, H×W) | GFLOP | burn conv2d fwd ms | burn-op im2col GEMM fwd ms | fastconv fwd ms | burn fwd+bwd ms | burn-op im2col fwd+bwd ms | fastconv fwd+bwd ms | fastconv speed-up fwd+bwd |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| conv (C_in → C_out, H×W) | GFLOP | burn conv2d fwd ms | burn-op im2col GEMM fwd ms | fastconv fwd ms | burn fwd+bwd ms | burn-op im2col fwd+bwd ms | fastconv fwd+bwd ms | fastconv speed-up fwd+bwd | fastconv ∂x ms (GFLOP/s) | fastconv ∂w, ∂b ms (GFLOP/s) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (cin, cout, hw) in shapes {
         let x = Tensor::<4>::random([batch, cin, hw, hw], Distribution::Normal(0.0, 1.0), &dev)
             .require_grad();
@@ -431,9 +431,31 @@ pub fn conv_variants(batch: usize) {
         let gflop = 2.0 * (batch * cout * hw * hw * cin * 9) as f64 / 1e9;
         let fwd: Vec<f64> = (0..3).map(|v| time(v, false) * 1e3).collect();
         let both: Vec<f64> = (0..3).map(|v| time(v, true) * 1e3).collect();
+        // The fast backward's two products alone, on plain slices (no graph).
+        let g =
+            flowmap::cpu::im2col::ConvGeom::new(&[batch, cin, hw, hw], &[cout, cin, 3, 3], 1, 1);
+        let xs = vec![0.5f32; batch * cin * hw * hw];
+        let (ws, dy) = (
+            vec![0.01f32; cout * cin * 9],
+            vec![0.1f32; batch * cout * hw * hw],
+        );
+        let median = |f: &dyn Fn()| {
+            let mut v: Vec<f64> = (0..6)
+                .map(|_| {
+                    let start = Instant::now();
+                    f();
+                    start.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v[3]
+        };
+        let dx = median(&|| drop(crate::flex_ops::backward_x(&ws, &dy, g)));
+        let dw = median(&|| drop(crate::flex_ops::backward_wb(&xs, &dy, g)));
         println!(
-            "| {cin} → {cout}, {hw}×{hw} | {gflop:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}× |",
-            fwd[0], fwd[1], fwd[2], both[0], both[1], both[2], both[0] / both[2]
+            "| {cin} → {cout}, {hw}×{hw} | {gflop:.3} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}× | {dx:.2} ({:.0}) | {dw:.2} ({:.0}) |",
+            fwd[0], fwd[1], fwd[2], both[0], both[1], both[2], both[0] / both[2],
+            gflop / dx * 1e3, gflop / dw * 1e3
         );
     }
 }
