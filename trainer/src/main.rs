@@ -185,12 +185,14 @@ enum Command {
   trainer eval --model runs/cb-lsd/model.safetensors --samples 20000   # runs/cb-lsd/eval.md
   trainer eval --model runs/mnist-lsd/model.safetensors --teacher runs/mnist-fm/model.safetensors --ks 1,4
   trainer eval --model weights/checkerboard.safetensors --out /tmp/cb-eval
+  trainer eval --teacher runs/mnist-fm/model.safetensors --ks 2                # a teacher alone
   trainer eval --update-results --model ...                             # the shipped models' docs/RESULTS.md")]
     Eval {
         /// Flow-map weights files to evaluate (repeat the flag).
-        #[arg(long = "model", required = true)]
+        #[arg(long = "model", required_unless_present = "teacher")]
         models: Vec<PathBuf>,
-        /// The `fm` teacher, sampled with Euler and Heun at equal NFE.
+        /// The `fm` teacher, sampled with Euler and Heun at equal NFE (alone: only its rows, e.g.
+        /// to follow a teacher run).
         #[arg(long)]
         teacher: Option<PathBuf>,
         /// The directory for the report (eval.md) and its figures [default: the first model's
@@ -513,7 +515,11 @@ fn run(cli: Cli) -> Result<()> {
             let out = if update_results {
                 PathBuf::from("docs/RESULTS.md")
             } else {
-                out.unwrap_or_else(|| eval::default_dir(&models[0]))
+                let first = models
+                    .first()
+                    .or(teacher.as_ref())
+                    .context("pass --model")?;
+                out.unwrap_or_else(|| eval::default_dir(first))
                     .join("eval.md")
             };
             let md = eval::run(&eval::EvalArgs {

@@ -650,6 +650,17 @@ fn eval_writes_the_quality_table_for_points() {
         report.contains(&format!("<!-- trainer eval: checkerboard -->\n{md}")),
         "{report}"
     );
+    // A teacher alone: its rows, no flow-map row.
+    let alone = crate::eval::run(&crate::eval::EvalArgs {
+        models: vec![],
+        out: dir.join("teacher.md"),
+        ..args
+    })
+    .unwrap();
+    assert!(
+        alone.contains("Euler at equal NFE") && !alone.contains("K jumps"),
+        "{alone}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
