@@ -82,19 +82,21 @@ pub fn write(
         .with_context(|| format!("exporting {}", path.display()))
 }
 
-/// `trainer export`: a checkpoint's EMA weights to a flowmap weights file.
-pub fn from_checkpoint(ckpt: &Path, out: &Path, dtype: StoreDtype) -> Result<ModelMeta> {
+/// `trainer export`: a checkpoint's EMA weights (or, with `raw`, its current parameters) to a
+/// flowmap weights file.
+pub fn from_checkpoint(ckpt: &Path, out: &Path, dtype: StoreDtype, raw: bool) -> Result<ModelMeta> {
     let (cmeta, groups) = checkpoint::load(ckpt)?;
     let meta = run_meta(&cmeta.config)?;
+    let group = if raw { "param" } else { "ema" };
     let ema = groups
-        .get("ema")
-        .context("the checkpoint has no EMA weights")?;
+        .get(group)
+        .with_context(|| format!("the checkpoint has no `{group}` weights"))?;
     let specs = flowmap::net::param_specs(&meta.model)?;
     let mut tensors = BTreeMap::new();
     for s in specs {
         let data = ema
             .get(&s.name)
-            .with_context(|| format!("the checkpoint lacks ema/{}", s.name))?
+            .with_context(|| format!("the checkpoint lacks {group}/{}", s.name))?
             .clone();
         tensors.insert(
             s.name.clone(),
@@ -107,6 +109,10 @@ pub fn from_checkpoint(ckpt: &Path, out: &Path, dtype: StoreDtype) -> Result<Mod
     let mut meta = meta;
     meta.provenance
         .insert("steps".into(), cmeta.step.to_string());
+    if raw {
+        meta.provenance
+            .insert("weights".into(), "raw parameters, not the EMA".into());
+    }
     Weights::write(out, &meta, &tensors, dtype)
         .with_context(|| format!("exporting {}", out.display()))?;
     Ok(meta)

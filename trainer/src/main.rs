@@ -169,7 +169,8 @@ enum Command {
     /// Export a checkpoint's EMA weights in the sampler's format.
     #[command(after_help = "Examples:
   trainer export weights/runs/mnist-lsd --out weights/mnist.safetensors
-  trainer export weights/runs/mnist-lsd --out weights/mnist-f16.safetensors --f16")]
+  trainer export weights/runs/mnist-lsd --out weights/mnist-f16.safetensors --f16
+  trainer export weights/runs/mnist-lmd --out /tmp/raw.safetensors --raw   # the parameters, not the EMA")]
     Export {
         /// A run directory or its checkpoint.safetensors.
         run: PathBuf,
@@ -179,6 +180,9 @@ enum Command {
         /// Store F16 tensors (half the size).
         #[arg(long)]
         f16: bool,
+        /// The current parameters instead of their EMA (e.g. to see what the EMA adds).
+        #[arg(long)]
+        raw: bool,
     },
     /// The quality table of METHOD §7 for K = 1, 2, 4, 8, 16 beside the teacher's Euler and Heun.
     #[command(after_help = "Examples:
@@ -476,7 +480,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Export { run, out, f16 } => {
+        Command::Export { run, out, f16, raw } => {
             let ckpt = if run.is_dir() {
                 run.join("checkpoint.safetensors")
             } else {
@@ -487,7 +491,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 flowmap::weights::StoreDtype::F32
             };
-            let meta = export::from_checkpoint(&ckpt, &out, dtype)?;
+            let meta = export::from_checkpoint(&ckpt, &out, dtype, raw)?;
             println!(
                 "wrote {} ({}, {} steps)",
                 out.display(),

@@ -459,6 +459,20 @@ fn training_lowers_the_loss_and_exports_a_loadable_model() {
     )
     .unwrap();
     assert!(out.iter().all(|v| v.is_finite()));
+    // `trainer export` writes the same EMA weights; with --raw, the checkpoint's parameters.
+    let ckpt = dir.join("checkpoint.safetensors");
+    let f32s = flowmap::weights::StoreDtype::F32;
+    crate::export::from_checkpoint(&ckpt, &dir.join("ema.safetensors"), f32s, false).unwrap();
+    crate::export::from_checkpoint(&ckpt, &dir.join("raw.safetensors"), f32s, true).unwrap();
+    let ema = flowmap::weights::Weights::read(&dir.join("ema.safetensors")).unwrap();
+    let raw = flowmap::weights::Weights::read(&dir.join("raw.safetensors")).unwrap();
+    let groups = crate::checkpoint::load(&ckpt).unwrap().1;
+    for (name, t) in &w.tensors {
+        assert_eq!(ema.tensors[name].data, t.data, "{name}");
+        assert_eq!(raw.tensors[name].data, groups["param"][name], "{name}");
+    }
+    assert!(w.tensors.iter().any(|(n, t)| raw.tensors[n].data != t.data));
+    assert!(raw.meta.provenance["weights"].contains("raw"));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
