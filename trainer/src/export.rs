@@ -88,13 +88,13 @@ pub fn from_checkpoint(ckpt: &Path, out: &Path, dtype: StoreDtype, raw: bool) ->
     let (cmeta, groups) = checkpoint::load(ckpt)?;
     let meta = run_meta(&cmeta.config)?;
     let group = if raw { "param" } else { "ema" };
-    let ema = groups
+    let values = groups
         .get(group)
         .with_context(|| format!("the checkpoint has no `{group}` weights"))?;
     let specs = flowmap::net::param_specs(&meta.model)?;
     let mut tensors = BTreeMap::new();
     for s in specs {
-        let data = ema
+        let data = values
             .get(&s.name)
             .with_context(|| format!("the checkpoint lacks {group}/{}", s.name))?
             .clone();

@@ -402,43 +402,7 @@ pub fn conv_variants(batch: usize) {
         let w = Tensor::<4>::random([cout, cin, 3, 3], Distribution::Normal(0.0, 0.1), &dev)
             .require_grad();
         let b = Tensor::<1>::random([cout], Distribution::Normal(0.0, 0.1), &dev).require_grad();
-        let time = |variant: u8, backward: bool| -> f64 {
-            let mut v: Vec<f64> = (0..6)
-                .map(|_| {
-                    let start = Instant::now();
-                    let y = match variant {
-                        0 => burn::tensor::module::conv2d(
-                            x.clone(),
-                            w.clone(),
-                            Some(b.clone()),
-                            burn::tensor::ops::ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
-                        ),
-                        1 => conv3x3_gemm(x.clone(), w.clone(), b.clone()),
-                        _ => crate::flex_ops::conv2d(x.clone(), w.clone(), b.clone(), 1, 1),
-                    };
-                    let s = y.sum();
-                    if backward {
-                        drop(s.backward());
-                    } else {
-                        let _ = s.into_scalar::<f32>();
-                    }
-                    start.elapsed().as_secs_f64()
-                })
-                .collect();
-            v.sort_by(f64::total_cmp);
-            v[3]
-        };
-        let gflop = 2.0 * (batch * cout * hw * hw * cin * 9) as f64 / 1e9;
-        let fwd: Vec<f64> = (0..3).map(|v| time(v, false) * 1e3).collect();
-        let both: Vec<f64> = (0..3).map(|v| time(v, true) * 1e3).collect();
-        // The fast backward's two products alone, on plain slices (no graph).
-        let g =
-            flowmap::cpu::im2col::ConvGeom::new(&[batch, cin, hw, hw], &[cout, cin, 3, 3], 1, 1);
-        let xs = vec![0.5f32; batch * cin * hw * hw];
-        let (ws, dy) = (
-            vec![0.01f32; cout * cin * 9],
-            vec![0.1f32; batch * cout * hw * hw],
-        );
+        // The median of six timed runs of `f`, in ms.
         let median = |f: &dyn Fn()| {
             let mut v: Vec<f64> = (0..6)
                 .map(|_| {
@@ -450,6 +414,37 @@ pub fn conv_variants(batch: usize) {
             v.sort_by(f64::total_cmp);
             v[3]
         };
+        let time = |variant: u8, backward: bool| -> f64 {
+            median(&|| {
+                let y = match variant {
+                    0 => burn::tensor::module::conv2d(
+                        x.clone(),
+                        w.clone(),
+                        Some(b.clone()),
+                        burn::tensor::ops::ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+                    ),
+                    1 => conv3x3_gemm(x.clone(), w.clone(), b.clone()),
+                    _ => crate::flex_ops::conv2d(x.clone(), w.clone(), b.clone(), 1, 1),
+                };
+                let s = y.sum();
+                if backward {
+                    drop(s.backward());
+                } else {
+                    let _ = s.into_scalar::<f32>();
+                }
+            })
+        };
+        let gflop = 2.0 * (batch * cout * hw * hw * cin * 9) as f64 / 1e9;
+        let fwd: Vec<f64> = (0..3).map(|v| time(v, false)).collect();
+        let both: Vec<f64> = (0..3).map(|v| time(v, true)).collect();
+        // The fast backward's two products alone, on plain slices (no graph).
+        let g =
+            flowmap::cpu::im2col::ConvGeom::new(&[batch, cin, hw, hw], &[cout, cin, 3, 3], 1, 1);
+        let xs = vec![0.5f32; batch * cin * hw * hw];
+        let (ws, dy) = (
+            vec![0.01f32; cout * cin * 9],
+            vec![0.1f32; batch * cout * hw * hw],
+        );
         let dx = median(&|| drop(crate::flex_ops::backward_x(&ws, &dy, g)));
         let dw = median(&|| drop(crate::flex_ops::backward_wb(&xs, &dy, g)));
         println!(
