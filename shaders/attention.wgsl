@@ -12,13 +12,17 @@
 // can unroll them and keep the arrays in registers: with runtime-bounded loops the arrays went
 // to local memory on NVIDIA (issue 10, docs/GPU.md). Reference: src/cpu/attention.rs.
 
+// Storage type: f32 here; the f16 build of this file (src/gpu/precision.rs) turns the alias
+// below into f16 behind `enable f16;`. Loads widen to f32 and all arithmetic is f32.
+alias S = f32;
+
 struct Params {
     batch: u32, channels: u32, len: u32, heads: u32,
     head_dim: u32, q_tiles: u32, total: u32, scale: f32,
 }
 
-@group(0) @binding(0) var<storage, read> qkv: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> qkv: array<S>;
+@group(0) @binding(1) var<storage, read_write> out: array<S>;
 @group(0) @binding(2) var<uniform> p: Params;
 
 const BQ: u32 = 64u;
@@ -61,7 +65,7 @@ fn main(
             for (var e = 0u; e < 4u; e++) {
                 let dd = 4u * c4 + e;
                 if (dd < d) {
-                    qv[e] = qkv[qbase + dd * len + i] * p.scale;
+                    qv[e] = f32(qkv[qbase + dd * len + i]) * p.scale;
                 }
             }
         }
@@ -82,8 +86,8 @@ fn main(
             var kv = 0.0;
             var vv = 0.0;
             if (j < len && dd < d) {
-                kv = qkv[kbase + dd * len + j];
-                vv = qkv[vbase + dd * len + j];
+                kv = f32(qkv[kbase + dd * len + j]);
+                vv = f32(qkv[vbase + dd * len + j]);
             }
             k_tile[jj * D4 + dd / 4u][dd % 4u] = kv;
             v_tile[jj * D4 + dd / 4u][dd % 4u] = vv;
@@ -135,7 +139,7 @@ fn main(
                 for (var e = 0u; e < 4u; e++) {
                     let dd = 4u * c4 + e;
                     if (dd < d) {
-                        out[(n * c + h * d + dd) * len + i] = a[e];
+                        out[(n * c + h * d + dd) * len + i] = S(a[e]);
                     }
                 }
             }

@@ -2,13 +2,17 @@
 // a_len values of a then b_len values of b. `repeat_rows`: each a_len-long row of a repeated
 // b_len times (n = output rows). One thread per output element. Reference: src/cpu/elementwise.rs.
 
+// Storage type: f32 here; the f16 build of this file (src/gpu/precision.rs) turns the alias
+// below into f16 behind `enable f16;`. Loads widen to f32 and all arithmetic is f32.
+alias S = f32;
+
 struct Params {
     n: u32, a_len: u32, b_len: u32, _p0: u32,
 }
 
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(0) var<storage, read> a: array<S>;
+@group(0) @binding(1) var<storage, read> b: array<S>;
+@group(0) @binding(2) var<storage, read_write> y: array<S>;
 @group(0) @binding(3) var<uniform> p: Params;
 
 @compute @workgroup_size(256, 1, 1)

@@ -8,6 +8,10 @@
 // Serves 3×3 and 1×1 kernels, any stride and padding. Reference: src/cpu/conv.rs. Analysis and
 // measurements: docs/GPU.md.
 
+// Storage type: f32 here; the f16 build of this file (src/gpu/precision.rs) turns the alias
+// below into f16 behind `enable f16;`. Loads widen to f32 and all arithmetic is f32.
+alias S = f32;
+
 struct Params {
     batch: u32, c_in: u32, h_in: u32, w_in: u32,
     c_out: u32, h_out: u32, w_out: u32, ksize: u32,
@@ -15,11 +19,11 @@ struct Params {
     total_tiles: u32, _p0: u32, _p1: u32, _p2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> w: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read> residual: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<S>;
+@group(0) @binding(1) var<storage, read> w: array<S>;
+@group(0) @binding(2) var<storage, read> bias: array<S>;
+@group(0) @binding(3) var<storage, read> residual: array<S>;
+@group(0) @binding(4) var<storage, read_write> y: array<S>;
 @group(0) @binding(5) var<uniform> p: Params;
 
 const BM: u32 = 64u;
@@ -44,11 +48,11 @@ fn store4(gm: u32, gn0: u32, npix: u32, hw_out: u32, v: vec4<f32>) {
         if (gn < npix) {
             let b = gn / hw_out;
             let idx = (b * p.c_out + gm) * hw_out + gn % hw_out;
-            var o = v[j] + bias[gm];
+            var o = v[j] + f32(bias[gm]);
             if (p.has_residual != 0u) {
-                o += residual[idx];
+                o += f32(residual[idx]);
             }
-            y[idx] = o;
+            y[idx] = S(o);
         }
     }
 }
@@ -105,7 +109,7 @@ fn main(
             let gk = k0 + ka;
             var v = 0.0;
             if (gm < p.c_out && gk < kdim) {
-                v = w[gm * kdim + gk];
+                v = f32(w[gm * kdim + gk]);
             }
             a_tile[ka * ROW + m / 4u][m % 4u] = v;
 
@@ -132,7 +136,7 @@ fn main(
                 let iy = oy + i32(ky);
                 let ix = ox + i32(kx);
                 if (iy >= 0 && ix >= 0 && iy < i32(p.h_in) && ix < i32(p.w_in)) {
-                    xv = x[x_img + (ci * p.h_in + u32(iy)) * p.w_in + u32(ix)];
+                    xv = f32(x[x_img + (ci * p.h_in + u32(iy)) * p.w_in + u32(ix)]);
                 }
             }
             b_tile[kb * ROW + nb / 4u][nb % 4u] = xv;

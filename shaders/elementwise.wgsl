@@ -4,13 +4,17 @@
 // - flow_step: y = a + dt · b          (the flow-map jump x + (t − s) v, METHOD §3)
 // Reference: src/cpu/elementwise.rs.
 
+// Storage type: f32 here; the f16 build of this file (src/gpu/precision.rs) turns the alias
+// below into f16 behind `enable f16;`. Loads widen to f32 and all arithmetic is f32.
+alias S = f32;
+
 struct Params {
     n: u32, act: u32, dt: f32, _p0: u32,
 }
 
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(0) var<storage, read> a: array<S>;
+@group(0) @binding(1) var<storage, read> b: array<S>;
+@group(0) @binding(2) var<storage, read_write> y: array<S>;
 @group(0) @binding(3) var<uniform> p: Params;
 
 fn erf_approx(v: f32) -> f32 {
@@ -30,7 +34,7 @@ fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = index(gid, nwg);
     if (i < p.n) {
-        y[i] = a[i] + b[i];
+        y[i] = S(f32(a[i]) + f32(b[i]));
     }
 }
 
@@ -38,7 +42,7 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
 fn flow_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = index(gid, nwg);
     if (i < p.n) {
-        y[i] = fma(p.dt, b[i], a[i]);
+        y[i] = S(fma(p.dt, f32(b[i]), f32(a[i])));
     }
 }
 
@@ -48,7 +52,7 @@ fn activate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if (i >= p.n) {
         return;
     }
-    let v = a[i];
+    let v = f32(a[i]);
     var r = v;
     switch p.act {
         case 1u: { r = v / (1.0 + exp(-v)); }
@@ -56,5 +60,5 @@ fn activate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         case 3u: { r = 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752)); }
         default: { }
     }
-    y[i] = r;
+    y[i] = S(r);
 }

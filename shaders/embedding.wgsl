@@ -5,13 +5,19 @@
 // to [−π/4, π/4] and the Taylor polynomials below are accurate to ~1e-7 on every GPU.
 // Reference: src/cpu/elementwise.rs.
 
+// Storage type: f32 here; the f16 build of this file (src/gpu/precision.rs) turns the alias
+// below into f16 behind `enable f16;`. Loads widen to f32 and all arithmetic is f32.
+alias S = f32;
+// The times and frequencies stay f32 in both builds: f16's 11 bits would move the phase
+// time_scale · t · ω by up to ~0.01 rad at the default time_scale of 100.
+
 struct Params {
     n: u32, half: u32, max_period: f32, time_scale: f32,
 }
 
 @group(0) @binding(0) var<storage, read> times: array<f32>;
 @group(0) @binding(1) var<storage, read> freqs: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<S>;
 @group(0) @binding(3) var<uniform> p: Params;
 
 const TAU: f32 = 6.283185307179586;
@@ -46,6 +52,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let turns = times[row] * p.time_scale * freqs[i] * (1.0 / TAU);
     let r = (turns - round(turns)) * TAU;
     let sc = sincos(r);
-    out[row * 2u * p.half + i] = sc.y;
-    out[row * 2u * p.half + p.half + i] = sc.x;
+    out[row * 2u * p.half + i] = S(sc.y);
+    out[row * 2u * p.half + p.half + i] = S(sc.x);
 }

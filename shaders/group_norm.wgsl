@@ -3,16 +3,20 @@
 // a tree reduction for the mean, a second for the centred variance (more stable than E[x²] − E[x]²),
 // then the normalised write. Reference: src/cpu/norm.rs.
 
+// Storage type: f32 here; the f16 build of this file (src/gpu/precision.rs) turns the alias
+// below into f16 behind `enable f16;`. Loads widen to f32 and all arithmetic is f32.
+alias S = f32;
+
 struct Params {
     batch: u32, channels: u32, hw: u32, groups: u32,
     has_mod: u32, silu: u32, eps: f32, _p0: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> gamma: array<f32>;
-@group(0) @binding(2) var<storage, read> beta: array<f32>;
-@group(0) @binding(3) var<storage, read> modulation: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<S>;
+@group(0) @binding(1) var<storage, read> gamma: array<S>;
+@group(0) @binding(2) var<storage, read> beta: array<S>;
+@group(0) @binding(3) var<storage, read> modulation: array<S>;
+@group(0) @binding(4) var<storage, read_write> y: array<S>;
 @group(0) @binding(5) var<uniform> p: Params;
 
 const WG: u32 = 256u;
@@ -51,25 +55,25 @@ fn main(
 
     var s = 0.0;
     for (var i = lane; i < len; i += WG) {
-        s += x[base + i];
+        s += f32(x[base + i]);
     }
     let mean = reduce_sum(lane, s) / f32(len);
     var q = 0.0;
     for (var i = lane; i < len; i += WG) {
-        let d = x[base + i] - mean;
+        let d = f32(x[base + i]) - mean;
         q += d * d;
     }
     let rstd = inverseSqrt(reduce_sum(lane, q) / f32(len) + p.eps);
 
     for (var i = lane; i < len; i += WG) {
         let c = g * cpg + i / p.hw;
-        var v = (x[base + i] - mean) * rstd * gamma[c] + beta[c];
+        var v = (f32(x[base + i]) - mean) * rstd * f32(gamma[c]) + f32(beta[c]);
         if (p.has_mod != 0u) {
-            v = v * (1.0 + modulation[n * 2u * p.channels + c]) + modulation[n * 2u * p.channels + p.channels + c];
+            v = v * (1.0 + f32(modulation[n * 2u * p.channels + c])) + f32(modulation[n * 2u * p.channels + p.channels + c]);
         }
         if (p.silu != 0u) {
             v = v / (1.0 + exp(-v));
         }
-        y[base + i] = v;
+        y[base + i] = S(v);
     }
 }

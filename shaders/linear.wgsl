@@ -6,16 +6,20 @@
 // its four rows and four columns as two 16-byte loads per k: 16 FMAs per 2 loads.
 // Reference: src/cpu/linear.rs. Analysis and measurements: docs/GPU.md.
 
+// Storage type: f32 here; the f16 build of this file (src/gpu/precision.rs) turns the alias
+// below into f16 behind `enable f16;`. Loads widen to f32 and all arithmetic is f32.
+alias S = f32;
+
 struct Params {
     rows: u32, inp: u32, outp: u32, has_mod: u32,
     act: u32, tiles_n: u32, total_tiles: u32, _p0: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> w: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read> modulation: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<S>;
+@group(0) @binding(1) var<storage, read> w: array<S>;
+@group(0) @binding(2) var<storage, read> bias: array<S>;
+@group(0) @binding(3) var<storage, read> modulation: array<S>;
+@group(0) @binding(4) var<storage, read_write> y: array<S>;
 @group(0) @binding(5) var<uniform> p: Params;
 
 const BM: u32 = 64u;
@@ -55,12 +59,12 @@ fn store4(gm: u32, gn0: u32, v: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) {
         let gn = gn0 + j;
         if (gn < p.outp) {
-            var o = v[j] + bias[gn];
+            var o = v[j] + f32(bias[gn]);
             if (p.has_mod != 0u) {
                 let base = gm * 2u * p.outp;
-                o = o * (1.0 + modulation[base + gn]) + modulation[base + p.outp + gn];
+                o = o * (1.0 + f32(modulation[base + gn])) + f32(modulation[base + p.outp + gn]);
             }
-            y[gm * p.outp + gn] = activate(o, p.act);
+            y[gm * p.outp + gn] = S(activate(o, p.act));
         }
     }
 }
@@ -97,12 +101,12 @@ fn main(
             let gk = k0 + k;
             var av = 0.0;
             if (tile_m + m < p.rows && gk < p.inp) {
-                av = x[(tile_m + m) * p.inp + gk];
+                av = f32(x[(tile_m + m) * p.inp + gk]);
             }
             a_tile[k * ROW + m / 4u][m % 4u] = av;
             var bv = 0.0;
             if (tile_n + m < p.outp && gk < p.inp) {
-                bv = w[(tile_n + m) * p.inp + gk];
+                bv = f32(w[(tile_n + m) * p.inp + gk]);
             }
             b_tile[k * ROW + m / 4u][m % 4u] = bv;
         }

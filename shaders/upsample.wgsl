@@ -1,12 +1,16 @@
 // Nearest-neighbour ×2 upsampling of [N, C, H, W]: one thread per output element.
 // Reference: src/cpu/elementwise.rs.
 
+// Storage type: f32 here; the f16 build of this file (src/gpu/precision.rs) turns the alias
+// below into f16 behind `enable f16;`. Loads widen to f32 and all arithmetic is f32.
+alias S = f32;
+
 struct Params {
     planes: u32, h: u32, w: u32, _p0: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<S>;
+@group(0) @binding(1) var<storage, read_write> y: array<S>;
 @group(0) @binding(2) var<uniform> p: Params;
 
 @compute @workgroup_size(256, 1, 1)

@@ -90,6 +90,12 @@ pub trait Backend {
 
     /// Copies host data into a new tensor.
     fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Self::Tensor>;
+    /// Copies times for [`Self::timestep_embedding`] into a new tensor, kept in f32 where
+    /// tensors are otherwise stored in f16 (crate::precision): f16 would move the embedding's
+    /// phases. The same as `upload` elsewhere.
+    fn upload_times(&self, data: &[f32], shape: &[usize]) -> Result<Self::Tensor> {
+        self.upload(data, shape)
+    }
     /// Copies a tensor back to the host (waits for pending work).
     fn download(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     /// Waits until all recorded work has finished (for timing); a no-op on the CPU.

@@ -125,6 +125,9 @@ impl<B: Backend> Backend for Profiled<'_, B> {
     fn upload(&self, data: &[f32], shape: &[usize]) -> Result<B::Tensor> {
         self.inner.upload(data, shape)
     }
+    fn upload_times(&self, data: &[f32], shape: &[usize]) -> Result<B::Tensor> {
+        self.inner.upload_times(data, shape)
+    }
     fn download(&self, t: &B::Tensor) -> Result<Vec<f32>> {
         self.inner.download(t)
     }

@@ -10,6 +10,7 @@ use flowmap::device::{self, DeviceChoice, Engine};
 use flowmap::models;
 use flowmap::net::{forward_costs, param_specs, Network};
 use flowmap::output::{encode, write_atomic, OutputFormat};
+use flowmap::precision::PrecisionChoice;
 use flowmap::sampler::{self, Integrator};
 use flowmap::weights::{random_tensors, Weights};
 use flowmap::Error;
@@ -67,6 +68,10 @@ enum Command {
         /// auto (a hardware GPU if present, else CPU), gpu (any adapter), cpu.
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Tensor storage: auto (f16 on a hardware GPU with f16 shaders, else f32), f32, or f16
+        /// (f16 storage, f32 arithmetic; on the CPU emulated, to see what f16 does).
+        #[arg(long, default_value = "auto")]
+        precision: String,
         /// A custom time grid, e.g. 0,0.1,0.5,1 (overrides --steps).
         #[arg(long)]
         grid: Option<String>,
@@ -107,6 +112,9 @@ enum Command {
         /// all (GPU adapter and CPU), gpu or cpu.
         #[arg(long, default_value = "all")]
         device: String,
+        /// The GPU's tensor storage: auto, f32, f16, or both (f32 and f16 side by side).
+        #[arg(long, default_value = "auto")]
+        precision: String,
         /// Timed repetitions of each measurement.
         #[arg(long, default_value_t = 5)]
         iters: usize,
@@ -128,6 +136,7 @@ pub fn main() -> ExitCode {
             seed,
             out,
             device,
+            precision,
             grid,
             integrator,
             step_times,
@@ -139,6 +148,7 @@ pub fn main() -> ExitCode {
             seed,
             &out,
             &device,
+            &precision,
             grid.as_deref(),
             &integrator,
             step_times,
@@ -149,6 +159,7 @@ pub fn main() -> ExitCode {
             preset,
             batch,
             device,
+            precision,
             iters,
             reference,
         } => run_bench(
@@ -156,6 +167,7 @@ pub fn main() -> ExitCode {
             &preset,
             batch,
             &device,
+            &precision,
             iters,
             reference,
         ),
@@ -197,6 +209,7 @@ fn run_sample(
     seed: u64,
     out: &Path,
     device: &str,
+    precision: &str,
     grid: Option<&str>,
     integrator: &str,
     step_times: bool,
@@ -212,6 +225,7 @@ fn run_sample(
     let integrator = Integrator::parse(integrator)?;
     let format = OutputFormat::from_path(out)?;
     let choice = DeviceChoice::parse(device)?;
+    let precision = PrecisionChoice::parse(precision)?;
     check_writable(out)?;
     let (w, label) = choose(model, weights)?;
     let meta = &w.meta;
@@ -224,7 +238,7 @@ fn run_sample(
         meta.method,
         w.parameter_count()
     );
-    let (engine, notice) = device::open(choice)?;
+    let (engine, notice) = device::open(choice, precision)?;
     if let Some(msg) = notice {
         eprintln!("{msg}");
     }
@@ -433,12 +447,17 @@ fn run_bench(
     preset: &str,
     batch: usize,
     device: &str,
+    precision: &str,
     iters: usize,
     reference: bool,
 ) -> Result<()> {
     if batch == 0 || iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }
+    let precisions = match precision {
+        "both" => vec![PrecisionChoice::F32, PrecisionChoice::F16],
+        p => vec![PrecisionChoice::parse(p).context("--precision: auto, f32, f16 or both")?],
+    };
     let w = match weights {
         Some(p) => load(p)?,
         None => {
@@ -467,14 +486,16 @@ fn run_bench(
     );
     let mut engines = Vec::new();
     if device == "all" || device == "gpu" {
-        match device::open(DeviceChoice::Gpu) {
-            Ok((e, _)) => engines.push(e),
-            Err(e) if device == "all" => say!("\nGPU: skipped ({e})"),
-            Err(e) => return Err(e.into()),
+        for &p in &precisions {
+            match device::open(DeviceChoice::Gpu, p) {
+                Ok((e, _)) => engines.push(e),
+                Err(e) if device == "all" => say!("\nGPU ({p:?}): skipped ({e})"),
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     if device == "all" || device == "cpu" {
-        engines.push(device::open(DeviceChoice::Cpu)?.0);
+        engines.push(device::open(DeviceChoice::Cpu, PrecisionChoice::F32)?.0);
         if reference {
             engines.push(Engine::Cpu(CpuBackend::REFERENCE));
         }
@@ -499,13 +520,21 @@ fn run_bench(
                 // work (otherwise the profile's gaps between ops put them to sleep, and each
                 // batch-1 op would read the time of waking them).
                 flowmap::cpu::in_pool_for(batch, || {
-                    bench_backend(b, &w, batch, iters, flops, peak)
+                    bench_backend(b, &w, batch, iters, flops, peak, b.storage)
                 })?
             }
             Engine::Gpu(b) => {
                 say!("\n== {} ==", engine.describe());
                 b.warm_up()?;
-                bench_backend(b.as_ref(), &w, batch, iters, flops, None)?
+                bench_backend(
+                    b.as_ref(),
+                    &w,
+                    batch,
+                    iters,
+                    flops,
+                    None,
+                    engine.precision(),
+                )?
             }
         }
     }
@@ -519,8 +548,11 @@ fn bench_backend<B: Backend>(
     iters: usize,
     flops: f64,
     peak: Option<f64>,
+    storage: flowmap::precision::Precision,
 ) -> Result<()> {
     let meta = &w.meta;
+    // The cost model counts 4 bytes a value; f16 storage moves half that.
+    let byte_scale = storage.bytes() as f64 / 4.0;
     let net: Network<B> = w.network(b)?;
     let noise = sampler::initial_noise(meta, batch, 0);
     let mut shape = vec![batch];
@@ -574,7 +606,7 @@ fn bench_backend<B: Backend>(
             st.calls / iters,
             secs * 1e3,
             gflops,
-            st.bytes / iters as f64 / secs / 1e9,
+            st.bytes * byte_scale / iters as f64 / secs / 1e9,
             of_peak(gflops)
         );
     }

@@ -7,6 +7,9 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuBackend;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::gpu::GpuContext;
+use crate::precision::Precision;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::precision::PrecisionChoice;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChoice {
@@ -39,31 +42,54 @@ impl Engine {
     pub fn describe(&self) -> String {
         match self {
             Engine::Cpu(b) => format!(
-                "CPU backend, {} kernels ({} threads)",
+                "CPU backend, {} kernels ({} threads){}",
                 match b.kernels {
                     crate::cpu::CpuKernels::Fast => "fast",
                     crate::cpu::CpuKernels::Reference => "reference",
                 },
-                rayon::current_num_threads()
+                rayon::current_num_threads(),
+                match b.storage {
+                    Precision::F32 => "",
+                    Precision::F16 => ", f16 storage emulated",
+                }
             ),
-            Engine::Gpu(g) => format!("GPU {}", g.context().adapter),
+            Engine::Gpu(g) => format!("GPU {}, {} storage", g.context().adapter, g.precision()),
+        }
+    }
+
+    /// How tensors are stored.
+    pub fn precision(&self) -> Precision {
+        match self {
+            Engine::Cpu(b) => b.storage,
+            Engine::Gpu(g) => g.precision(),
         }
     }
 }
 
-/// Opens the chosen device. The second value is a notice for the user when `auto` fell back.
+/// A GPU backend on `ctx` in the precision `precision` resolves to there.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn open(choice: DeviceChoice) -> Result<(Engine, Option<String>)> {
+fn gpu_engine(ctx: GpuContext, precision: PrecisionChoice) -> Result<Engine> {
+    let p = precision.for_gpu(
+        ctx.has_f16(),
+        ctx.adapter.is_software,
+        &ctx.adapter.to_string(),
+    )?;
+    Ok(Engine::Gpu(Box::new(GpuBackend::with_precision(ctx, p)?)))
+}
+
+/// Opens the chosen device with tensors stored as `precision` resolves there
+/// ([`PrecisionChoice::for_gpu`], [`PrecisionChoice::for_cpu`]). The second value is a notice
+/// for the user when `auto` fell back.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn open(choice: DeviceChoice, precision: PrecisionChoice) -> Result<(Engine, Option<String>)> {
+    let cpu = CpuBackend::FAST.with_storage(precision.for_cpu());
     match choice {
-        DeviceChoice::Cpu => Ok((Engine::Cpu(CpuBackend::FAST), None)),
-        DeviceChoice::Gpu => Ok((
-            Engine::Gpu(Box::new(GpuBackend::new(GpuContext::new(true)?))),
-            None,
-        )),
+        DeviceChoice::Cpu => Ok((Engine::Cpu(cpu), None)),
+        DeviceChoice::Gpu => Ok((gpu_engine(GpuContext::new(true)?, precision)?, None)),
         DeviceChoice::Auto => match GpuContext::new(false) {
-            Ok(ctx) => Ok((Engine::Gpu(Box::new(GpuBackend::new(ctx))), None)),
+            Ok(ctx) => Ok((gpu_engine(ctx, precision)?, None)),
             Err(e) => Ok((
-                Engine::Cpu(CpuBackend::FAST),
+                Engine::Cpu(cpu),
                 Some(format!(
                     "notice: using the CPU backend: {e} (force a GPU adapter with --device gpu)"
                 )),

@@ -49,6 +49,9 @@ pub enum Error {
     NoAdapter(String),
     #[error("GPU error: {0}")]
     Gpu(String),
+    /// The device lacks a feature that was asked for explicitly (e.g. `--precision f16`).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     #[error("the GPU ran out of memory ({0})")]
     GpuOutOfMemory(String),
     #[error("output error: {0}")]

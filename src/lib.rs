@@ -20,6 +20,7 @@ pub mod models;
 pub mod output;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod parity;
+pub mod precision;
 pub mod rng;
 pub mod sampler;
 pub mod tolerance;

@@ -92,6 +92,9 @@ impl Backend for OpParity<'_> {
     fn upload(&self, data: &[f32], shape: &[usize]) -> Result<CpuTensor> {
         self.cpu.upload(data, shape)
     }
+    fn upload_times(&self, data: &[f32], shape: &[usize]) -> Result<CpuTensor> {
+        self.cpu.upload_times(data, shape)
+    }
     fn download(&self, t: &CpuTensor) -> Result<Vec<f32>> {
         self.cpu.download(t)
     }
@@ -154,7 +157,8 @@ impl Backend for OpParity<'_> {
     fn timestep_embedding(&self, t: &CpuTensor, dim: usize, mp: f32, ts: f32) -> CpuTensor {
         let want = self.cpu.timestep_embedding(t, dim, mp, ts);
         self.check(OpFamily::Embedding, want, |s| {
-            Ok(s.gpu.timestep_embedding(&s.up(t)?, dim, mp, ts))
+            let t = s.gpu.upload_times(&t.data, &t.shape)?;
+            Ok(s.gpu.timestep_embedding(&t, dim, mp, ts))
         })
     }
     fn attention(&self, qkv: &CpuTensor, heads: usize) -> CpuTensor {

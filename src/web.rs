@@ -7,6 +7,7 @@ use crate::clock::Stopwatch;
 use crate::cpu::CpuBackend;
 use crate::gpu::{GpuBackend, GpuContext};
 use crate::net::Network;
+use crate::precision::PrecisionChoice;
 use crate::sampler::{self, Integrator};
 use crate::weights::Weights;
 use wasm_bindgen::prelude::*;
@@ -79,15 +80,34 @@ async fn yield_now() {
 #[wasm_bindgen]
 impl WebSampler {
     /// Parses a weights file and opens WebGPU when `use_gpu` is set and an adapter is granted,
-    /// otherwise the CPU backend (`gpu_error` then says why).
-    pub async fn create(bytes: Vec<u8>, use_gpu: bool) -> Result<WebSampler, JsError> {
+    /// otherwise the CPU backend (`gpu_error` then says why). `precision` (auto, f32, f16) is
+    /// the GPU's tensor storage: auto takes f16 where the adapter offers `shader-f16`; an f16
+    /// the adapter lacks leaves the GPU unused, with the reason in `gpu_error`.
+    pub async fn create(
+        bytes: Vec<u8>,
+        use_gpu: bool,
+        precision: String,
+    ) -> Result<WebSampler, JsError> {
         let weights = Weights::from_bytes(&bytes).map_err(js_err)?;
+        let choice = PrecisionChoice::parse(&precision).map_err(js_err)?;
         let mut gpu_error = None;
         if use_gpu {
-            match GpuContext::new_async(true).await {
-                Ok(ctx) => {
-                    let device = format!("WebGPU: {}", ctx.adapter);
-                    let backend = Box::new(GpuBackend::new(ctx));
+            let backend = GpuContext::new_async(true).await.and_then(|ctx| {
+                let p = choice.for_gpu(
+                    ctx.has_f16(),
+                    ctx.adapter.is_software,
+                    &ctx.adapter.to_string(),
+                )?;
+                GpuBackend::with_precision(ctx, p)
+            });
+            match backend {
+                Ok(backend) => {
+                    let device = format!(
+                        "WebGPU: {}, {} storage",
+                        backend.context().adapter,
+                        backend.precision()
+                    );
+                    let backend = Box::new(backend);
                     let net = weights.network(backend.as_ref()).map_err(js_err)?;
                     return Ok(WebSampler {
                         weights,

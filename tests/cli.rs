@@ -316,6 +316,35 @@ fn sample_without_weights_draws_from_the_shipped_models() {
     ]);
     assert!(ok, "{stdout}{err}");
     assert!(stdout.contains("checkerboard (shipped"), "{stdout}");
+    // f16 storage, emulated on the CPU, says so; an unknown precision is a named error and
+    // writes nothing.
+    let half = dir.join("half.npy");
+    let (ok, stdout, err) = flowmap(&[
+        "sample",
+        "--steps",
+        "1",
+        "--n",
+        "2",
+        "--out",
+        half.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--precision",
+        "f16",
+    ]);
+    assert!(ok, "{stdout}{err}");
+    assert!(stdout.contains("f16 storage emulated"), "{stdout}");
+    let bad = dir.join("bad.npy");
+    let (ok, _, err) = flowmap(&[
+        "sample",
+        "--out",
+        bad.to_str().unwrap(),
+        "--precision",
+        "bf16",
+    ]);
+    assert!(!ok && !err.contains("panicked"), "{err}");
+    assert!(err.contains("unknown precision `bf16`"), "{err}");
+    assert!(!bad.exists());
     let (ok, _, err) = flowmap(&["sample", "--model", "cifar", "--out", o]);
     assert!(!ok && !err.contains("panicked"), "{err}");
     assert!(

@@ -22,6 +22,31 @@ fn every_wgsl_file_validates() {
         )
         .validate(&module)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+        // The f16 build of the file (crate::precision): one `alias S = f32;`, its first
+        // declaration, turned into f16 behind `enable f16;`; it must validate with f16 shaders.
+        assert_eq!(
+            src.matches("alias S = f32;").count(),
+            1,
+            "{name}: one storage alias `alias S = f32;`"
+        );
+        let leaked = src
+            .lines()
+            .find(|l| l.contains("array<f32>") && !l.contains("// f32"));
+        if name != "embedding.wgsl" {
+            assert!(
+                leaked.is_none(),
+                "{name}: storage not of type S: {leaked:?}"
+            );
+        }
+        let src16 = flowmap::gpu::shader_source(&src, flowmap::precision::Precision::F16);
+        let module16 = naga::front::wgsl::parse_str(&src16)
+            .unwrap_or_else(|e| panic!("{name} (f16): {}", e.emit_to_string(&src16)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::SHADER_FLOAT16,
+        )
+        .validate(&module16)
+        .unwrap_or_else(|e| panic!("{name} (f16): {}", e.emit_to_string(&src16)));
         found.insert(name);
     }
     let listed: BTreeSet<String> = flowmap::gpu::SHADERS

@@ -155,7 +155,7 @@ async fn the_web_sampler_matches_the_cpu_sampler_on_gpu_and_on_the_fallback() {
     .unwrap();
     let want: Vec<f32> = want.into_iter().map(|v| w.meta.data.to_data(v)).collect();
     for use_gpu in [true, false] {
-        let s = WebSampler::create(bytes.clone(), use_gpu)
+        let s = WebSampler::create(bytes.clone(), use_gpu, "auto".into())
             .await
             .map_err(|_| "create")
             .unwrap();
@@ -173,4 +173,19 @@ async fn the_web_sampler_matches_the_cpu_sampler_on_gpu_and_on_the_fallback() {
         assert_eq!(run.step_ms().length() as usize, k);
         assert_eq!(run.states().length() as usize, k * 2 * 64);
     }
+    // An explicit f16: f16 storage where the adapter offers shader-f16; otherwise refused by
+    // name, and the model samples on the CPU path (SwiftShader has no shader-f16).
+    let s = WebSampler::create(bytes.clone(), true, "f16".into())
+        .await
+        .map_err(|_| "create f16")
+        .unwrap();
+    if s.is_gpu() {
+        assert!(s.device().contains("f16 storage"), "{}", s.device());
+    } else {
+        let e = s.gpu_error().unwrap_or_default();
+        assert!(e.contains("does not offer f16 shaders"), "{e}");
+    }
+    assert!(WebSampler::create(bytes, true, "bf16".into())
+        .await
+        .is_err());
 }

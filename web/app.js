@@ -3,7 +3,8 @@
 // CPU backend. Query parameters (used by the tests, handy for links): ?model=URL, ?k=, ?seed=,
 // ?n= set the starting state (n is clamped to the API's MAX_SAMPLES); ?device=auto|gpu|cpu
 // chooses where to sample (auto passes a software WebGPU adapter over for the wasm CPU path;
-// ?gpu=off is ?device=cpu); ?cpu=reference runs the CPU path on the reference loops (the wasm
+// ?gpu=off is ?device=cpu); ?precision=auto|f32|f16 is the GPU's tensor storage (auto: f16 where
+// the adapter offers shader-f16); ?cpu=reference runs the CPU path on the reference loops (the wasm
 // benchmark's baseline, web/bench.mjs).
 import { load, initialize, MAX_SAMPLES } from './flowmap.mjs';
 
@@ -23,10 +24,12 @@ function setStatus(text, kind = '') {
   el.className = kind;
 }
 
+const precision = ['auto', 'f32', 'f16'].includes(params.get('precision')) ? params.get('precision') : 'auto';
+
 function loadModel(url, device) {
   const key = `${device} ${url}`;
   if (!cache.has(key)) {
-    cache.set(key, load(url, { device }).then((m) => {
+    cache.set(key, load(url, { device, precision }).then((m) => {
       if (params.get('cpu') === 'reference') m.setReferenceKernels(true);
       return m;
     }));

@@ -118,7 +118,26 @@ test('WebGPU page matches the native sampler and resamples when the slider moves
   const moved = await result(page, 3);
   const d3 = maxDiff(moved.samples, await native(3));
   assert.ok(d3 <= GPU_TOL, `K = 3: max |page − native| = ${d3}`);
-  assert.match(await page.textContent('#device'), /Adapter: WebGPU/);
+  // auto precision: f16 storage only where the adapter offers shader-f16 (SwiftShader does not).
+  const f16 = await page.evaluate(async () => (await navigator.gpu.requestAdapter()).features.has('shader-f16'));
+  assert.match(await page.textContent('#device'), f16 ? /Adapter: WebGPU: .*, f16 storage/ : /Adapter: WebGPU: .*, f32 storage/);
+  assert.deepEqual(errors, [], `console errors: ${errors.join('; ')}`);
+  await page.close();
+});
+
+test('an f16 request on an adapter without shader-f16 is refused by name and samples on the CPU', { timeout: 600_000 }, async () => {
+  const { page, errors } = await openPage(`model=${MODEL}&n=${N}&seed=${SEED}&k=2&device=gpu&precision=f16`);
+  const f16 = await page.evaluate(async () => (await navigator.gpu.requestAdapter()).features.has('shader-f16'));
+  const r = await result(page, 2);
+  if (f16) {
+    // An adapter with f16 shaders: the page samples on it in f16 storage.
+    assert.ok(r.gpu && /f16 storage/.test(r.device), r.device);
+  } else {
+    assert.equal(r.gpu, false, `expected the CPU path, got ${r.device}`);
+    assert.match(await page.textContent('#device'), /does not offer f16 shaders/);
+    const d = maxDiff(r.samples, await native(2));
+    assert.ok(d <= CPU_TOL, `CPU path after the refusal: max |page − native| = ${d}`);
+  }
   assert.deepEqual(errors, [], `console errors: ${errors.join('; ')}`);
   await page.close();
 });

@@ -9,19 +9,22 @@
 //   run.samples  // Float32Array, n × model.meta.data.shape values in data space (pixels in [0, 1])
 //   run.totalMs  // wall time; run.stepMs: per jump (when `keep` > 0); run.device: where it ran
 //
-// load(source, { device }) → Promise<Model>
+// load(source, { device, precision }) → Promise<Model>
 //   source  a URL string, a URL, an ArrayBuffer / Uint8Array of a .safetensors file, or a Response
 //   device  'auto' (default): WebGPU on a hardware adapter, else the wasm CPU path. A software
 //           WebGPU adapter (SwiftShader and other fallback adapters) is passed over, as
 //           `flowmap sample --device auto` passes over lavapipe: it is ~50× slower than the wasm
 //           path. 'gpu': WebGPU on any adapter (falls back to the CPU only if there is none).
 //           'cpu': the wasm CPU path.
+//   precision  the GPU's tensor storage: 'auto' (default: f16 where the adapter offers
+//           `shader-f16`, else f32), 'f32', or 'f16' (f16 storage, f32 arithmetic). An 'f16' the
+//           adapter lacks leaves WebGPU unused: the model samples on the CPU and gpuError says why.
 //   Rejects with an Error naming the problem: a download that failed (with the HTTP status), or
 //   a file that is not a usable flowmap model (the loader's own message).
 //
 // Model
 //   meta        the file's metadata: { model, data: { kind, shape, range }, method, sigma0, … }
-//   device      a description of where it samples ("WebGPU: …" or "CPU (wasm fallback)")
+//   device      a description of where it samples ("WebGPU: …, f16 storage" or "CPU (wasm fallback)")
 //   isGpu       whether it samples on WebGPU
 //   gpuError    why it does not (no WebGPU, a software adapter, a lost device), or null
 //   sample({ k = 4, seed = 0, n = 16, integrator = 'flowmap', keep = 0 }) → Promise<Run>
@@ -88,9 +91,9 @@ async function bytesOf(source) {
   return new Uint8Array(await res.arrayBuffer());
 }
 
-async function create(bytes, useGpu, label) {
+async function create(bytes, useGpu, precision, label) {
   try {
-    return await WebSampler.create(bytes, useGpu);
+    return await WebSampler.create(bytes, useGpu, precision);
   } catch (e) {
     throw new Error(`${label} is not a usable flowmap model: ${e.message ?? e}`);
   }
@@ -125,7 +128,7 @@ export class Model {
       if (!this.#inner.is_gpu) throw new Error(`sampling failed: ${e.message ?? e}`);
       // The GPU failed (typically a lost device): continue on the CPU path for good.
       this.#gpuError = `the GPU failed mid-run and sampling moved to the CPU: ${e.message ?? e}`;
-      const cpu = await create(this.#bytes, false, 'the model');
+      const cpu = await create(this.#bytes, false, 'f32', 'the model');
       this.#inner.free();
       this.#inner = cpu;
       fellBack = true;
@@ -151,8 +154,9 @@ export class Model {
 }
 
 /** Loads a model from a URL, bytes or a Response; see the top of this file. */
-export async function load(source, { device = 'auto' } = {}) {
+export async function load(source, { device = 'auto', precision = 'auto' } = {}) {
   if (!['auto', 'gpu', 'cpu'].includes(device)) throw new RangeError(`device '${device}': use 'auto', 'gpu' or 'cpu'`);
+  if (!['auto', 'f32', 'f16'].includes(precision)) throw new RangeError(`precision '${precision}': use 'auto', 'f32' or 'f16'`);
   await initialize();
   const bytes = await bytesOf(source);
   const label = typeof source === 'string' || source instanceof URL ? String(source) : source instanceof Response ? source.url || 'the response' : 'the bytes';
@@ -163,6 +167,6 @@ export async function load(source, { device = 'auto' } = {}) {
     if (gpuError) useGpu = false;
   }
   if (device === 'cpu') gpuError = 'the CPU path was asked for';
-  const inner = await create(bytes, useGpu, label);
+  const inner = await create(bytes, useGpu, precision, label);
   return new Model(bytes, inner, gpuError);
 }

@@ -29,6 +29,7 @@ pub use simd::Isa;
 use crate::backend::{Backend, Conv2d, Shaped};
 use crate::config::Activation;
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 use direct::Direct;
 use std::sync::{Arc, OnceLock};
 
@@ -135,25 +136,43 @@ pub enum CpuKernels {
     Reference,
 }
 
-/// The CPU backend. Stateless apart from the kernel choice: parallelism comes from rayon's
-/// global pool.
+/// The CPU backend. Stateless apart from the kernel choice and the storage precision:
+/// parallelism comes from rayon's global pool.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CpuBackend {
     pub kernels: CpuKernels,
+    /// f32, or f16 emulated: every uploaded tensor and every op's output rounded to f16, the
+    /// arithmetic in f32, as the f16 WGSL kernels do (crate::precision).
+    pub storage: Precision,
 }
 
 impl CpuBackend {
     /// The fast kernels.
     pub const FAST: CpuBackend = CpuBackend {
         kernels: CpuKernels::Fast,
+        storage: Precision::F32,
     };
     /// The reference loops.
     pub const REFERENCE: CpuBackend = CpuBackend {
         kernels: CpuKernels::Reference,
+        storage: Precision::F32,
     };
+
+    /// This backend storing its tensors in `storage`.
+    pub const fn with_storage(self, storage: Precision) -> Self {
+        CpuBackend { storage, ..self }
+    }
 
     fn fast(&self) -> bool {
         self.kernels == CpuKernels::Fast
+    }
+
+    /// An op's output as this backend stores it.
+    fn out(&self, mut data: Vec<f32>, shape: &[usize]) -> CpuTensor {
+        if self.storage == Precision::F16 {
+            crate::precision::round_slice_f16(&mut data);
+        }
+        CpuTensor::new(data, shape)
     }
 }
 
@@ -161,6 +180,16 @@ impl Backend for CpuBackend {
     type Tensor = CpuTensor;
 
     fn upload(&self, data: &[f32], shape: &[usize]) -> Result<CpuTensor> {
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(Error::Argument(format!(
+                "{} values do not fill shape {shape:?}",
+                data.len()
+            )));
+        }
+        Ok(self.out(data.to_vec(), shape))
+    }
+
+    fn upload_times(&self, data: &[f32], shape: &[usize]) -> Result<CpuTensor> {
         if data.len() != shape.iter().product::<usize>() {
             return Err(Error::Argument(format!(
                 "{} values do not fill shape {shape:?}",
@@ -207,7 +236,7 @@ impl Backend for CpuBackend {
                 residual.map(|r| r.data.as_slice()),
             )
         };
-        CpuTensor::new(data, &shape)
+        self.out(data, &shape)
     }
 
     fn group_norm(
@@ -235,7 +264,7 @@ impl Backend for CpuBackend {
             modulation.map(|m| m.data.as_slice()),
             silu,
         );
-        CpuTensor::new(y, &x.shape)
+        self.out(y, &x.shape)
     }
 
     fn linear(
@@ -262,7 +291,7 @@ impl Backend for CpuBackend {
             modulation.map(|m| m.data.as_slice()),
             act,
         );
-        CpuTensor::new(y, &[n, out])
+        self.out(y, &[n, out])
     }
 
     fn timestep_embedding(
@@ -273,19 +302,19 @@ impl Backend for CpuBackend {
         time_scale: f32,
     ) -> CpuTensor {
         let y = timestep_embedding(&times.data, dim, max_period, time_scale);
-        CpuTensor::new(y, &[times.shape[0], dim])
+        self.out(y, &[times.shape[0], dim])
     }
 
     fn attention(&self, qkv: &CpuTensor, heads: usize) -> CpuTensor {
         let (n, c3, l) = (qkv.shape[0], qkv.shape[1], qkv.shape[2]);
         let y = attention(&qkv.data, n, c3 / 3, l, heads);
-        CpuTensor::new(y, &[n, c3 / 3, l])
+        self.out(y, &[n, c3 / 3, l])
     }
 
     fn upsample_nearest2x(&self, x: &CpuTensor) -> CpuTensor {
         let s = &x.shape;
         let y = upsample_nearest2x(&x.data, s[0] * s[1], s[2], s[3]);
-        CpuTensor::new(y, &[s[0], s[1], 2 * s[2], 2 * s[3]])
+        self.out(y, &[s[0], s[1], 2 * s[2], 2 * s[3]])
     }
 
     fn concat_channels(&self, a: &CpuTensor, b: &CpuTensor) -> CpuTensor {
@@ -294,14 +323,14 @@ impl Backend for CpuBackend {
         let y = concat_channels(&a.data, &b.data, n, ca * hw, cb * hw);
         let mut shape = a.shape.clone();
         shape[1] = ca + cb;
-        CpuTensor::new(y, &shape)
+        self.out(y, &shape)
     }
 
     fn repeat_rows(&self, x: &CpuTensor, times: usize) -> CpuTensor {
         let row = x.shape[1..].iter().product();
         let mut shape = x.shape.clone();
         shape[0] *= times;
-        CpuTensor::new(repeat_rows(&x.data, row, times), &shape)
+        self.out(repeat_rows(&x.data, row, times), &shape)
     }
 
     fn reshape(&self, t: &CpuTensor, shape: &[usize]) -> CpuTensor {
@@ -315,7 +344,7 @@ impl Backend for CpuBackend {
     }
 
     fn add(&self, a: &CpuTensor, b: &CpuTensor) -> CpuTensor {
-        CpuTensor::new(add(&a.data, &b.data), &a.shape)
+        self.out(add(&a.data, &b.data), &a.shape)
     }
 
     fn activation(&self, x: &CpuTensor, act: Activation) -> CpuTensor {
@@ -324,11 +353,11 @@ impl Backend for CpuBackend {
         } else {
             activate_reference(&x.data, act)
         };
-        CpuTensor::new(y, &x.shape)
+        self.out(y, &x.shape)
     }
 
     fn flow_step(&self, x: &CpuTensor, v: &CpuTensor, dt: f32) -> CpuTensor {
-        CpuTensor::new(flow_step(&x.data, &v.data, dt), &x.shape)
+        self.out(flow_step(&x.data, &v.data, dt), &x.shape)
     }
 }
 

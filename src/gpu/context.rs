@@ -71,7 +71,8 @@ pub struct GpuContext {
     pub adapter_limits: wgpu::Limits,
     pub adapter_features: wgpu::Features,
     /// What the device was opened with: `TIMESTAMP_QUERY` where the adapter has it, so kernels
-    /// can be timed on the GPU's own clock ([`super::GpuBackend::start_timing`]).
+    /// can be timed on the GPU's own clock ([`super::GpuBackend::start_timing`]), and
+    /// `SHADER_F16` where it has that.
     pub features: wgpu::Features,
     errors: ErrorSink,
 }
@@ -120,7 +121,10 @@ impl GpuContext {
             )));
         }
         let adapter_features = adapter.features();
-        let features = adapter_features & wgpu::Features::TIMESTAMP_QUERY;
+        // Timestamps to time kernels on the GPU's clock; f16 shaders for the f16 storage path
+        // (crate::precision), asked for wherever offered, used only when chosen.
+        let features =
+            adapter_features & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("flowmap"),
@@ -163,6 +167,11 @@ impl GpuContext {
             features,
             errors,
         })
+    }
+
+    /// Whether the device was opened with `SHADER_F16` (f16 storage is possible).
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
     }
 
     /// Blocking [`Self::new_async`] for native callers.

@@ -8,6 +8,8 @@ use super::SHADERS;
 use crate::backend::{conv2d_out_shape, Backend, Conv2d, Shaped};
 use crate::config::Activation;
 use crate::error::{Error, Result};
+use crate::precision::{self, Precision};
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,6 +24,9 @@ use wgpu::util::DeviceExt;
 pub struct GpuTensor {
     buf: Rc<PooledBuffer>,
     shape: Vec<usize>,
+    /// How its values are stored: the backend's precision, but f32 for times
+    /// ([`Backend::upload_times`]) and the embedding's frequency tables.
+    dtype: Precision,
 }
 
 impl Shaped for GpuTensor {
@@ -33,6 +38,25 @@ impl Shaped for GpuTensor {
 impl GpuTensor {
     pub fn buffer(&self) -> &wgpu::Buffer {
         self.buf.buffer()
+    }
+
+    /// How the values are stored.
+    pub fn dtype(&self) -> Precision {
+        self.dtype
+    }
+}
+
+/// The WGSL source of a kernel file for a storage precision: as written for f32; for f16 the
+/// file's `alias S = f32;` (its first declaration, so `enable` may precede it) becomes
+/// `enable f16; alias S = f16;`, which turns every storage array of `S` into f16 while the
+/// arithmetic stays f32 (the files widen each load and narrow each store).
+pub fn shader_source(source: &str, precision: Precision) -> Cow<'_, str> {
+    match precision {
+        Precision::F32 => Cow::Borrowed(source),
+        Precision::F16 => {
+            debug_assert_eq!(source.matches("alias S = f32;").count(), 1);
+            Cow::Owned(source.replacen("alias S = f32;", "enable f16;\nalias S = f16;", 1))
+        }
     }
 }
 
@@ -68,6 +92,7 @@ fn u(v: usize) -> P {
 
 pub struct GpuBackend {
     ctx: GpuContext,
+    precision: Precision,
     pool: Pool,
     modules: RefCell<HashMap<&'static str, wgpu::ShaderModule>>,
     /// Each pipeline with its bind group layout (asked of the pipeline once, not per dispatch).
@@ -106,7 +131,29 @@ pub struct GpuTimes {
 }
 
 impl GpuBackend {
+    /// A backend storing tensors in f32.
     pub fn new(ctx: GpuContext) -> Self {
+        Self::build(ctx, Precision::F32)
+    }
+
+    /// A backend storing tensors in `precision`; f16 needs a device opened with `SHADER_F16`
+    /// ([`GpuContext::has_f16`]), and is refused by name otherwise.
+    pub fn with_precision(ctx: GpuContext, precision: Precision) -> Result<Self> {
+        if precision == Precision::F16 && !ctx.has_f16() {
+            return Err(Error::Unsupported(format!(
+                "{} does not offer f16 shaders (SHADER_F16 / shader-f16); use --precision f32 or auto",
+                ctx.adapter
+            )));
+        }
+        Ok(Self::build(ctx, precision))
+    }
+
+    /// How this backend stores tensors.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn build(ctx: GpuContext, precision: Precision) -> Self {
         let align = ctx.limits.min_uniform_buffer_offset_alignment;
         let dummy = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("flowmap dummy"),
@@ -116,6 +163,7 @@ impl GpuBackend {
         });
         GpuBackend {
             ctx,
+            precision,
             pool: Pool::default(),
             modules: RefCell::default(),
             pipelines: RefCell::default(),
@@ -259,7 +307,7 @@ impl GpuBackend {
                 .device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(shader),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                    source: wgpu::ShaderSource::Wgsl(shader_source(source, self.precision)),
                 })
         });
         let p = self
@@ -284,7 +332,9 @@ impl GpuBackend {
     }
 
     fn alloc(&self, shape: &[usize]) -> GpuTensor {
-        let size = (shape.iter().product::<usize>().max(1) * 4) as u64;
+        let bytes = shape.iter().product::<usize>().max(1) * self.precision.bytes();
+        // Whole 4-byte words: wgpu copies and binds buffers in multiples of 4.
+        let size = bytes.div_ceil(4) as u64 * 4;
         let buffer = pool::take(&self.pool, size).unwrap_or_else(|| {
             self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("flowmap tensor"),
@@ -298,7 +348,51 @@ impl GpuBackend {
         GpuTensor {
             buf: Rc::new(PooledBuffer::new(buffer, self.pool.clone())),
             shape: shape.to_vec(),
+            dtype: self.precision,
         }
+    }
+
+    /// Uploads `data` stored as `dtype`.
+    fn upload_as(&self, data: &[f32], shape: &[usize], dtype: Precision) -> Result<GpuTensor> {
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(Error::Argument(format!(
+                "{} values do not fill shape {shape:?}",
+                data.len()
+            )));
+        }
+        let max = self.ctx.max_binding_elems();
+        if data.len() > max {
+            return Err(Error::Argument(format!(
+                "a tensor of {} values exceeds the adapter's storage binding limit of {max}",
+                data.len()
+            )));
+        }
+        let bytes = match dtype {
+            Precision::F32 => {
+                let mut bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                if bytes.is_empty() {
+                    bytes.resize(4, 0);
+                }
+                bytes
+            }
+            Precision::F16 => precision::f16_bytes(data),
+        };
+        // A fresh buffer (never a pooled one): see pool.rs for why.
+        let buffer = self
+            .ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("flowmap upload"),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            });
+        Ok(GpuTensor {
+            buf: Rc::new(PooledBuffer::new(buffer, self.pool.clone())),
+            shape: shape.to_vec(),
+            dtype,
+        })
     }
 
     /// Records one dispatch of `groups` workgroups, folded into two dimensions when it exceeds
@@ -405,8 +499,16 @@ impl GpuBackend {
         n: usize,
     ) -> impl Future<Output = Result<Vec<f32>>> + 'static {
         let n = n.min(t.len());
-        let bytes = self.read_back(t.buffer(), (n.max(1) * 4) as u64, "readback");
-        async move { Ok(bytemuck_cast(&bytes.await?[..n * 4])) }
+        let dtype = t.dtype;
+        let size = (n.max(1) * dtype.bytes()).div_ceil(4) as u64 * 4;
+        let bytes = self.read_back(t.buffer(), size, "readback");
+        async move {
+            let bytes = bytes.await?;
+            Ok(match dtype {
+                Precision::F32 => bytemuck_cast(&bytes[..n * 4]),
+                Precision::F16 => precision::from_f16_bytes(&bytes, n),
+            })
+        }
     }
 
     /// Copies the first `size` bytes of `src` to a mappable buffer after everything recorded so
@@ -490,38 +592,11 @@ impl Backend for GpuBackend {
     type Tensor = GpuTensor;
 
     fn upload(&self, data: &[f32], shape: &[usize]) -> Result<GpuTensor> {
-        if data.len() != shape.iter().product::<usize>() {
-            return Err(Error::Argument(format!(
-                "{} values do not fill shape {shape:?}",
-                data.len()
-            )));
-        }
-        let max = self.ctx.max_binding_elems();
-        if data.len() > max {
-            return Err(Error::Argument(format!(
-                "a tensor of {} values exceeds the adapter's storage binding limit of {max}",
-                data.len()
-            )));
-        }
-        let mut bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        if bytes.is_empty() {
-            bytes.resize(4, 0);
-        }
-        // A fresh buffer (never a pooled one): see pool.rs for why.
-        let buffer = self
-            .ctx
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("flowmap upload"),
-                contents: &bytes,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            });
-        Ok(GpuTensor {
-            buf: Rc::new(PooledBuffer::new(buffer, self.pool.clone())),
-            shape: shape.to_vec(),
-        })
+        self.upload_as(data, shape, self.precision)
+    }
+
+    fn upload_times(&self, data: &[f32], shape: &[usize]) -> Result<GpuTensor> {
+        self.upload_as(data, shape, Precision::F32)
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -672,9 +747,11 @@ impl Backend for GpuBackend {
             .borrow_mut()
             .entry((half, max_period.to_bits()))
             .or_insert_with(|| {
-                self.upload(
+                // f32 in both precisions: embedding.wgsl reads the table as f32.
+                self.upload_as(
                     &crate::cpu::embedding_frequencies(half, max_period),
                     &[half],
+                    Precision::F32,
                 )
                 .expect("a small frequency table fits any adapter")
             })
@@ -776,6 +853,7 @@ impl Backend for GpuBackend {
         GpuTensor {
             buf: t.buf.clone(),
             shape: shape.to_vec(),
+            dtype: t.dtype,
         }
     }
 

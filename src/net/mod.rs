@@ -146,8 +146,8 @@ impl<B: Backend> Network<B> {
                     .zip(t.iter().step_by(repeat))
                     .map(|(s, t)| t - s)
                     .collect();
-                let s_t = b.upload(&s, &[s.len()])?;
-                let dt_t = b.upload(&dt, &[dt.len()])?;
+                let s_t = b.upload_times(&s, &[s.len()])?;
+                let dt_t = b.upload_times(&dt, &[dt.len()])?;
                 let rows = time.forward(b, &s_t, &dt_t);
                 Some(match &self.body {
                     // The MLP's per-layer projections are most of its FLOPs: each runs on the

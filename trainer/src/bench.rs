@@ -68,7 +68,7 @@ pub fn forward(model: &ModelConfig, batch: usize, iters: usize, with_wgpu: bool)
         results.push((name.into(), secs));
     }
     for choice in [DeviceChoice::Cpu, DeviceChoice::Gpu] {
-        match flowmap::device::open(choice) {
+        match flowmap::device::open(choice, flowmap::precision::PrecisionChoice::F32) {
             Ok((Engine::Cpu(b), _)) => {
                 // The fast path, then the reference loops it is tested against.
                 for (name, b) in [

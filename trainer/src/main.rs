@@ -219,6 +219,10 @@ enum Command {
         /// Sampling device for flowmap: auto, gpu or cpu.
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Tensor storage while sampling: f32 (the figures of record), f16 (f16 storage, f32
+        /// arithmetic; emulated on the CPU) or auto (f16 on a hardware GPU with f16 shaders).
+        #[arg(long, default_value = "f32")]
+        precision: String,
         /// The MNIST feature classifier; trained and saved here when missing.
         #[arg(long, default_value = "weights/classifier.safetensors")]
         classifier: PathBuf,
@@ -512,6 +516,7 @@ fn run(cli: Cli) -> Result<()> {
             samples,
             ks,
             device,
+            precision,
             classifier,
             seed,
             teacher_nfe,
@@ -534,6 +539,7 @@ fn run(cli: Cli) -> Result<()> {
                 samples,
                 ks,
                 device,
+                precision,
                 classifier,
                 seed,
                 teacher_nfe,

@@ -643,6 +643,7 @@ fn eval_writes_the_quality_table_for_points() {
         samples: Some(4000),
         ks: vec![1, 2, 4],
         device: "cpu".into(),
+        precision: "f32".into(),
         classifier: dir.join("unused.safetensors"),
         seed: 0,
         teacher_nfe: 8,
@@ -668,13 +669,24 @@ fn eval_writes_the_quality_table_for_points() {
     let alone = crate::eval::run(&crate::eval::EvalArgs {
         models: vec![],
         out: dir.join("teacher.md"),
-        ..args
+        ..args.clone()
     })
     .unwrap();
     assert!(
         alone.contains("Euler at equal NFE") && !alone.contains("K jumps"),
         "{alone}"
     );
+    // f16 storage, emulated on the CPU: the report says so.
+    let half = crate::eval::run(&crate::eval::EvalArgs {
+        models: vec![args.teacher.clone().unwrap()],
+        teacher: None,
+        out: dir.join("f16.md"),
+        ks: vec![1],
+        precision: "f16".into(),
+        ..args
+    })
+    .unwrap();
+    assert!(half.contains("f16 storage emulated"), "{half}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -983,7 +995,21 @@ fn gpu_report_dry_run_writes_every_section() {
         j["notes"]
     );
     assert_eq!(j["peaks"].as_array().unwrap().len(), 2, "{}", j["notes"]);
-    assert_eq!(j["sampling"].as_array().unwrap().len(), 2);
+    // With SHADER_F16 (lavapipe has it) every section has its f16 rows too.
+    let f16 = j["adapter"]["shader_f16"] == true;
+    let precisions = if f16 { 2 } else { 1 };
+    assert_eq!(j["sampling"].as_array().unwrap().len(), 2 * precisions);
+    assert_eq!(
+        parity.iter().any(|p| p["model"] == "mnist (f16)"),
+        f16,
+        "{parity:?}"
+    );
+    assert!(
+        forward
+            .iter()
+            .all(|f| f["f16_over_f32"].as_f64().is_some() == f16),
+        "{forward:?}"
+    );
     if j["adapter"]["timestamp_query"] == true {
         let kernels = j["kernels"].as_array().unwrap();
         assert!(

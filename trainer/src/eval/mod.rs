@@ -14,12 +14,14 @@ use burn::tensor::Device;
 use classifier::{Classifier, Predictions, FEATURES};
 use flowmap::config::{DataKind, ModelMeta};
 use flowmap::device::{DeviceChoice, Engine};
+use flowmap::precision::PrecisionChoice;
 use flowmap::rng::Rng;
 use flowmap::sampler::{self, Integrator};
 use flowmap::weights::Weights;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+#[derive(Clone)]
 pub struct EvalArgs {
     pub models: Vec<PathBuf>,
     pub teacher: Option<PathBuf>,
@@ -29,6 +31,8 @@ pub struct EvalArgs {
     pub samples: Option<usize>,
     pub ks: Vec<usize>,
     pub device: String,
+    /// auto, f32 or f16 (flowmap::precision).
+    pub precision: String,
     pub classifier: PathBuf,
     pub seed: u64,
     /// NFE of the teacher's reference Heun run (images).
@@ -304,7 +308,10 @@ pub fn run(args: &EvalArgs) -> Result<String> {
     }
     let images = meta0.data.kind == DataKind::Image;
     let n = args.samples.unwrap_or(if images { 1000 } else { 100_000 });
-    let (engine, notice) = flowmap::device::open(DeviceChoice::parse(&args.device)?)?;
+    let (engine, notice) = flowmap::device::open(
+        DeviceChoice::parse(&args.device)?,
+        PrecisionChoice::parse(&args.precision)?,
+    )?;
     if let Some(msg) = notice {
         eprintln!("{msg}");
     }
