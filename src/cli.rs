@@ -7,6 +7,7 @@ use flowmap::bench::Profiled;
 use flowmap::config::{DataSpec, ModelConfig, ModelMeta};
 use flowmap::cpu::CpuBackend;
 use flowmap::device::{self, DeviceChoice, Engine};
+use flowmap::gpu::GpuBackend;
 use flowmap::models;
 use flowmap::net::{forward_costs, param_specs, Network};
 use flowmap::output::{encode, write_atomic, OutputFormat};
@@ -534,10 +535,47 @@ fn run_bench(
                     flops,
                     None,
                     engine.precision(),
-                )?
+                )?;
+                host_recording(b, &w, batch, iters)?;
             }
         }
     }
+    Ok(())
+}
+
+/// The host's share of a GPU forward: the time to record one (bind groups, compute passes,
+/// wgpu's validation), not waiting for the device, which runs it after.
+fn host_recording(b: &GpuBackend, w: &Weights, batch: usize, iters: usize) -> Result<()> {
+    let net: Network<GpuBackend> = w.network(b)?;
+    let mut shape = vec![batch];
+    shape.extend(w.meta.model.sample_shape());
+    let x = b.upload(&sampler::initial_noise(&w.meta, batch, 0), &shape)?;
+    let (s, t) = (vec![0.25; batch], vec![0.75; batch]);
+    b.download(&net.velocity(b, &x, &s, &t)?)?;
+    let (mut record, mut submit) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    let before = b.dispatch_count();
+    for _ in 0..iters {
+        let t0 = Instant::now();
+        let v = net.velocity(b, &x, &s, &t)?;
+        let t1 = Instant::now();
+        b.flush();
+        record.push((t1 - t0).as_secs_f64());
+        submit.push(t1.elapsed().as_secs_f64());
+        b.sync()?;
+        drop(v);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (record, submit) = (median(record), median(submit));
+    let per = (b.dispatch_count() - before) as f64 / iters as f64;
+    say!(
+        "host: one forward takes {:.3} ms to record and {:.3} ms to finish and submit (medians), {per:.0} dispatches, {:.1} µs each",
+        record * 1e3,
+        submit * 1e3,
+        (record + submit) * 1e6 / per.max(1.0)
+    );
     Ok(())
 }
 

@@ -105,6 +105,8 @@ pub struct GpuBackend {
     dummy: wgpu::Buffer,
     /// GPU timestamps around every dispatch while timing is on ([`Self::start_timing`]).
     timer: RefCell<Option<Timer>>,
+    /// Dispatches recorded so far ([`Self::dispatch_count`]).
+    dispatches: std::cell::Cell<u64>,
 }
 
 /// The most dispatches one timing window records (two timestamps each; wgpu caps a query set at
@@ -172,6 +174,7 @@ impl GpuBackend {
             encoder: RefCell::default(),
             dummy,
             timer: RefCell::default(),
+            dispatches: std::cell::Cell::new(0),
         }
     }
 
@@ -183,6 +186,11 @@ impl GpuBackend {
     /// The most bytes of free buffers the pool keeps (default `sampler::GPU_PASS_BYTES`).
     pub fn set_pool_cap(&self, bytes: u64) {
         self.pool.borrow_mut().set_cap(bytes);
+    }
+
+    /// Dispatches recorded since the backend was made (what a forward costs the host).
+    pub fn dispatch_count(&self) -> u64 {
+        self.dispatches.get()
     }
 
     /// Whether the device can time kernels on the GPU's clock (`TIMESTAMP_QUERY`).
@@ -405,6 +413,7 @@ impl GpuBackend {
         params: &[P],
         groups: usize,
     ) {
+        self.dispatches.set(self.dispatches.get() + 1);
         let pipeline = self.pipeline(shader, entry);
         let (uniform, offset, size) = self
             .uniforms
