@@ -47,6 +47,33 @@ fn every_wgsl_file_validates() {
         )
         .validate(&module16)
         .unwrap_or_else(|e| panic!("{name} (f16): {}", e.emit_to_string(&src16)));
+        // The backend builds each file's bind group layout from its declarations
+        // (`flowmap::gpu::bindings_of`): they must say what naga says.
+        let (storage, uniform) = flowmap::gpu::bindings_of(&src);
+        let mut seen = 0;
+        for (_, var) in module.global_variables.iter() {
+            let Some(rb) = &var.binding else { continue };
+            assert_eq!(rb.group, 0, "{name}");
+            match var.space {
+                naga::AddressSpace::Storage { access } => {
+                    let rw = access.contains(naga::StorageAccess::STORE);
+                    assert_eq!(
+                        storage.get(rb.binding as usize),
+                        Some(&rw),
+                        "{name}: binding {}",
+                        rb.binding
+                    );
+                }
+                naga::AddressSpace::Uniform => assert_eq!(rb.binding, uniform, "{name}"),
+                ref other => panic!("{name}: binding {} in {other:?}", rb.binding),
+            }
+            seen += 1;
+        }
+        assert_eq!(
+            seen,
+            storage.len() + 1,
+            "{name}: every binding declared once"
+        );
         found.insert(name);
     }
     let listed: BTreeSet<String> = flowmap::gpu::SHADERS

@@ -60,12 +60,51 @@ pub fn shader_source(source: &str, precision: Precision) -> Cow<'_, str> {
     }
 }
 
-/// A compute pipeline and its bind group layout.
+/// A compute pipeline, the bind group layout of its file and the file's storage binding count.
 #[derive(Clone)]
 struct Pipeline {
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
+    /// Bindings 0..storage are storage buffers; binding `storage` is the parameter block.
+    storage: u32,
 }
+
+/// The bindings of a kernel file, read from its declarations: storage buffers (`true` where
+/// read-write) and the index of the `var<uniform>` parameter block. Every file declares its
+/// storage buffers at bindings 0, 1, … and its parameters right after (tests/shaders.rs).
+pub fn bindings_of(source: &str) -> (Vec<bool>, u32) {
+    let mut storage = Vec::new();
+    let mut uniform = None;
+    for line in source.lines().map(str::trim_start) {
+        if !line.starts_with("@group(0) @binding(") {
+            continue;
+        }
+        if line.contains("var<storage, read_write>") {
+            storage.push(true);
+        } else if line.contains("var<storage, read>") {
+            storage.push(false);
+        } else if line.contains("var<uniform>") {
+            uniform = Some(storage.len() as u32);
+        }
+    }
+    (
+        storage,
+        uniform.expect("every kernel file declares a Params uniform"),
+    )
+}
+
+/// A bind group as the cache finds it again: the file, the storage buffers in binding order,
+/// and the parameter ring's buffer and block size (the block's offset is dynamic).
+#[derive(PartialEq, Eq, Hash)]
+struct BindKey {
+    shader: &'static str,
+    buffers: Vec<wgpu::Buffer>,
+    uniform: wgpu::Buffer,
+    size: u64,
+}
+
+/// The most bind groups kept; past it the cache starts again (a forward makes ~100).
+const MAX_BIND_GROUPS: usize = 4096;
 
 /// A kernel parameter: the WGSL `Params` structs hold only 32-bit scalars.
 enum P {
@@ -95,8 +134,18 @@ pub struct GpuBackend {
     precision: Precision,
     pool: Pool,
     modules: RefCell<HashMap<&'static str, wgpu::ShaderModule>>,
-    /// Each pipeline with its bind group layout (asked of the pipeline once, not per dispatch).
+    /// Each pipeline with its file's bind group layout.
     pipelines: RefCell<HashMap<(&'static str, &'static str), Pipeline>>,
+    /// Each file's bind group layout and pipeline layout (explicit, for the dynamic offset of
+    /// the parameter block), shared by its entry points.
+    layouts: RefCell<HashMap<&'static str, (wgpu::BindGroupLayout, wgpu::PipelineLayout, u32)>>,
+    /// Bind groups by what they bind: the pool hands the same buffers back pass after pass, so
+    /// a forward's bind groups are made once, not per dispatch (issue 10 §5). Cleared whenever
+    /// the pool frees a buffer, so no freed buffer is kept alive here ([`pool::PoolState::freed`]).
+    bind_groups: RefCell<(u64, HashMap<BindKey, wgpu::BindGroup>)>,
+    /// The compute pass consecutive untimed dispatches share; ended before anything else is
+    /// recorded into the encoder (copies, query resolves) and before it is finished.
+    pass: RefCell<Option<wgpu::ComputePass<'static>>>,
     uniforms: RefCell<Uniforms>,
     /// The embedding's frequency tables, uploaded once per (half dimension, max period).
     freqs: RefCell<HashMap<(usize, u32), GpuTensor>>,
@@ -169,6 +218,9 @@ impl GpuBackend {
             pool: Pool::default(),
             modules: RefCell::default(),
             pipelines: RefCell::default(),
+            layouts: RefCell::default(),
+            bind_groups: RefCell::default(),
+            pass: RefCell::default(),
             uniforms: RefCell::new(Uniforms::new(align)),
             freqs: RefCell::default(),
             encoder: RefCell::default(),
@@ -186,6 +238,11 @@ impl GpuBackend {
     /// The most bytes of free buffers the pool keeps (default `sampler::GPU_PASS_BYTES`).
     pub fn set_pool_cap(&self, bytes: u64) {
         self.pool.borrow_mut().set_cap(bytes);
+    }
+
+    /// Bind groups the cache holds now.
+    pub fn cached_bind_groups(&self) -> usize {
+        self.bind_groups.borrow().1.len()
     }
 
     /// Dispatches recorded since the backend was made (what a forward costs the host).
@@ -241,6 +298,7 @@ impl GpuBackend {
             usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
+        self.end_pass();
         {
             let mut enc = self.encoder.borrow_mut();
             let enc = enc.get_or_insert_with(|| self.new_encoder());
@@ -304,13 +362,13 @@ impl GpuBackend {
         if let Some(p) = self.pipelines.borrow().get(&(shader, entry)) {
             return p.clone();
         }
+        let source = SHADERS
+            .iter()
+            .find(|(n, _)| *n == shader)
+            .expect("shader is listed in SHADERS")
+            .1;
         let mut modules = self.modules.borrow_mut();
         let module = modules.entry(shader).or_insert_with(|| {
-            let source = SHADERS
-                .iter()
-                .find(|(n, _)| *n == shader)
-                .expect("shader is listed in SHADERS")
-                .1;
             self.ctx
                 .device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -318,25 +376,132 @@ impl GpuBackend {
                     source: wgpu::ShaderSource::Wgsl(shader_source(source, self.precision)),
                 })
         });
+        let mut layouts = self.layouts.borrow_mut();
+        let (layout, pipeline_layout, storage) = layouts.entry(shader).or_insert_with(|| {
+            let (storage, uniform) = bindings_of(source);
+            let mut entries: Vec<wgpu::BindGroupLayoutEntry> = storage
+                .iter()
+                .enumerate()
+                .map(|(i, &rw)| wgpu::BindGroupLayoutEntry {
+                    binding: i as u32,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: !rw },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                })
+                .collect();
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: uniform,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+            let layout =
+                self.ctx
+                    .device
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                        label: Some(shader),
+                        entries: &entries,
+                    });
+            let pipeline_layout =
+                self.ctx
+                    .device
+                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: Some(shader),
+                        bind_group_layouts: &[Some(&layout)],
+                        immediate_size: 0,
+                    });
+            (layout, pipeline_layout, uniform)
+        });
         let p = self
             .ctx
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
-                layout: None,
+                layout: Some(pipeline_layout),
                 module,
                 entry_point: Some(entry),
                 compilation_options: Default::default(),
                 cache: None,
             });
         let p = Pipeline {
-            layout: p.get_bind_group_layout(0),
+            layout: layout.clone(),
             pipeline: p,
+            storage: *storage,
         };
         self.pipelines
             .borrow_mut()
             .insert((shader, entry), p.clone());
         p
+    }
+
+    /// The bind group of one dispatch, from the cache or made now. `buffers` are the dispatch's
+    /// storage buffers by binding; bindings an entry point does not use get the dummy buffer.
+    fn bind_group(
+        &self,
+        shader: &'static str,
+        pipeline: &Pipeline,
+        buffers: &[(u32, &wgpu::Buffer)],
+        uniform: &wgpu::Buffer,
+        size: std::num::NonZeroU64,
+    ) -> wgpu::BindGroup {
+        let mut bound: Vec<wgpu::Buffer> = vec![self.dummy.clone(); pipeline.storage as usize];
+        for (binding, buf) in buffers {
+            bound[*binding as usize] = (*buf).clone();
+        }
+        let key = BindKey {
+            shader,
+            buffers: bound,
+            uniform: uniform.clone(),
+            size: size.get(),
+        };
+        let mut cache = self.bind_groups.borrow_mut();
+        let freed = self.pool.borrow().freed();
+        if cache.0 != freed || cache.1.len() >= MAX_BIND_GROUPS {
+            *cache = (freed, HashMap::new());
+        }
+        if let Some(g) = cache.1.get(&key) {
+            return g.clone();
+        }
+        let mut entries: Vec<wgpu::BindGroupEntry> = key
+            .buffers
+            .iter()
+            .enumerate()
+            .map(|(i, buf)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: buf.as_entire_binding(),
+            })
+            .collect();
+        entries.push(wgpu::BindGroupEntry {
+            binding: pipeline.storage,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: uniform,
+                offset: 0,
+                size: Some(size),
+            }),
+        });
+        let g = self
+            .ctx
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(shader),
+                layout: &pipeline.layout,
+                entries: &entries,
+            });
+        cache.1.insert(key, g.clone());
+        g
+    }
+
+    /// Ends the shared compute pass, if one is open, so the encoder can take other commands.
+    fn end_pass(&self) {
+        self.pass.borrow_mut().take();
     }
 
     fn alloc(&self, shape: &[usize]) -> GpuTensor {
@@ -419,30 +584,8 @@ impl GpuBackend {
             .uniforms
             .borrow_mut()
             .push(&self.ctx.device, &param_bytes(params));
-        let params_binding = buffers.iter().map(|(b, _)| b + 1).max().unwrap_or(0);
-        let mut entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .map(|(binding, buf)| wgpu::BindGroupEntry {
-                binding: *binding,
-                resource: buf.as_entire_binding(),
-            })
-            .collect();
-        entries.push(wgpu::BindGroupEntry {
-            binding: params_binding,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &uniform,
-                offset,
-                size: Some(size),
-            }),
-        });
-        let bind_group = self
-            .ctx
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(entry),
-                layout: &pipeline.layout,
-                entries: &entries,
-            });
+        let bind_group = self.bind_group(shader, &pipeline, buffers, &uniform, size);
+        let offset = u32::try_from(offset).expect("a parameter slot offset fits in u32");
         let max = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
         let gx = groups.clamp(1, max);
         let gy = groups.div_ceil(gx).max(1);
@@ -463,19 +606,41 @@ impl GpuBackend {
             }
             None => None,
         };
-        let mut enc = self.encoder.borrow_mut();
-        let enc = enc.get_or_insert_with(|| self.new_encoder());
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(entry),
-            timestamp_writes,
+        if timestamp_writes.is_some() {
+            // A pass of its own, so its timestamps bracket this dispatch alone.
+            self.end_pass();
+            let mut enc = self.encoder.borrow_mut();
+            let enc = enc.get_or_insert_with(|| self.new_encoder());
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(entry),
+                timestamp_writes,
+            });
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, &bind_group, &[offset]);
+            pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+            return;
+        }
+        // Untimed dispatches share one compute pass until something else needs the encoder.
+        // Each dispatch is its own usage scope, so wgpu orders a dispatch after the writes of
+        // the ones before it exactly as separate passes would be.
+        let mut pass = self.pass.borrow_mut();
+        let pass = pass.get_or_insert_with(|| {
+            let mut enc = self.encoder.borrow_mut();
+            let enc = enc.get_or_insert_with(|| self.new_encoder());
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("flowmap"),
+                timestamp_writes: None,
+            })
+            .forget_lifetime()
         });
         pass.set_pipeline(&pipeline.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
+        pass.set_bind_group(0, &bind_group, &[offset]);
         pass.dispatch_workgroups(gx as u32, gy as u32, 1);
     }
 
     /// Submits everything recorded so far.
     fn submit(&self) {
+        self.end_pass();
         if let Some(enc) = self.encoder.borrow_mut().take() {
             // The parameter blocks land before the commands that read them (queue order).
             self.uniforms.borrow_mut().write(&self.ctx.queue);
@@ -534,6 +699,7 @@ impl GpuBackend {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        self.end_pass();
         {
             let mut enc = self.encoder.borrow_mut();
             let enc = enc.get_or_insert_with(|| self.new_encoder());

@@ -8,7 +8,7 @@ mod pool;
 mod uniforms;
 
 pub use context::{AdapterSummary, GpuContext};
-pub use kernels::{shader_source, GpuBackend, GpuTensor, GpuTimes};
+pub use kernels::{bindings_of, shader_source, GpuBackend, GpuTensor, GpuTimes};
 
 /// Every WGSL source, by file name (for validation tests and pipeline creation).
 pub const SHADERS: &[(&str, &str)] = &[

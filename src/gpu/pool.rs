@@ -18,6 +18,8 @@ pub struct PoolState {
     /// Bytes of free buffers held.
     bytes: u64,
     cap: u64,
+    /// How many times a buffer was let go instead of kept ([`Self::freed`]).
+    freed: u64,
 }
 
 impl Default for PoolState {
@@ -26,6 +28,7 @@ impl Default for PoolState {
             free: HashMap::new(),
             bytes: 0,
             cap: crate::sampler::GPU_PASS_BYTES as u64,
+            freed: 0,
         }
     }
 }
@@ -42,7 +45,15 @@ impl PoolState {
         if self.bytes > cap {
             self.free.clear();
             self.bytes = 0;
+            self.freed += 1;
         }
+    }
+
+    /// Counts the times buffers were let go (dropped past the cap, or cleared): whoever keeps
+    /// other handles to pooled buffers (the backend's bind groups) drops them when it changes,
+    /// so that the memory is really freed.
+    pub fn freed(&self) -> u64 {
+        self.freed
     }
 }
 
@@ -74,6 +85,8 @@ impl Drop for PooledBuffer {
             if pool.bytes + b.size() <= pool.cap {
                 pool.bytes += b.size();
                 pool.free.entry(b.size()).or_default().push(b);
+            } else {
+                pool.freed += 1;
             }
             // Otherwise `b` is dropped here and wgpu frees it once no command uses it.
         }
