@@ -262,11 +262,7 @@ fn run_sample(
         Engine::Gpu(b) => {
             b.warm_up()?;
             let net = w.network(b.as_ref())?;
-            let chunk = sampler::max_gpu_batch(
-                meta,
-                b.context().max_binding_elems(),
-                sampler::GPU_PASS_BYTES,
-            )?;
+            let chunk = b.max_batch(meta)?;
             let run = |chunk| {
                 sampler::sample_paced(b.as_ref(), &net, &noise, &grid, integrator, chunk, pace)
             };

@@ -158,12 +158,19 @@ pub const GPU_PASS_BYTES: usize = if cfg!(target_arch = "wasm32") {
     2 << 30
 };
 
-/// The largest batch for one GPU pass: every buffer within the binding limit (`max_elems` f32
-/// values, [`max_batch`]) and all of a pass's activations within `budget_bytes`.
-pub fn max_gpu_batch(meta: &ModelMeta, max_elems: usize, budget_bytes: usize) -> Result<usize> {
+/// The largest batch for one GPU pass: every buffer within the binding limit (`max_elems`
+/// values, [`max_batch`]) and all of a pass's activations, at `value_bytes` a value (4 in f32,
+/// 2 in f16 storage), within `budget_bytes`. [`crate::gpu::GpuBackend::max_batch`] fills these
+/// in for a device.
+pub fn max_gpu_batch(
+    meta: &ModelMeta,
+    max_elems: usize,
+    budget_bytes: usize,
+    value_bytes: usize,
+) -> Result<usize> {
     let ops = forward_costs(&meta.model, 1)?.ops();
     let single = max_batch_of(&ops, max_elems)?;
-    let per_sample: usize = ops.iter().map(|o| o.max_elems * 4).sum();
+    let per_sample: usize = ops.iter().map(|o| o.max_elems * value_bytes).sum();
     Ok(single.min((budget_bytes / per_sample.max(1)).max(1)))
 }
 

@@ -194,12 +194,7 @@ impl WebSampler {
                 let b = b.as_ref();
                 // Batches are split so that a pass's activations fit the browser's budget.
                 let len = meta.model.sample_len();
-                let chunk = sampler::max_gpu_batch(
-                    meta,
-                    b.context().max_binding_elems(),
-                    sampler::GPU_PASS_BYTES,
-                )
-                .map_err(js_err)?;
+                let chunk = b.max_batch(meta).map_err(js_err)?;
                 let mut out = Vec::with_capacity(noise.len());
                 for (c, part) in noise.chunks(chunk * len).enumerate() {
                     shape[0] = part.len() / len;

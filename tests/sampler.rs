@@ -161,11 +161,17 @@ fn splitting_the_batch_does_not_change_samples() {
     // On a GPU the sum of a pass's activations is bounded too: a huge binding limit no longer
     // means a huge chunk, and the chunk shrinks with the budget.
     let huge = usize::MAX / 2;
-    let big = sampler::max_gpu_batch(&meta, huge, sampler::GPU_PASS_BYTES).unwrap();
+    let big = sampler::max_gpu_batch(&meta, huge, sampler::GPU_PASS_BYTES, 4).unwrap();
+    // f16 storage: twice the samples in the same bytes.
+    let half = sampler::max_gpu_batch(&meta, huge, sampler::GPU_PASS_BYTES, 2).unwrap();
+    assert!(
+        half >= 2 * big - 1 && half <= 2 * big + 1,
+        "{half} vs {big}"
+    );
     assert!(big < per_sample, "{big} vs {per_sample}");
-    let small = sampler::max_gpu_batch(&meta, huge, sampler::GPU_PASS_BYTES / 8).unwrap();
+    let small = sampler::max_gpu_batch(&meta, huge, sampler::GPU_PASS_BYTES / 8, 4).unwrap();
     assert!(small >= 1 && small <= big / 7, "{small} vs {big}");
-    assert_eq!(sampler::max_gpu_batch(&meta, huge, 1).unwrap(), 1);
+    assert_eq!(sampler::max_gpu_batch(&meta, huge, 1, 4).unwrap(), 1);
 }
 
 #[test]

@@ -204,6 +204,19 @@ impl GpuBackend {
         self.precision
     }
 
+    /// The largest batch one pass of `meta`'s network takes here: every buffer within the
+    /// binding limit and the pass's activations within [`crate::sampler::GPU_PASS_BYTES`], both
+    /// counted at this precision's bytes per value.
+    pub fn max_batch(&self, meta: &crate::config::ModelMeta) -> Result<usize> {
+        let bytes = self.precision.bytes();
+        crate::sampler::max_gpu_batch(
+            meta,
+            self.ctx.max_binding_elems() * 4 / bytes,
+            crate::sampler::GPU_PASS_BYTES,
+            bytes,
+        )
+    }
+
     fn build(ctx: GpuContext, precision: Precision) -> Self {
         let align = ctx.limits.min_uniform_buffer_offset_alignment;
         let dummy = ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -533,7 +546,7 @@ impl GpuBackend {
                 data.len()
             )));
         }
-        let max = self.ctx.max_binding_elems();
+        let max = self.ctx.max_binding_elems() * 4 / dtype.bytes();
         if data.len() > max {
             return Err(Error::Argument(format!(
                 "a tensor of {} values exceeds the adapter's storage binding limit of {max}",

@@ -117,11 +117,7 @@ fn draw(
         }
         Engine::Gpu(g) => {
             let net = w.network(g.as_ref())?;
-            let chunk = sampler::max_gpu_batch(
-                &w.meta,
-                g.context().max_binding_elems(),
-                sampler::GPU_PASS_BYTES,
-            )?;
+            let chunk = g.max_batch(&w.meta)?;
             sampler::sample(g.as_ref(), &net, &noise, &grid, integrator, chunk)?.0
         }
     };
