@@ -248,7 +248,7 @@ fn the_buffer_pool_stays_under_its_cap() {
 }
 
 /// A forward's bind groups are made once: the next forward on the same input binds the same
-/// pooled buffers and finds nearly all of them in the cache. When the pool lets buffers go, the cache
+/// pooled buffers and finds all of them in the cache. When the pool lets buffers go, the cache
 /// starts again, so it never keeps freed memory alive; results stay right throughout.
 #[test]
 fn bind_groups_are_reused_and_dropped_with_freed_buffers() {
@@ -271,21 +271,24 @@ fn bind_groups_are_reused_and_dropped_with_freed_buffers() {
     };
     let first = forward();
     // The pool's free lists take a few forwards to settle into the same order every time.
-    for _ in 0..8 {
+    // (11 forwards for this network: the count is host bookkeeping, the same on every adapter.)
+    for _ in 0..16 {
         forward();
     }
     let settled = g.cached_bind_groups();
+    let pooled = g.pooled_bytes();
     let dispatches = g.dispatch_count();
     assert_eq!(forward(), first);
     let per_forward = g.dispatch_count() - dispatches;
     assert!(per_forward > 20, "{per_forward} dispatches");
-    // Only the dispatches that read tensors uploaded afresh for this forward (the times of the
-    // embedding) need new groups: 4 of the tiny U-Net's 79 on lavapipe.
-    let new = g.cached_bind_groups() - settled;
-    assert!(
-        new as u64 <= per_forward / 10,
-        "a repeated forward made {new} new bind groups for {per_forward} dispatches"
+    // The times are uploaded once too (`upload_times` keeps them by value), so every dispatch
+    // finds its group.
+    assert_eq!(
+        g.cached_bind_groups(),
+        settled,
+        "a repeated forward made new bind groups ({per_forward} dispatches)"
     );
+    assert_eq!(g.pooled_bytes(), pooled, "nothing piles up in the pool");
     // A pool with no room frees every buffer it is handed: the cache starts again each time and
     // stays within one forward's groups.
     g.set_pool_cap(0);

@@ -106,6 +106,12 @@ struct BindKey {
 /// The most bind groups kept; past it the cache starts again (a forward makes ~100).
 const MAX_BIND_GROUPS: usize = 4096;
 
+/// A time tensor by its values' bits and its shape.
+type TimesKey = (Vec<u32>, Vec<usize>);
+
+/// The most time tensors kept ([`GpuBackend::upload_times`]): two per jump of the grids in use.
+const MAX_TIME_TENSORS: usize = 256;
+
 /// A kernel parameter: the WGSL `Params` structs hold only 32-bit scalars.
 enum P {
     U(u32),
@@ -149,6 +155,10 @@ pub struct GpuBackend {
     uniforms: RefCell<Uniforms>,
     /// The embedding's frequency tables, uploaded once per (half dimension, max period).
     freqs: RefCell<HashMap<(usize, u32), GpuTensor>>,
+    /// Time tensors by their values: a sampling run's chunks, and every run at the same K, feed
+    /// the embedding the same times, so they are uploaded once (and their bind groups found
+    /// again) instead of as fresh buffers per forward, which also piled up in the pool.
+    times: RefCell<HashMap<TimesKey, GpuTensor>>,
     encoder: RefCell<Option<wgpu::CommandEncoder>>,
     /// Bound where an optional input (residual, modulation) is absent.
     dummy: wgpu::Buffer,
@@ -236,6 +246,7 @@ impl GpuBackend {
             pass: RefCell::default(),
             uniforms: RefCell::new(Uniforms::new(align)),
             freqs: RefCell::default(),
+            times: RefCell::default(),
             encoder: RefCell::default(),
             dummy,
             timer: RefCell::default(),
@@ -784,7 +795,20 @@ impl Backend for GpuBackend {
     }
 
     fn upload_times(&self, data: &[f32], shape: &[usize]) -> Result<GpuTensor> {
-        self.upload_as(data, shape, Precision::F32)
+        let key = (
+            data.iter().map(|v| v.to_bits()).collect::<Vec<u32>>(),
+            shape.to_vec(),
+        );
+        if let Some(t) = self.times.borrow().get(&key) {
+            return Ok(t.clone());
+        }
+        let t = self.upload_as(data, shape, Precision::F32)?;
+        let mut times = self.times.borrow_mut();
+        if times.len() >= MAX_TIME_TENSORS {
+            times.clear();
+        }
+        times.insert(key, t.clone());
+        Ok(t)
     }
 
     #[cfg(not(target_arch = "wasm32"))]
