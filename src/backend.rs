@@ -178,6 +178,16 @@ pub trait Backend {
     fn flow_step(&self, x: &Self::Tensor, v: &Self::Tensor, dt: f32) -> Self::Tensor;
 }
 
+/// The check every backend's upload makes: `len` values must fill `shape` exactly.
+pub fn check_fill(len: usize, shape: &[usize]) -> Result<()> {
+    if len != shape.iter().product::<usize>() {
+        return Err(crate::error::Error::Argument(format!(
+            "{len} values do not fill shape {shape:?}"
+        )));
+    }
+    Ok(())
+}
+
 /// Shape of a conv2d output.
 pub fn conv2d_out_shape(x: &[usize], w: &[usize], geom: Conv2d) -> Vec<usize> {
     vec![

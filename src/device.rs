@@ -69,12 +69,9 @@ impl Engine {
 /// A GPU backend on `ctx` in the precision `precision` resolves to there.
 #[cfg(not(target_arch = "wasm32"))]
 fn gpu_engine(ctx: GpuContext, precision: PrecisionChoice) -> Result<Engine> {
-    let p = precision.for_gpu(
-        ctx.has_f16(),
-        ctx.adapter.is_software,
-        &ctx.adapter.to_string(),
-    )?;
-    Ok(Engine::Gpu(Box::new(GpuBackend::with_precision(ctx, p)?)))
+    Ok(Engine::Gpu(Box::new(GpuBackend::with_choice(
+        ctx, precision,
+    )?)))
 }
 
 /// Opens the chosen device with tensors stored as `precision` resolves there

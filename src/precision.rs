@@ -76,9 +76,7 @@ impl PrecisionChoice {
             PrecisionChoice::Auto if has_f16 && !software => Ok(Precision::F16),
             PrecisionChoice::Auto => Ok(Precision::F32),
             PrecisionChoice::F16 if has_f16 => Ok(Precision::F16),
-            PrecisionChoice::F16 => Err(Error::Unsupported(format!(
-                "{what} does not offer f16 shaders (SHADER_F16 / shader-f16); use --precision f32 or auto"
-            ))),
+            PrecisionChoice::F16 => Err(f16_unsupported(what)),
         }
     }
 
@@ -90,6 +88,13 @@ impl PrecisionChoice {
             _ => Precision::F32,
         }
     }
+}
+
+/// The refusal of f16 storage on a device (`what`) without f16 shaders.
+pub fn f16_unsupported(what: &str) -> Error {
+    Error::Unsupported(format!(
+        "{what} does not offer f16 shaders (SHADER_F16 / shader-f16); use --precision f32 or auto"
+    ))
 }
 
 /// `v` rounded to the nearest f16 (ties to even) and widened back: what storing it in f16 keeps.

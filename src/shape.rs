@@ -4,7 +4,7 @@
 
 use crate::backend::{conv2d_out_shape, Backend, Conv2d, OpFamily, Shaped};
 use crate::config::Activation;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::cell::RefCell;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,12 +86,7 @@ impl Backend for ShapeBackend {
     type Tensor = ShapeTensor;
 
     fn upload(&self, data: &[f32], shape: &[usize]) -> Result<ShapeTensor> {
-        if data.len() != shape.iter().product::<usize>() {
-            return Err(Error::Argument(format!(
-                "{} values do not fill shape {shape:?}",
-                data.len()
-            )));
-        }
+        crate::backend::check_fill(data.len(), shape)?;
         Ok(ShapeTensor(shape.to_vec()))
     }
 

@@ -92,14 +92,9 @@ impl WebSampler {
         let choice = PrecisionChoice::parse(&precision).map_err(js_err)?;
         let mut gpu_error = None;
         if use_gpu {
-            let backend = GpuContext::new_async(true).await.and_then(|ctx| {
-                let p = choice.for_gpu(
-                    ctx.has_f16(),
-                    ctx.adapter.is_software,
-                    &ctx.adapter.to_string(),
-                )?;
-                GpuBackend::with_precision(ctx, p)
-            });
+            let backend = GpuContext::new_async(true)
+                .await
+                .and_then(|ctx| GpuBackend::with_choice(ctx, choice));
             match backend {
                 Ok(backend) => {
                     let device = format!(

@@ -28,7 +28,7 @@ pub use simd::Isa;
 
 use crate::backend::{Backend, Conv2d, Shaped};
 use crate::config::Activation;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::precision::Precision;
 use direct::Direct;
 use std::sync::{Arc, OnceLock};
@@ -180,22 +180,12 @@ impl Backend for CpuBackend {
     type Tensor = CpuTensor;
 
     fn upload(&self, data: &[f32], shape: &[usize]) -> Result<CpuTensor> {
-        if data.len() != shape.iter().product::<usize>() {
-            return Err(Error::Argument(format!(
-                "{} values do not fill shape {shape:?}",
-                data.len()
-            )));
-        }
+        crate::backend::check_fill(data.len(), shape)?;
         Ok(self.out(data.to_vec(), shape))
     }
 
     fn upload_times(&self, data: &[f32], shape: &[usize]) -> Result<CpuTensor> {
-        if data.len() != shape.iter().product::<usize>() {
-            return Err(Error::Argument(format!(
-                "{} values do not fill shape {shape:?}",
-                data.len()
-            )));
-        }
+        crate::backend::check_fill(data.len(), shape)?;
         Ok(CpuTensor::new(data.to_vec(), shape))
     }
 
@@ -314,7 +304,8 @@ impl Backend for CpuBackend {
     fn upsample_nearest2x(&self, x: &CpuTensor) -> CpuTensor {
         let s = &x.shape;
         let y = upsample_nearest2x(&x.data, s[0] * s[1], s[2], s[3]);
-        self.out(y, &[s[0], s[1], 2 * s[2], 2 * s[3]])
+        // Layout copies move stored values: nothing to round.
+        CpuTensor::new(y, &[s[0], s[1], 2 * s[2], 2 * s[3]])
     }
 
     fn concat_channels(&self, a: &CpuTensor, b: &CpuTensor) -> CpuTensor {
@@ -323,14 +314,14 @@ impl Backend for CpuBackend {
         let y = concat_channels(&a.data, &b.data, n, ca * hw, cb * hw);
         let mut shape = a.shape.clone();
         shape[1] = ca + cb;
-        self.out(y, &shape)
+        CpuTensor::new(y, &shape)
     }
 
     fn repeat_rows(&self, x: &CpuTensor, times: usize) -> CpuTensor {
         let row = x.shape[1..].iter().product();
         let mut shape = x.shape.clone();
         shape[0] *= times;
-        self.out(repeat_rows(&x.data, row, times), &shape)
+        CpuTensor::new(repeat_rows(&x.data, row, times), &shape)
     }
 
     fn reshape(&self, t: &CpuTensor, shape: &[usize]) -> CpuTensor {

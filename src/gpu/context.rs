@@ -202,13 +202,11 @@ impl GpuContext {
         }
     }
 
-    /// The largest storage buffer a kernel may bind, in f32 elements.
-    pub fn max_binding_elems(&self) -> usize {
-        let bytes = self
-            .limits
+    /// The largest storage buffer a kernel may bind, in bytes.
+    pub fn max_binding_bytes(&self) -> usize {
+        self.limits
             .max_storage_buffer_binding_size
-            .min(self.limits.max_buffer_size);
-        (bytes / 4) as usize
+            .min(self.limits.max_buffer_size) as usize
     }
 }
 

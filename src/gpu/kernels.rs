@@ -8,7 +8,7 @@ use super::SHADERS;
 use crate::backend::{conv2d_out_shape, Backend, Conv2d, Shaped};
 use crate::config::Activation;
 use crate::error::{Error, Result};
-use crate::precision::{self, Precision};
+use crate::precision::{self, Precision, PrecisionChoice};
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -201,12 +201,20 @@ impl GpuBackend {
     /// ([`GpuContext::has_f16`]), and is refused by name otherwise.
     pub fn with_precision(ctx: GpuContext, precision: Precision) -> Result<Self> {
         if precision == Precision::F16 && !ctx.has_f16() {
-            return Err(Error::Unsupported(format!(
-                "{} does not offer f16 shaders (SHADER_F16 / shader-f16); use --precision f32 or auto",
-                ctx.adapter
-            )));
+            return Err(precision::f16_unsupported(&ctx.adapter.to_string()));
         }
         Ok(Self::build(ctx, precision))
+    }
+
+    /// A backend storing tensors as the user's `choice` resolves on this device
+    /// ([`PrecisionChoice::for_gpu`]): what the CLI and the page open.
+    pub fn with_choice(ctx: GpuContext, choice: PrecisionChoice) -> Result<Self> {
+        let p = choice.for_gpu(
+            ctx.has_f16(),
+            ctx.adapter.is_software,
+            &ctx.adapter.to_string(),
+        )?;
+        Ok(Self::build(ctx, p))
     }
 
     /// How this backend stores tensors.
@@ -221,7 +229,7 @@ impl GpuBackend {
         let bytes = self.precision.bytes();
         crate::sampler::max_gpu_batch(
             meta,
-            self.ctx.max_binding_elems() * 4 / bytes,
+            self.ctx.max_binding_bytes() / bytes,
             crate::sampler::GPU_PASS_BYTES,
             bytes,
         )
@@ -551,13 +559,8 @@ impl GpuBackend {
 
     /// Uploads `data` stored as `dtype`.
     fn upload_as(&self, data: &[f32], shape: &[usize], dtype: Precision) -> Result<GpuTensor> {
-        if data.len() != shape.iter().product::<usize>() {
-            return Err(Error::Argument(format!(
-                "{} values do not fill shape {shape:?}",
-                data.len()
-            )));
-        }
-        let max = self.ctx.max_binding_elems() * 4 / dtype.bytes();
+        crate::backend::check_fill(data.len(), shape)?;
+        let max = self.ctx.max_binding_bytes() / dtype.bytes();
         if data.len() > max {
             return Err(Error::Argument(format!(
                 "a tensor of {} values exceeds the adapter's storage binding limit of {max}",

@@ -138,12 +138,7 @@ impl Backend for BurnBackend {
     type Tensor = BurnTensor;
 
     fn upload(&self, data: &[f32], shape: &[usize]) -> Result<BurnTensor> {
-        if data.len() != shape.iter().product::<usize>() {
-            return Err(Error::Argument(format!(
-                "{} values do not fill shape {shape:?}",
-                data.len()
-            )));
-        }
+        flowmap::backend::check_fill(data.len(), shape)?;
         Ok(self.tensor(data.to_vec(), shape))
     }
 
