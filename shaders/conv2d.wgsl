@@ -1,12 +1,15 @@
 // 2-D convolution as an implicit GEMM: out[co, p] = Σ_k W[co, k] · im2col(x)[k, p] + bias[co]
 // (+ residual), with k = (ci, ky, kx) and p = (n, oy, ox). The im2col matrix is never formed:
-// each workgroup gathers its 16 × 64 slice straight from x into workgroup memory.
+// each workgroup gathers its BK × BN slice straight from x into workgroup memory.
 //
-// Tiling: a 16×16 workgroup computes a 64 (channels) × 64 (pixels) output tile, each thread a
-// 4 × 4 register block held in four vec4 accumulators (channels 4ty.., pixels 4tx..), read from
-// workgroup memory as two 16-byte loads per k: 16 FMAs per 2 loads. K advances 16 at a time.
-// Serves 3×3 and 1×1 kernels, any stride and padding. Reference: src/cpu/conv.rs. Analysis and
-// measurements: docs/GPU.md.
+// Tiling: 256 threads compute a BM (channels) × BN (pixels) output tile, BM · BN = 4096, each
+// thread a 4 × 4 register block held in four vec4 accumulators (channels 4ty.., pixels 4tx..),
+// read from workgroup memory as two 16-byte loads per k: 16 FMAs per 2 loads. K advances BK at
+// a time. This file is the 64 × 64 tile; the host builds a 32 × 128 and a 16 × 256 variant by
+// rewriting the two constants below (src/gpu/kernels.rs, `ConvTile`), so that the U-Net's
+// 16- and 32-channel layers do not compute a 64-channel tile of which half or three quarters
+// is thrown away. Serves 3×3 and 1×1 kernels, any stride and padding. Reference:
+// src/cpu/conv.rs. Analysis and measurements: docs/GPU.md.
 
 // Storage type: f32 here; the f16 build of this file (src/gpu/precision.rs) turns the alias
 // below into f16 behind `enable f16;`. Loads widen to f32 and all arithmetic is f32.
@@ -26,17 +29,25 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<S>;
 @group(0) @binding(5) var<uniform> p: Params;
 
+// The tile (the host's variants rewrite these two lines and nothing else).
 const BM: u32 = 64u;
-const BN: u32 = 64u;
 const BK: u32 = 16u;
-// vec4s per k-row of a tile: 16 hold 64 values, one pads, so the transposed weight stores of 16
-// consecutive k land on different banks.
-const ROW: u32 = 17u;
+const BN: u32 = 4096u / BM;
+// Threads along pixels (BN / 4) and along channels (BM / 4): 256 in all.
+const TX: u32 = BN / 4u;
+// vec4s per k-row of each tile: BM / 4 (or BN / 4) hold the values and one pads, so the
+// transposed weight stores of consecutive k land on different banks.
+const ROW_A: u32 = BM / 4u + 1u;
+const ROW_B: u32 = BN / 4u + 1u;
+// Tile values each thread loads per k-step: BM · BK weights (fewer than 256 for the 16-channel
+// tile, whose extra threads load none) and BK · BN im2col values.
+const A_LOADS: u32 = (BM * BK + 255u) / 256u;
+const B_LOADS: u32 = BK * BN / 256u;
 
 // Tiles stored [k][channel] and [k][pixel] as vec4s: a thread's 4 channels (or 4 pixels) are
-// one 16-byte load.
-var<workgroup> a_tile: array<vec4<f32>, 272>; // BK * ROW
-var<workgroup> b_tile: array<vec4<f32>, 272>;
+// one 16-byte load. At most 10.5 KiB together (the 32 × 128 tile), under WebGPU's 16 KiB.
+var<workgroup> a_tile: array<vec4<f32>, BK * ROW_A>;
+var<workgroup> b_tile: array<vec4<f32>, BK * ROW_B>;
 
 // One output channel's four pixels: bias, residual, bounds (pixels may straddle two images).
 fn store4(gm: u32, gn0: u32, npix: u32, hw_out: u32, v: vec4<f32>) {
@@ -57,9 +68,9 @@ fn store4(gm: u32, gn0: u32, npix: u32, hw_out: u32, v: vec4<f32>) {
     }
 }
 
-@compute @workgroup_size(16, 16, 1)
+@compute @workgroup_size(256, 1, 1)
 fn main(
-    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
@@ -73,21 +84,23 @@ fn main(
     let kdim = p.c_in * kk2;
     let hw_out = p.h_out * p.w_out;
     let npix = p.batch * hw_out;
-    let tid = lid.y * 16u + lid.x;
+    // This thread's 4 × 4 block: channels 4ty..4ty+3, pixels 4tx..4tx+3 of the tile.
+    let tx = tid % TX;
+    let ty = tid / TX;
 
-    // Thread (tx, ty) owns channels 4ty..4ty+3 and pixels 4tx..4tx+3 of the tile: four vec4
-    // accumulators, one per channel. Named registers, not an indexed array: a private array
-    // indexed in a loop can be placed in local memory by the driver (it was, on NVIDIA: issue 10).
+    // Four vec4 accumulators, one per channel. Named registers, not an indexed array: a private
+    // array indexed in a loop can be placed in local memory by the driver (it was, on NVIDIA:
+    // issue 10).
     var c0 = vec4<f32>(0.0);
     var c1 = vec4<f32>(0.0);
     var c2 = vec4<f32>(0.0);
     var c3 = vec4<f32>(0.0);
 
-    // Each thread's share of the tile loads is fixed for the whole K loop (256 threads, 1024
-    // values per operand): weights at (k = tid % 16, channels tid / 16 + 16r), the im2col slice at
-    // (k = tid / 64 + 4r, pixel tid % 64). So the pixel's decomposition into (image, row, column)
-    // is done once here, not per load, and the per-load work is the k decomposition alone, by
-    // constants for the 3×3 and 1×1 kernels the networks use.
+    // Each thread's share of the tile loads is fixed for the whole K loop: weights at
+    // (k = tid % BK, channels tid / BK + (256 / BK) r), the im2col slice at
+    // (k = tid / BN + (256 / BN) r, pixel tid % BN). So the pixel's decomposition into (image,
+    // row, column) is done once here, not per load, and the per-load work is the k
+    // decomposition alone, by constants for the 3×3 and 1×1 kernels the networks use.
     let ka = tid % BK;
     let ma = tid / BK;
     let nb = tid % BN;
@@ -101,21 +114,24 @@ fn main(
     let x_img = img * p.c_in * p.h_in * p.w_in;
 
     for (var k0 = 0u; k0 < kdim; k0 += BK) {
-        for (var r = 0u; r < 4u; r++) {
-            // Weights [c_out, kdim]: 16 consecutive threads read 16 consecutive k, stored
-            // transposed.
-            let m = ma + 16u * r;
-            let gm = tile_m + m;
-            let gk = k0 + ka;
-            var v = 0.0;
-            if (gm < p.c_out && gk < kdim) {
-                v = f32(w[gm * kdim + gk]);
+        // Weights [c_out, kdim]: BK consecutive threads read BK consecutive k, stored
+        // transposed.
+        for (var r = 0u; r < A_LOADS; r++) {
+            let m = ma + (256u / BK) * r;
+            if (m < BM) {
+                let gm = tile_m + m;
+                let gk = k0 + ka;
+                var v = 0.0;
+                if (gm < p.c_out && gk < kdim) {
+                    v = f32(w[gm * kdim + gk]);
+                }
+                a_tile[ka * ROW_A + m / 4u][m % 4u] = v;
             }
-            a_tile[ka * ROW + m / 4u][m % 4u] = v;
-
-            // im2col slice: consecutive threads take consecutive output pixels (coalesced rows
-            // of x).
-            let kb = kb0 + 4u * r;
+        }
+        // im2col slice: consecutive threads take consecutive output pixels (coalesced rows of
+        // x).
+        for (var r = 0u; r < B_LOADS; r++) {
+            let kb = kb0 + (256u / BN) * r;
             let gkb = k0 + kb;
             var xv = 0.0;
             if (pix_ok && gkb < kdim) {
@@ -139,12 +155,12 @@ fn main(
                     xv = f32(x[x_img + (ci * p.h_in + u32(iy)) * p.w_in + u32(ix)]);
                 }
             }
-            b_tile[kb * ROW + nb / 4u][nb % 4u] = xv;
+            b_tile[kb * ROW_B + nb / 4u][nb % 4u] = xv;
         }
         workgroupBarrier();
         for (var k = 0u; k < BK; k++) {
-            let a = a_tile[k * ROW + lid.y];
-            let b = b_tile[k * ROW + lid.x];
+            let a = a_tile[k * ROW_A + ty];
+            let b = b_tile[k * ROW_B + tx];
             c0 = fma(vec4<f32>(a.x), b, c0);
             c1 = fma(vec4<f32>(a.y), b, c1);
             c2 = fma(vec4<f32>(a.z), b, c2);
@@ -153,8 +169,8 @@ fn main(
         workgroupBarrier();
     }
 
-    let gm = tile_m + 4u * lid.y;
-    let gn = tile_n + 4u * lid.x;
+    let gm = tile_m + 4u * ty;
+    let gn = tile_n + 4u * tx;
     store4(gm, gn, npix, hw_out, c0);
     store4(gm + 1u, gn, npix, hw_out, c1);
     store4(gm + 2u, gn, npix, hw_out, c2);

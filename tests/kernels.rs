@@ -8,6 +8,7 @@ use common::{assert_close, gpu, random};
 use flowmap::backend::{Backend, Conv2d};
 use flowmap::config::Activation;
 use flowmap::cpu::CpuBackend;
+use flowmap::gpu::{ConvTile, ConvTiles};
 use flowmap::rng::Rng;
 
 macro_rules! parity {
@@ -69,6 +70,61 @@ fn conv2d_matches_cpu() {
                 if res { Some(&t[3]) } else { None }
             )
         );
+    }
+}
+
+/// Each of conv2d.wgsl's tiles (64 × 64, 32 × 128, 16 × 256) on channel counts around its
+/// height and pixel counts around its width, forced whatever the layer's size
+/// (`GpuBackend::set_conv_tiles`).
+#[test]
+fn every_conv_tile_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::FAST;
+    let mut rng = Rng::new(2);
+    // (input shape, c_out, kernel, geometry, with residual): 1, 15–17 and 31–33 channels;
+    // 300 and 578 pixels (one 256-pixel tile and a part, two and a part), stride 2, 1×1.
+    let cases = [
+        ([3, 5, 10, 10], 1, 3, Conv2d::SAME, true),
+        ([3, 5, 10, 10], 15, 3, Conv2d::SAME, false),
+        ([2, 7, 17, 17], 17, 3, Conv2d::SAME, true),
+        ([2, 6, 17, 17], 31, 3, Conv2d::DOWN, false),
+        ([2, 33, 17, 17], 33, 1, Conv2d::POINTWISE, true),
+        ([1, 9, 24, 24], 16, 3, Conv2d::SAME, false),
+    ];
+    for tile in ConvTile::ALL {
+        g.set_conv_tiles(ConvTiles::Fixed(tile));
+        for (xs, cout, k, geom, res) in cases {
+            let os = flowmap::backend::conv2d_out_shape(&xs, &[cout, xs[1], k, k], geom);
+            let inputs = [
+                t(&mut rng, &xs),
+                t(&mut rng, &[cout, xs[1], k, k]),
+                t(&mut rng, &[cout]),
+                t(&mut rng, &os),
+            ];
+            let want = {
+                let up: Vec<_> = inputs
+                    .iter()
+                    .map(|(d, s)| cpu.upload(d, s).unwrap())
+                    .collect();
+                let r = res.then_some(&up[3]);
+                cpu.download(&cpu.conv2d(&up[0], &up[1], &up[2], geom, r))
+                    .unwrap()
+            };
+            let got = {
+                let up: Vec<_> = inputs
+                    .iter()
+                    .map(|(d, s)| g.upload(d, s).unwrap())
+                    .collect();
+                let r = res.then_some(&up[3]);
+                g.download(&g.conv2d(&up[0], &up[1], &up[2], geom, r))
+                    .unwrap()
+            };
+            assert_close(
+                &format!("conv2d {tile:?} {xs:?}→{cout} k{k} {geom:?} res={res}"),
+                &got,
+                &want,
+            );
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod common;
 use common::{assert_close, gpu, temp_dir, tiny_mlp, tiny_unet, write_random_model};
 use flowmap::backend::Backend;
 use flowmap::cpu::CpuBackend;
+use flowmap::gpu::{ConvTile, ConvTiles};
 use flowmap::rng::Rng;
 use flowmap::weights::Weights;
 
@@ -59,14 +60,20 @@ fn parity_at(name: &str, model: flowmap::config::ModelConfig, s: &[f32], t: &[f3
 
     let Some(g) = gpu() else { return };
     let gnet = w.network(&g).unwrap();
-    let got = g
-        .download(
-            &gnet
-                .velocity(&g, &g.upload(&x, &shape).unwrap(), s, t)
-                .unwrap(),
-        )
-        .unwrap();
-    assert_close(&format!("{name} forward"), &got, &expected);
+    // Test sizes give every convolution a small grid, so the default keeps the 64 × 64 tile;
+    // each of conv2d.wgsl's tiles runs the whole network too.
+    let tiles = std::iter::once(ConvTiles::ByLayer).chain(ConvTile::ALL.map(ConvTiles::Fixed));
+    for tiles in tiles {
+        g.set_conv_tiles(tiles);
+        let got = g
+            .download(
+                &gnet
+                    .velocity(&g, &g.upload(&x, &shape).unwrap(), s, t)
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_close(&format!("{name} forward, {tiles:?}"), &got, &expected);
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

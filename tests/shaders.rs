@@ -86,3 +86,36 @@ fn every_wgsl_file_validates() {
     );
     assert!(found.len() >= 8);
 }
+
+/// conv2d.wgsl's tile variants (`flowmap::gpu::ConvTile`) are built by rewriting two constants:
+/// each must validate in both precisions and stay within WebGPU's default 16 KiB of workgroup
+/// memory.
+#[test]
+fn every_conv_tile_variant_validates() {
+    use flowmap::gpu::{kernel_source, ConvTile};
+    use flowmap::precision::Precision;
+    for tile in ConvTile::ALL {
+        let name = tile.shader();
+        let src = kernel_source(name).unwrap();
+        for (p, caps) in [
+            (Precision::F32, naga::valid::Capabilities::default()),
+            (Precision::F16, naga::valid::Capabilities::SHADER_FLOAT16),
+        ] {
+            let src = flowmap::gpu::shader_source(&src, p);
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("{name} ({p:?}): {}", e.emit_to_string(&src)));
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name} ({p:?}): {}", e.emit_to_string(&src)));
+            let mut bytes = 0;
+            for (_, var) in module.global_variables.iter() {
+                if var.space == naga::AddressSpace::WorkGroup {
+                    bytes += module.types[var.ty].inner.size(module.to_ctx());
+                }
+            }
+            assert!(bytes <= 16384, "{name}: {bytes} bytes of workgroup memory");
+            let want = 16 * tile.k_step() * (tile.channels() / 4 + 1 + tile.pixels() / 4 + 1);
+            assert_eq!(bytes as usize, want, "{name}: the tiles' size");
+        }
+    }
+}

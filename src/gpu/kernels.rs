@@ -3,8 +3,8 @@
 
 use super::context::GpuContext;
 use super::pool::{self, Pool, PooledBuffer};
+use super::tiles::{kernel_source, ConvTile, ConvTiles};
 use super::uniforms::Uniforms;
-use super::SHADERS;
 use crate::backend::{conv2d_out_shape, Backend, Conv2d, Shaped};
 use crate::config::Activation;
 use crate::error::{Error, Result};
@@ -166,6 +166,8 @@ pub struct GpuBackend {
     timer: RefCell<Option<Timer>>,
     /// Dispatches recorded so far ([`Self::dispatch_count`]).
     dispatches: std::cell::Cell<u64>,
+    /// How conv2d picks its tile ([`Self::set_conv_tiles`]).
+    conv_tiles: std::cell::Cell<ConvTiles>,
 }
 
 /// The most dispatches one timing window records (two timestamps each; wgpu caps a query set at
@@ -259,7 +261,14 @@ impl GpuBackend {
             dummy,
             timer: RefCell::default(),
             dispatches: std::cell::Cell::new(0),
+            conv_tiles: std::cell::Cell::default(),
         }
+    }
+
+    /// How conv2d picks its output tile: by layer (the default, [`ConvTile::for_layer`]) or
+    /// always one; the GPU report times both.
+    pub fn set_conv_tiles(&self, tiles: ConvTiles) {
+        self.conv_tiles.set(tiles);
     }
 
     /// Bytes of free buffers the pool holds for reuse.
@@ -376,7 +385,9 @@ impl GpuBackend {
             ("attention.wgsl", "main"),
             ("concat.wgsl", "main"),
             ("concat.wgsl", "repeat_rows"),
-            ("conv2d.wgsl", "main"),
+            (ConvTile::C64.shader(), "main"),
+            (ConvTile::C32.shader(), "main"),
+            (ConvTile::C16.shader(), "main"),
             ("elementwise.wgsl", "add"),
             ("elementwise.wgsl", "activate"),
             ("elementwise.wgsl", "flow_step"),
@@ -394,23 +405,21 @@ impl GpuBackend {
         if let Some(p) = self.pipelines.borrow().get(&(shader, entry)) {
             return p.clone();
         }
-        let source = SHADERS
-            .iter()
-            .find(|(n, _)| *n == shader)
-            .expect("shader is listed in SHADERS")
-            .1;
+        let source = kernel_source(shader).expect("shader is listed in SHADERS");
         let mut modules = self.modules.borrow_mut();
         let module = modules.entry(shader).or_insert_with(|| {
             self.ctx
                 .device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(shader),
-                    source: wgpu::ShaderSource::Wgsl(shader_source(source, self.precision)),
+                    source: wgpu::ShaderSource::Wgsl(Cow::Owned(
+                        shader_source(&source, self.precision).into_owned(),
+                    )),
                 })
         });
         let mut layouts = self.layouts.borrow_mut();
         let (layout, pipeline_layout, storage) = layouts.entry(shader).or_insert_with(|| {
-            let (storage, uniform) = bindings_of(source);
+            let (storage, uniform) = bindings_of(&source);
             let mut entries: Vec<wgpu::BindGroupLayoutEntry> = storage
                 .iter()
                 .enumerate()
@@ -846,8 +855,11 @@ impl Backend for GpuBackend {
         let out_shape = conv2d_out_shape(&x.shape, &w.shape, geom);
         let y = self.alloc(&out_shape);
         let npix = out_shape[0] * out_shape[2] * out_shape[3];
-        let tiles_n = npix.div_ceil(64);
-        let total = w.shape[0].div_ceil(64) * tiles_n;
+        let tile = match self.conv_tiles.get() {
+            ConvTiles::ByLayer => ConvTile::for_layer(w.shape[0], npix),
+            ConvTiles::Fixed(t) => t,
+        };
+        let (tiles_n, total) = tile.grid(w.shape[0], npix);
         let res = residual.map(|r| r.buffer()).unwrap_or(&self.dummy);
         let params = [
             u(x.shape[0]),
@@ -871,7 +883,7 @@ impl Backend for GpuBackend {
             (3, res),
             (4, y.buffer()),
         ];
-        self.dispatch("conv2d.wgsl", "main", &bufs, &params, total);
+        self.dispatch(tile.shader(), "main", &bufs, &params, total);
         y
     }
 

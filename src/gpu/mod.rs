@@ -5,10 +5,12 @@
 mod context;
 mod kernels;
 mod pool;
+mod tiles;
 mod uniforms;
 
 pub use context::{AdapterSummary, GpuContext};
 pub use kernels::{bindings_of, shader_source, GpuBackend, GpuTensor, GpuTimes};
+pub use tiles::{kernel_source, ConvTile, ConvTiles, MIN_NARROW_GRID};
 
 /// Every WGSL source, by file name (for validation tests and pipeline creation).
 pub const SHADERS: &[(&str, &str)] = &[

@@ -21,7 +21,7 @@ use burn::tensor::{Device, DeviceKind};
 use flowmap::backend::Backend;
 use flowmap::bench::Profiled;
 use flowmap::cpu::CpuBackend;
-use flowmap::gpu::{GpuBackend, GpuContext};
+use flowmap::gpu::{ConvTile, ConvTiles, GpuBackend, GpuContext};
 use flowmap::net::Network;
 use flowmap::output::write_atomic;
 use flowmap::parity::{scaled_error, OpParity};
@@ -364,6 +364,41 @@ fn gpu_forward(
     Ok(Some((median(spans), best.unwrap_or_default())))
 }
 
+/// One forward's timed dispatches summed per op family, as report rows; `suffix` is appended
+/// to each family's name.
+fn kernel_rows<'a>(
+    model: &'a str,
+    batch: usize,
+    span: f64,
+    dispatches: Dispatches,
+    peak: f64,
+    suffix: &'a str,
+) -> impl Iterator<Item = KernelRow> + 'a {
+    let mut by: BTreeMap<String, (usize, f64, f64, f64)> = BTreeMap::new();
+    for (label, secs, flops, bytes) in dispatches {
+        let e = by.entry(label).or_default();
+        e.0 += 1;
+        e.1 += secs;
+        e.2 += flops;
+        e.3 += bytes;
+    }
+    by.into_iter()
+        .map(move |(kernel, (count, secs, flops, bytes))| {
+            let secs = secs.max(1e-9);
+            KernelRow {
+                model: model.into(),
+                batch,
+                kernel: format!("{kernel}{suffix}"),
+                dispatches: count,
+                ms: secs * 1e3,
+                share: secs / span.max(1e-9),
+                gflops: flops / secs / 1e9,
+                gbytes_per_s: bytes / secs / 1e9,
+                pct_of_peak: 100.0 * flops / secs / 1e9 / peak,
+            }
+        })
+}
+
 /// flowmap's linear kernel on an n×n by n×n product, GPU clock where it can (else wall clock).
 fn wgsl_matmul(gpu: &GpuBackend, n: usize, iters: usize) -> Result<f64> {
     let a = gpu.upload(&Rng::new(3).normals(n * n, 1.0), &[n, n])?;
@@ -632,27 +667,24 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
                 wgsl_over_burn: burn.map(|b| wall / b),
             });
             if let Some((span, dispatches)) = timed {
-                let mut by: BTreeMap<String, (usize, f64, f64, f64)> = BTreeMap::new();
-                for (label, secs, flops, bytes) in dispatches {
-                    let e = by.entry(label).or_default();
-                    e.0 += 1;
-                    e.1 += secs;
-                    e.2 += flops;
-                    e.3 += bytes;
-                }
-                for (kernel, (count, secs, flops, bytes)) in by {
-                    let secs = secs.max(1e-9);
-                    report.kernels.push(KernelRow {
-                        model: name.into(),
-                        batch,
-                        kernel,
-                        dispatches: count,
-                        ms: secs * 1e3,
-                        share: secs / span.max(1e-9),
-                        gflops: flops / secs / 1e9,
-                        gbytes_per_s: bytes / secs / 1e9,
-                        pct_of_peak: 100.0 * flops / secs / 1e9 / peak,
-                    });
+                report
+                    .kernels
+                    .extend(kernel_rows(name, batch, span, dispatches, peak, ""));
+                // The convolutions again with the 64 × 64 tile alone: what the per-layer tile
+                // choice (flowmap::gpu::ConvTile::for_layer) gains or loses on this adapter.
+                if name == "mnist" {
+                    gpu.set_conv_tiles(ConvTiles::Fixed(ConvTile::C64));
+                    match gpu_forward(&gpu, w, batch, sizes.iters) {
+                        Ok(Some((span, d))) => report.kernels.extend(
+                            kernel_rows(name, batch, span, d, peak, " (64×64 tiles)")
+                                .filter(|k| k.kernel.starts_with("conv")),
+                        ),
+                        Ok(None) => {}
+                        Err(e) => notes.push(format!(
+                            "{name} batch {batch}: timing the 64×64 tiles failed: {e:#}"
+                        )),
+                    }
+                    gpu.set_conv_tiles(ConvTiles::ByLayer);
                 }
             }
             report.notes.append(&mut notes);

@@ -1012,9 +1012,18 @@ fn gpu_report_dry_run_writes_every_section() {
     );
     if j["adapter"]["timestamp_query"] == true {
         let kernels = j["kernels"].as_array().unwrap();
+        // Each convolution family with the per-layer tiles and again with 64 × 64 tiles alone.
+        for kernel in ["conv3x3", "conv3x3 (64×64 tiles)", "conv1x1 (64×64 tiles)"] {
+            assert!(
+                kernels.iter().any(|k| k["kernel"] == kernel),
+                "{kernel}: {kernels:?}"
+            );
+        }
         assert!(
-            kernels.iter().any(|k| k["kernel"] == "conv3x3"),
-            "{kernels:?}"
+            !kernels
+                .iter()
+                .any(|k| k["kernel"] == "group_norm (64×64 tiles)"),
+            "only the convolutions are timed twice"
         );
     }
     std::fs::remove_dir_all(root).unwrap();
