@@ -13,8 +13,13 @@ use flowmap::rng::Rng;
 
 macro_rules! parity {
     ($what:expr, $inputs:expr, |$b:ident, $t:ident| $body:expr) => {{
-        let inputs: Vec<(Vec<f32>, Vec<usize>)> = $inputs;
         let Some(g) = gpu() else { return };
+        parity!(on & g, $what, $inputs, |$b, $t| $body)
+    }};
+    // On a given GPU backend (one set up by the test, e.g. with a forced conv tile).
+    (on $g:expr, $what:expr, $inputs:expr, |$b:ident, $t:ident| $body:expr) => {{
+        let inputs: Vec<(Vec<f32>, Vec<usize>)> = $inputs;
+        let g: &flowmap::gpu::GpuBackend = $g;
         let cpu = CpuBackend::FAST;
         let expected = {
             let $b = &cpu;
@@ -25,7 +30,7 @@ macro_rules! parity {
             $b.download(&$body).unwrap()
         };
         let got = {
-            let $b = &g;
+            let $b = g;
             let $t: Vec<_> = inputs
                 .iter()
                 .map(|(d, s)| $b.upload(d, s).unwrap())
@@ -79,7 +84,6 @@ fn conv2d_matches_cpu() {
 #[test]
 fn every_conv_tile_matches_cpu() {
     let Some(g) = gpu() else { return };
-    let cpu = CpuBackend::FAST;
     let mut rng = Rng::new(2);
     // (input shape, c_out, kernel, geometry, with residual): 1, 15–17 and 31–33 channels;
     // 300 and 578 pixels (one 256-pixel tile and a part, two and a part), stride 2, 1×1.
@@ -95,34 +99,17 @@ fn every_conv_tile_matches_cpu() {
         g.set_conv_tiles(ConvTiles::Fixed(tile));
         for (xs, cout, k, geom, res) in cases {
             let os = flowmap::backend::conv2d_out_shape(&xs, &[cout, xs[1], k, k], geom);
-            let inputs = [
+            let inputs = vec![
                 t(&mut rng, &xs),
                 t(&mut rng, &[cout, xs[1], k, k]),
                 t(&mut rng, &[cout]),
                 t(&mut rng, &os),
             ];
-            let want = {
-                let up: Vec<_> = inputs
-                    .iter()
-                    .map(|(d, s)| cpu.upload(d, s).unwrap())
-                    .collect();
-                let r = res.then_some(&up[3]);
-                cpu.download(&cpu.conv2d(&up[0], &up[1], &up[2], geom, r))
-                    .unwrap()
-            };
-            let got = {
-                let up: Vec<_> = inputs
-                    .iter()
-                    .map(|(d, s)| g.upload(d, s).unwrap())
-                    .collect();
-                let r = res.then_some(&up[3]);
-                g.download(&g.conv2d(&up[0], &up[1], &up[2], geom, r))
-                    .unwrap()
-            };
-            assert_close(
+            parity!(
+                on & g,
                 &format!("conv2d {tile:?} {xs:?}→{cout} k{k} {geom:?} res={res}"),
-                &got,
-                &want,
+                inputs,
+                |b, t| b.conv2d(&t[0], &t[1], &t[2], geom, res.then_some(&t[3]))
             );
         }
     }
