@@ -1,5 +1,6 @@
 //! The kernels and the sampler in the browser: wasm-bindgen-test in headless Chromium, WebGPU on
-//! SwiftShader. Run by `.ci/run` as
+//! SwiftShader. `.ci/run` runs them as `bash web/build.sh --test` (on the simd128 release build
+//! the page ships); by hand, on a debug build without simd128:
 //! `CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=.ci/wasm-test-runner cargo test --target wasm32-unknown-unknown --test web`.
 #![cfg(target_arch = "wasm32")]
 

@@ -9,6 +9,8 @@
 # `--scalar DIR` builds the same package without simd128 into DIR instead: the baseline of the
 # wasm benchmark (web/bench.mjs), not something to ship. The two builds keep separate target
 # directories (target/wasm-simd, target), since a change of RUSTFLAGS rebuilds every crate.
+# `--test` then runs the wasm tests (tests/web.rs) in headless Chromium on the same build: the same
+# flags, profile and target directory, so the dependencies compiled for the package are reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +47,11 @@ web/node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-reference-types
 wasm=$(gzip -9c "$out/flowmap_bg.wasm" | wc -c)
 js=$(gzip -9c "$out/flowmap.js" web/flowmap.mjs web/app.js | wc -c)
 echo "$out: wasm $(wc -c < "$out/flowmap_bg.wasm") bytes ($wasm gzipped), JS $js bytes gzipped, total $((wasm + js)) bytes gzipped"
+
+if [ "${1:-}" = "--test" ]; then
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$PWD/.ci/wasm-test-runner" CARGO_TARGET_DIR=$target_dir \
+    cargo test --release --target wasm32-unknown-unknown --test web
+fi
 
 if [ "${1:-}" = "--serve" ]; then
   echo "serving http://127.0.0.1:${PORT:-8000}/"

@@ -3,7 +3,9 @@
 // the same weights, seed and K, the CPU fallback is announced when WebGPU is off, `auto` passes
 // the software adapter over, a GPU lost mid-run hands over to the CPU, a bad or missing model
 // leaves the previous one in use, an absurd ?n= is clamped, and no console error occurs.
-// Run: node --test web/   (after web/build.sh; needs target/release/flowmap or builds it).
+// Run: node --test web/   (after web/build.sh; the native sampler is $FLOWMAP_BIN, by default
+// target/release/flowmap: `cargo build --release`. CI passes the debug build that `cargo test`
+// already made: the same code, optimised at level 2 (Cargo.toml), within CPU_TOL of the release build.)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
@@ -79,7 +81,7 @@ async function wrongArchitecture(model) {
 /// The native sampler's output for the same weights, seed and K, read from its .npy.
 function native(k, model = MODEL, n = N) {
   const out = join(scratch, `k${k}-${n}.npy`);
-  const bin = join(root, 'target/release/flowmap');
+  const bin = process.env.FLOWMAP_BIN ?? join(root, 'target/release/flowmap');
   execFileSync(bin, ['sample', '--weights', join(root, model), '--steps', String(k), '--n', String(n), '--seed', String(SEED), '--out', out, '--device', 'cpu'], { stdio: 'pipe' });
   return readFile(out).then((b) => {
     const hlen = b.readUInt16LE(8);
