@@ -34,6 +34,8 @@ pub struct Profiled<'a, B: Backend> {
     inner: &'a B,
     shapes: ShapeBackend,
     stats: RefCell<BTreeMap<OpFamily, FamilyStats>>,
+    /// The same costs per layer shape ([`Self::layer_stats`]).
+    layers: RefCell<BTreeMap<String, FamilyStats>>,
     calls: RefCell<Vec<Call>>,
     /// Synchronise and time each op on the host clock (false: only record the calls, for
     /// callers that time on the GPU's clock).
@@ -47,6 +49,7 @@ impl<'a, B: Backend> Profiled<'a, B> {
             inner,
             shapes: ShapeBackend::new(),
             stats: RefCell::default(),
+            layers: RefCell::default(),
             calls: RefCell::default(),
             sync_each: true,
         }
@@ -69,8 +72,16 @@ impl<'a, B: Backend> Profiled<'a, B> {
         self.stats.borrow().clone()
     }
 
+    /// Time and cost per layer shape: each convolution by its geometry (`conv3x3 16→32 28×28
+    /// s1`, the input's size), every other op by its family, summed over the calls of that
+    /// shape. The profile that says which layers hold a backend back.
+    pub fn layer_stats(&self) -> BTreeMap<String, FamilyStats> {
+        self.layers.borrow().clone()
+    }
+
     pub fn reset(&self) {
         self.stats.borrow_mut().clear();
+        self.layers.borrow_mut().clear();
         self.calls.borrow_mut().clear();
     }
 
@@ -80,12 +91,13 @@ impl<'a, B: Backend> Profiled<'a, B> {
         cost: impl FnOnce(&ShapeBackend) -> ShapeTensor,
         run: impl FnOnce(&B) -> T,
     ) -> T {
-        self.labelled(None, cost, run)
+        self.labelled(None, None, cost, run)
     }
 
     fn labelled<T>(
         &self,
         label: Option<String>,
+        layer: Option<String>,
         cost: impl FnOnce(&ShapeBackend) -> ShapeTensor,
         run: impl FnOnce(&B) -> T,
     ) -> T {
@@ -105,12 +117,16 @@ impl<'a, B: Backend> Profiled<'a, B> {
         let out = run(self.inner);
         // A failed sync shows up at the caller's next download.
         let _ = self.inner.sync();
-        let mut stats = self.stats.borrow_mut();
-        let s = stats.entry(c.family).or_default();
-        s.calls += 1;
-        s.time += t0.elapsed();
-        s.flops += c.flops;
-        s.bytes += c.bytes;
+        let time = t0.elapsed();
+        let layer = layer.unwrap_or_else(|| c.family.name().to_string());
+        let add = |s: &mut FamilyStats| {
+            s.calls += 1;
+            s.time += time;
+            s.flops += c.flops;
+            s.bytes += c.bytes;
+        };
+        add(self.stats.borrow_mut().entry(c.family).or_default());
+        add(self.layers.borrow_mut().entry(layer).or_default());
         out
     }
 }
@@ -146,9 +162,20 @@ impl<B: Backend> Backend for Profiled<'_, B> {
         r: Option<&B::Tensor>,
     ) -> B::Tensor {
         let rs = r.map(st);
-        let k = w.shape()[2];
+        let (xs, ws) = (x.shape(), w.shape());
+        let k = ws[2];
+        let layer = format!(
+            "conv{k}x{k} {}→{} {}×{} s{}{}",
+            ws[1],
+            ws[0],
+            xs[2],
+            xs[3],
+            g.stride,
+            if r.is_some() { " +res" } else { "" }
+        );
         self.labelled(
             Some(format!("conv{k}x{k}")),
+            Some(layer),
             |s| s.conv2d(&st(x), &st(w), &st(b), g, rs.as_ref()),
             |i| i.conv2d(x, w, b, g, r),
         )

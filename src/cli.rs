@@ -99,6 +99,7 @@ enum Command {
     #[command(after_help = "Examples:
   flowmap bench --preset mnist --batch 16
   flowmap bench --preset toy2d --batch 4096 --device cpu --reference   # fast path vs reference loops
+  flowmap bench --preset mnist --batch 16 --device cpu --layers        # per layer shape, slowest first
   flowmap bench --weights weights/mnist.safetensors --batch 64 --device gpu")]
     Bench {
         /// A weights file; without it, random weights for --preset (timing only).
@@ -123,10 +124,15 @@ enum Command {
         /// before/after in one run.
         #[arg(long)]
         reference: bool,
+        /// Also print the time per layer shape (each convolution by its channels, input size
+        /// and stride), slowest first.
+        #[arg(long)]
+        layers: bool,
     },
 }
 
 pub fn main() -> ExitCode {
+    flowmap::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sample {
@@ -163,6 +169,7 @@ pub fn main() -> ExitCode {
             precision,
             iters,
             reference,
+            layers,
         } => run_bench(
             weights.as_deref(),
             &preset,
@@ -171,6 +178,7 @@ pub fn main() -> ExitCode {
             &precision,
             iters,
             reference,
+            layers,
         ),
     };
     match result {
@@ -439,6 +447,7 @@ fn preset_meta(preset: &str) -> Result<ModelMeta> {
     Ok(ModelMeta::untrained(model, data))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_bench(
     weights: Option<&Path>,
     preset: &str,
@@ -447,6 +456,7 @@ fn run_bench(
     precision: &str,
     iters: usize,
     reference: bool,
+    layers: bool,
 ) -> Result<()> {
     if batch == 0 || iters == 0 {
         bail!("--batch and --iters must be at least 1");
@@ -517,7 +527,7 @@ fn run_bench(
                 // work (otherwise the profile's gaps between ops put them to sleep, and each
                 // batch-1 op would read the time of waking them).
                 flowmap::cpu::in_pool_for(batch, || {
-                    bench_backend(b, &w, batch, iters, flops, peak, b.storage)
+                    bench_backend(b, &w, batch, iters, flops, peak, b.storage, layers)
                 })?
             }
             Engine::Gpu(b) => {
@@ -531,6 +541,7 @@ fn run_bench(
                     flops,
                     None,
                     engine.precision(),
+                    layers,
                 )?;
                 host_recording(b, &w, batch, iters)?;
             }
@@ -575,6 +586,7 @@ fn host_recording(b: &GpuBackend, w: &Weights, batch: usize, iters: usize) -> Re
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench_backend<B: Backend>(
     b: &B,
     w: &Weights,
@@ -583,6 +595,7 @@ fn bench_backend<B: Backend>(
     flops: f64,
     peak: Option<f64>,
     storage: flowmap::precision::Precision,
+    layers: bool,
 ) -> Result<()> {
     let meta = &w.meta;
     // The cost model counts 4 bytes a value; f16 storage moves half that.
@@ -631,18 +644,39 @@ fn bench_backend<B: Backend>(
         "GB/s",
         if peak.is_some() { "  of GEMM" } else { "" }
     );
-    for (fam, st) in prof.stats() {
+    let row = |name: &str, st: &flowmap::bench::FamilyStats, width: usize| {
         let secs = st.time.as_secs_f64() / iters as f64;
         let gflops = st.flops / iters as f64 / secs / 1e9;
         say!(
-            "  {:<12} {:>6} {:>10.3} {:>10.2} {:>9.2}{}",
-            fam.name(),
+            "  {name:<width$} {:>6} {:>10.3} {:>10.2} {:>9.2}{}",
             st.calls / iters,
             secs * 1e3,
             gflops,
             st.bytes * byte_scale / iters as f64 / secs / 1e9,
             of_peak(gflops)
         );
+    };
+    for (fam, st) in prof.stats() {
+        row(fam.name(), &st, 12);
+    }
+    if layers {
+        let mut by_time: Vec<_> = prof.layer_stats().into_iter().collect();
+        by_time.sort_by_key(|(_, st)| std::cmp::Reverse(st.time));
+        say!(
+            "per layer shape, slowest first (input channels→output channels, input size, stride):"
+        );
+        say!(
+            "  {:<30} {:>6} {:>10} {:>10} {:>9}{}",
+            "layer",
+            "calls",
+            "ms",
+            "GFLOP/s",
+            "GB/s",
+            if peak.is_some() { "  of GEMM" } else { "" }
+        );
+        for (name, st) in &by_time {
+            row(name, st, 30);
+        }
     }
     drop(pnet);
 

@@ -12,6 +12,8 @@ pub mod shape;
 
 pub use error::{Error, Result};
 #[cfg(not(target_arch = "wasm32"))]
+pub mod alloc;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod device;
 pub mod gpu;

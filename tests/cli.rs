@@ -456,3 +456,54 @@ fn absurd_architectures_are_named_errors() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `bench --layers` times the CPU backend per layer shape: every convolution of the network
+/// appears under its geometry, and the layer rows' calls add up to the conv2d family's.
+#[test]
+fn bench_layers_lists_every_convolution_by_its_geometry() {
+    let dir = temp_dir("bench-layers");
+    let w = write_random_model(&dir, "unet.safetensors", tiny_unet(), 3);
+    let (ok, out, err) = flowmap(&[
+        "bench",
+        "--weights",
+        w.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--device",
+        "cpu",
+        "--iters",
+        "1",
+        "--layers",
+    ]);
+    assert!(ok, "{err}");
+    let calls = |line: &str| -> usize {
+        let cols: Vec<&str> = line.split("  ").filter(|c| !c.trim().is_empty()).collect();
+        cols[1].trim().parse().unwrap()
+    };
+    let family = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("conv2d "))
+        .unwrap_or_else(|| panic!("no conv2d family row in:\n{out}"));
+    let (_, table) = out
+        .split_once("per layer shape")
+        .unwrap_or_else(|| panic!("no per-layer table in:\n{out}"));
+    let layers: Vec<&str> = table
+        .lines()
+        .filter(|l| l.trim_start().starts_with("conv"))
+        .collect();
+    // The stem: 1 input channel to the base width, 8×8, stride 1.
+    assert!(
+        layers.iter().any(|l| l.contains("conv3x3 1→8 8×8 s1 ")),
+        "{out}"
+    );
+    assert!(
+        layers.iter().any(|l| l.contains(" s2")),
+        "no downsampler: {out}"
+    );
+    assert_eq!(
+        layers.iter().map(|l| calls(l)).sum::<usize>(),
+        calls(family),
+        "{out}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

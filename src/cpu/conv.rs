@@ -5,8 +5,8 @@
 //!
 //! Fast: Y_n = W · col(x_n) as a direct convolution, an implicit GEMM over the padded image
 //! (split into stride² phases for strided kernels) with our own register-blocked microkernel and
-//! no im2col matrix ([`super::direct`]); the epilogue (bias, residual) is fused by starting the
-//! output at it. Samples run in parallel, each on one thread; with fewer samples than cores each
+//! no im2col matrix ([`super::direct`]); the epilogue (bias, residual) is fused: each tile adds
+//! it as it stores its outputs. Samples run in parallel, each on one thread; with fewer samples than cores each
 //! sample is split over the cores (bands of rows for tall images, blocks of output channels for
 //! short ones), so batch 1 uses every core too, for layers with enough work to pay for it.
 
@@ -57,29 +57,21 @@ pub fn conv2d_packed(
     );
     let g = ConvGeom::new(xs, ws, geom.stride, geom.padding);
     let (p, len) = (g.positions(), g.o * g.positions());
-    // Every value is written: the epilogue fills each channel before the kernel adds to it.
+    // Every value is written: each tile stores its outputs with the epilogue added.
     let mut out = super::pool::take(g.n * len);
     let threads = rayon::current_num_threads();
-    // Channel o of sample i's outputs [q0, q0 + dst.len()), started at bias (+ residual): the
-    // fused epilogue.
-    let epilogue = |i: usize, o: usize, q0: usize, dst: &mut [f32]| {
-        dst.fill(bias[o]);
-        if let Some(r) = residual {
-            let r = &r[i * len + o * p + q0..][..dst.len()];
-            dst.iter_mut().zip(r).for_each(|(y, r)| *y += r);
-        }
+    // Sample i's fused epilogue: the bias, and its residual [O, Ho·Wo].
+    let epilogue = |i: usize| direct::Epilogue {
+        bias,
+        residual: residual.map(|r| &r[i * len..(i + 1) * len]),
     };
     let xn = |i: usize| &x[i * g.in_len()..(i + 1) * g.in_len()];
     if g.n >= threads {
-        // Samples in parallel, each whole.
-        out.par_chunks_mut(len)
-            .enumerate()
-            .for_each_init(direct::Scratch::default, |s, (i, y)| {
-                for (o, dst) in y.chunks_mut(p).enumerate() {
-                    epilogue(i, o, 0, dst);
-                }
-                direct.band(&g, xn(i), 0, g.ho, y, s);
-            });
+        // Samples in parallel, each whole, each worker padding into its own buffers, kept
+        // from call to call (a fresh buffer per rayon task cost page faults on every call).
+        out.par_chunks_mut(len).enumerate().for_each(|(i, y)| {
+            direct::with_scratch(|s| direct.band(&g, xn(i), 0, g.ho, y, epilogue(i), s));
+        });
     } else {
         // Fewer samples than cores (batch 1 on an edge device): each sample split over the
         // cores when it has enough work to pay for the join; small layers run whole on one
@@ -96,9 +88,7 @@ pub fn conv2d_packed(
         out.par_chunks_mut(len)
             .enumerate()
             .for_each_init(direct::Scratch::default, |s, (i, y)| {
-                direct.sample_split(&g, xn(i), y, parts, split, s, |o, q0, dst| {
-                    epilogue(i, o, q0, dst)
-                });
+                direct.sample_split(&g, xn(i), y, parts, split, epilogue(i), s);
             });
     }
     (out, vec![g.n, g.o, g.ho, g.wo])

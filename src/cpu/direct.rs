@@ -92,8 +92,9 @@ impl Direct {
         }
     }
 
-    /// y [O, (y1 − y0)·Wo] += the convolution's output rows [y0, y1) for sample xn [C, H, W].
-    /// y arrives holding the epilogue (bias, residual).
+    /// y [O, (y1 − y0)·Wo] = the convolution's output rows [y0, y1) for sample xn [C, H, W]
+    /// plus the epilogue, whose residual covers the same rows. y's old values are not read.
+    #[allow(clippy::too_many_arguments)]
     pub fn band(
         &self,
         g: &ConvGeom,
@@ -101,6 +102,7 @@ impl Direct {
         y0: usize,
         y1: usize,
         y: &mut [f32],
+        epilogue: Epilogue,
         scratch: &mut Scratch,
     ) {
         assert!(valid(g), "direct conv: empty geometry {g:?}");
@@ -112,16 +114,19 @@ impl Direct {
         assert!(y0 < y1 && y1 <= g.ho && y.len() >= g.o * (y1 - y0) * g.wo);
         let nr = self.isa.tile().1;
         let args = Band::new(g, xn, y0, y1, nr, scratch);
-        self.dispatch(&args, &self.packed, Out::of(y, g.o));
+        let span = (y1 - y0) * g.wo;
+        self.dispatch(
+            &args,
+            &self.packed,
+            Out::of(&mut y[..g.o * span], g.o, epilogue),
+        );
     }
 
-    /// The whole sample, y [O, Ho·Wo] = init + conv(xn), split into up to `parts` rayon tasks:
-    /// the way to use several cores on one sample (batch 1). [`Split::Channels`]: blocks of MR
-    /// output channels per task, all sharing one padded input; [`Split::Rows`]: bands of output
-    /// rows per task, each padding its own rows (and the halo) and writing straight into its
-    /// rows of y. Each task first calls `init(o, q0, dst)` for every channel o it writes, dst
-    /// being that channel's outputs [q0, q0 + dst.len()), to write the epilogue (bias,
-    /// residual) there.
+    /// The whole sample, y [O, Ho·Wo] = conv(xn) + epilogue, split into up to `parts` rayon
+    /// tasks: the way to use several cores on one sample (batch 1). [`Split::Channels`]: blocks
+    /// of MR output channels per task, all sharing one padded input; [`Split::Rows`]: bands of
+    /// output rows per task, each padding its own rows (and the halo) and writing straight into
+    /// its rows of y.
     #[allow(clippy::too_many_arguments)]
     pub fn sample_split(
         &self,
@@ -130,8 +135,8 @@ impl Direct {
         y: &mut [f32],
         parts: usize,
         split: Split,
+        epilogue: Epilogue,
         scratch: &mut Scratch,
-        init: impl Fn(usize, usize, &mut [f32]) + Sync,
     ) {
         use rayon::prelude::*;
         assert!(valid(g), "direct conv: empty geometry {g:?}");
@@ -143,6 +148,7 @@ impl Direct {
         let (mr, nr) = self.isa.tile();
         let pb = g.positions();
         let y = &mut y[..g.o * pb];
+        epilogue.check(g.o, pb);
         match split {
             Split::Channels => {
                 let args = Band::new(g, xn, 0, g.ho, nr, scratch);
@@ -151,11 +157,9 @@ impl Direct {
                     .zip(self.packed.par_chunks(per * self.rows * mr))
                     .enumerate()
                     .for_each(|(i, (y, packed))| {
-                        for (o, dst) in (i * per * mr..).zip(y.chunks_mut(pb)) {
-                            init(o, 0, dst);
-                        }
                         let o = y.len() / pb;
-                        self.dispatch(&Band { o, ..args }, packed, Out::of(y, o));
+                        let epi = epilogue.channels(i * per * mr, o, pb);
+                        self.dispatch(&Band { o, ..args }, packed, Out::of(y, o, epi));
                     });
             }
             Split::Rows => {
@@ -166,14 +170,10 @@ impl Direct {
                     let span = (y1 - y0) * g.wo;
                     // SAFETY: y holds O · Ho·Wo values; this task alone writes rows [y0, y1)
                     // of each channel, [o·Ho·Wo + y0·Wo, + span), inside y and disjoint from
-                    // every other task's rows.
-                    let out = unsafe { Out::rows(base.at(y0 * g.wo), pb, span, g.o) };
-                    for o in 0..g.o {
-                        // SAFETY: as above, channel o's rows of this task.
-                        let dst =
-                            unsafe { std::slice::from_raw_parts_mut(out.ptr.add(o * pb), span) };
-                        init(o, y0 * g.wo, dst);
-                    }
+                    // every other task's rows. The residual has y's layout (checked above).
+                    let out = unsafe {
+                        Out::rows(base.at(y0 * g.wo), pb, span, g.o, epilogue, y0 * g.wo)
+                    };
                     SCRATCH.with_borrow_mut(|s| {
                         let args = Band::new(g, xn, y0, y1, nr, s);
                         self.dispatch(&args, &self.packed, out);
@@ -223,11 +223,43 @@ pub enum Split {
     Rows,
 }
 
+/// What each output of a convolution starts from, added as the tiles store it (the fused
+/// epilogue): its channel's bias, plus the value at its place in `residual`, which has the
+/// output's layout [O, positions].
+#[derive(Debug, Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub bias: &'a [f32],
+    pub residual: Option<&'a [f32]>,
+}
+
+impl<'a> Epilogue<'a> {
+    /// Panics unless it covers o channels of `positions` outputs each.
+    fn check(&self, o: usize, positions: usize) {
+        assert!(
+            self.bias.len() >= o && self.residual.is_none_or(|r| r.len() >= o * positions),
+            "direct conv: epilogue smaller than [{o}, {positions}]"
+        );
+    }
+
+    /// The `o` channels from channel `first` on.
+    fn channels(&self, first: usize, o: usize, positions: usize) -> Self {
+        Epilogue {
+            bias: &self.bias[first..first + o],
+            residual: self
+                .residual
+                .map(|r| &r[first * positions..(first + o) * positions]),
+        }
+    }
+}
+
 /// Where a band's outputs go: channel c's outputs for the band's rows are the `span` values
-/// from `ptr + c · stride`, for c < `o`.
+/// from `ptr + c · stride`, for c < `o`, each the tile's sum plus `bias[c]` plus the value at
+/// the same place from `res` (when there is a residual).
 #[derive(Clone, Copy)]
 struct Out<'a> {
     ptr: *mut f32,
+    res: Option<*const f32>,
+    bias: &'a [f32],
     stride: usize,
     span: usize,
     o: usize,
@@ -235,11 +267,14 @@ struct Out<'a> {
 }
 
 impl<'a> Out<'a> {
-    /// All of y, [o, y.len() / o].
-    fn of(y: &'a mut [f32], o: usize) -> Self {
+    /// All of y, [o, y.len() / o], with an epilogue of the same shape.
+    fn of(y: &'a mut [f32], o: usize, epilogue: Epilogue<'a>) -> Self {
         let stride = y.len() / o;
+        epilogue.check(o, stride);
         Out {
             ptr: y.as_mut_ptr(),
+            res: epilogue.residual.map(<[f32]>::as_ptr),
+            bias: epilogue.bias,
             stride,
             span: stride,
             o,
@@ -247,12 +282,25 @@ impl<'a> Out<'a> {
         }
     }
 
+    /// The outputs from `ptr` on, whose epilogue is `epilogue`'s from position `at` on.
+    ///
     /// # Safety
     /// For every c < o, [ptr + c · stride, + span) is valid for writes and written by nothing
-    /// else while the `Out` is used.
-    unsafe fn rows(ptr: *mut f32, stride: usize, span: usize, o: usize) -> Self {
+    /// else while the `Out` is used, and the epilogue's residual, if any, holds
+    /// [at + c · stride, + span) for each such c.
+    unsafe fn rows(
+        ptr: *mut f32,
+        stride: usize,
+        span: usize,
+        o: usize,
+        epilogue: Epilogue<'a>,
+        at: usize,
+    ) -> Self {
         Out {
             ptr,
+            // SAFETY: inside the residual by the caller's contract.
+            res: epilogue.residual.map(|r| unsafe { r.as_ptr().add(at) }),
+            bias: epilogue.bias,
             stride,
             span,
             o,
@@ -280,8 +328,14 @@ unsafe impl Send for SharedPtr {}
 unsafe impl Sync for SharedPtr {}
 
 thread_local! {
-    /// The padded rows of [`Split::Rows`] tasks, one buffer per worker.
+    /// The padded rows of [`Split::Rows`] tasks and of [`with_scratch`], one buffer per worker.
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch buffers, kept from call to call. `f` must not start
+/// rayon work that could run [`Direct::sample_split`] on this thread while it holds them.
+pub fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
+    SCRATCH.with_borrow_mut(f)
 }
 
 /// dW [O, C, k, k] += Σ_q dY_n[o, q] · col_n[(c, ky, kx), q] for one sample of a convolution
@@ -340,8 +394,39 @@ struct Band<'a> {
 }
 
 impl<'a> Band<'a> {
-    fn new(g: &ConvGeom, xn: &[f32], y0: usize, y1: usize, nr: usize, s: &'a mut Scratch) -> Self {
+    fn new(
+        g: &ConvGeom,
+        xn: &'a [f32],
+        y0: usize,
+        y1: usize,
+        nr: usize,
+        s: &'a mut Scratch,
+    ) -> Self {
         let (k, pad, st) = (g.k, g.pad, g.stride);
+        if pad == 0 && st == 1 {
+            // The image is its own padded grid (the 1×1 layers): the taps read it in place from
+            // row y0 on, with no copy; [`run`] copies only the runs of a last tile that would
+            // read past its end.
+            let plane = g.h * g.w;
+            s.offsets.clear();
+            for c in 0..g.c {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        s.offsets.push(c * plane + ky * g.w + kx);
+                    }
+                }
+            }
+            return Band {
+                xpad: &xn[y0 * g.w..g.in_len()],
+                offsets: &s.offsets,
+                wq: g.w,
+                wo: g.wo,
+                plane,
+                q_end: (y1 - y0 - 1) * g.w + g.wo,
+                o: g.o,
+                rows: g.rows(),
+            };
+        }
         // Phase (py, px) holds padded pixels (st·i + py, st·j + px): rows of wq values.
         let wq = (g.w + 2 * pad).div_ceil(st);
         // Phase rows for output rows y0 .. y1: tap ky reads row (oy − y0) + ky / st.
@@ -364,29 +449,70 @@ impl<'a> Band<'a> {
         let len = last + q_end.div_ceil(nr) * nr;
         s.xpad.clear();
         s.xpad.resize(len.max(st * st * phase), 0.0);
-        for py in 0..st {
-            for px in 0..st {
-                let ph = py * st + px;
-                // Phase columns j whose input column st·j + px − pad lies in [0, w).
-                let j0 = pad.saturating_sub(px).div_ceil(st);
-                let j1 = (g.w + pad).saturating_sub(px).div_ceil(st).min(wq);
-                if j0 >= j1 {
-                    continue;
-                }
-                let ix0 = j0 * st + px - pad;
-                for c in 0..g.c {
-                    for r in 0..hb {
-                        let iy = ((y0 + r) * st + py) as isize - pad as isize;
+        if st == 2 {
+            // Each input row once, its values dealt to the two column phases in pairs: a loop
+            // over fixed-size chunks that vectorizes into shuffles, where one strided pass per
+            // phase spent as long on the copy as the tiles spent on the sum.
+            for c in 0..g.c {
+                for r in 0..hb {
+                    for py in 0..2 {
+                        let iy = ((y0 + r) * 2 + py) as isize - pad as isize;
                         if iy < 0 || iy >= g.h as isize {
                             continue;
                         }
-                        let src = &xn[(c * g.h + iy as usize) * g.w + ix0..];
-                        let dst = &mut s.xpad[ph * phase + c * plane + r * wq..][j0..j1];
-                        if st == 1 {
-                            dst.copy_from_slice(&src[..dst.len()]);
+                        let src = &xn[(c * g.h + iy as usize) * g.w..][..g.w];
+                        let row = |px: usize| (py * 2 + px) * phase + c * plane + r * wq;
+                        let (r0, r1) = (row(0), row(1));
+                        // Padded column u = ix + pad goes to phase u % 2, column u / 2 (< wq).
+                        let (xp, rest) = s.xpad.split_at_mut(r1.max(r0));
+                        let (d0, d1) = if r0 < r1 {
+                            (&mut xp[r0..][..wq], &mut rest[..wq])
                         } else {
-                            for (j, d) in dst.iter_mut().enumerate() {
-                                *d = src[j * st];
+                            (&mut rest[..wq], &mut xp[r1..][..wq])
+                        };
+                        // An odd pad puts input column 0 first in phase 1.
+                        let (src, j0) = if pad % 2 == 1 {
+                            d1[pad / 2] = src[0];
+                            (&src[1..], pad / 2 + 1)
+                        } else {
+                            (src, pad / 2)
+                        };
+                        let pairs = src.chunks_exact(2);
+                        if let [v] = pairs.remainder() {
+                            d0[j0 + src.len() / 2] = *v;
+                        }
+                        for ((a, b), p) in d0[j0..].iter_mut().zip(&mut d1[j0..]).zip(pairs) {
+                            *a = p[0];
+                            *b = p[1];
+                        }
+                    }
+                }
+            }
+        } else {
+            for py in 0..st {
+                for px in 0..st {
+                    let ph = py * st + px;
+                    // Phase columns j whose input column st·j + px − pad lies in [0, w).
+                    let j0 = pad.saturating_sub(px).div_ceil(st);
+                    let j1 = (g.w + pad).saturating_sub(px).div_ceil(st).min(wq);
+                    if j0 >= j1 {
+                        continue;
+                    }
+                    let ix0 = j0 * st + px - pad;
+                    for c in 0..g.c {
+                        for r in 0..hb {
+                            let iy = ((y0 + r) * st + py) as isize - pad as isize;
+                            if iy < 0 || iy >= g.h as isize {
+                                continue;
+                            }
+                            let src = &xn[(c * g.h + iy as usize) * g.w + ix0..];
+                            let dst = &mut s.xpad[ph * phase + c * plane + r * wq..][j0..j1];
+                            if st == 1 {
+                                dst.copy_from_slice(&src[..dst.len()]);
+                            } else {
+                                for (d, v) in dst.iter_mut().zip(src.iter().step_by(st)) {
+                                    *d = *v;
+                                }
                             }
                         }
                     }
@@ -433,24 +559,39 @@ fn run<const MR: usize, const NR: usize, const FMA: bool>(b: &Band, packed: &[f3
         b.o <= y.o && rows * b.wo <= y.span,
         "direct conv: band writes past its output"
     );
-    // The contract of `tile`, checked once for every tile of the band.
-    let last_read = b
-        .offsets
-        .iter()
-        .max()
-        .map_or(0, |m| m + b.q_end.div_ceil(NR) * NR);
+    // The contract of `tile`, checked once for every tile of the band: every real position's
+    // reads are inside xpad, and tiles starting before `in_place` read whole runs of it.
+    let max_off = b.offsets.iter().max().copied().unwrap_or(0);
     assert!(
-        last_read <= b.xpad.len()
+        max_off + b.q_end <= b.xpad.len()
             && b.offsets.len() == b.rows
             && packed.len() == b.o.div_ceil(MR) * b.rows * MR,
         "direct conv: band reads past its padded input"
     );
+    let in_place = b.xpad.len() - max_off;
+    // A last tile that would read past xpad (the in-place 1×1 band) reads a copy of its runs,
+    // zero-filled past the end, at offsets r · NR.
+    let (mut tail, mut tail_offsets) = (Vec::new(), Vec::new());
     let mut q0 = 0;
     while q0 < b.q_end {
+        let (x, offsets, from) = if q0 + NR <= in_place {
+            (b.xpad, b.offsets, q0)
+        } else {
+            tail.clear();
+            tail.resize(b.rows * NR, 0.0);
+            for (dst, &off) in tail.chunks_exact_mut(NR).zip(b.offsets) {
+                let src = &b.xpad[off + q0..(off + q0 + NR).min(b.xpad.len())];
+                dst[..src.len()].copy_from_slice(src);
+            }
+            tail_offsets.clear();
+            tail_offsets.extend((0..b.rows).map(|r| r * NR));
+            (&tail[..], &tail_offsets[..], 0)
+        };
         for (blk, wblk) in packed.chunks_exact(b.rows * MR).enumerate() {
-            // SAFETY: wblk holds rows · MR weights and every read ends by last_read (asserted).
-            let acc = unsafe { tile::<MR, NR, FMA>(wblk, b.xpad, b.offsets, q0) };
-            // Add each run of real outputs (ox < Wo) of the tile into y.
+            // SAFETY: wblk holds rows · MR weights, and every read ends by x's end: by
+            // `in_place` for xpad, by construction for the copy.
+            let acc = unsafe { tile::<MR, NR, FMA>(wblk, x, offsets, from) };
+            // Store each run of real outputs (ox < Wo) of the tile, plus the epilogue, in y.
             let mut q = q0;
             let q1 = (q0 + NR).min(b.q_end);
             while q < q1 {
@@ -459,25 +600,50 @@ fn run<const MR: usize, const NR: usize, const FMA: bool>(b: &Band, packed: &[f3
                     q += b.wq - ox;
                     continue;
                 }
-                let len = (b.wo - ox).min(q1 - q);
+                // Where the grid has no padding columns (1×1), a run goes on across rows.
+                let len = if b.wq == b.wo {
+                    q1 - q
+                } else {
+                    (b.wo - ox).min(q1 - q)
+                };
                 let at = r * b.wo + ox;
                 for (i, a) in acc.iter().enumerate().take(b.o - blk * MR) {
-                    // SAFETY: channel blk·MR + i < b.o ≤ y.o and at + len ≤ rows · Wo ≤ span
-                    // (asserted above), so inside the region `y` describes.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            y.ptr.add((blk * MR + i) * y.stride + at),
-                            len,
-                        )
-                    };
-                    for (d, v) in dst.iter_mut().zip(&a[q - q0..]) {
-                        *d += v;
+                    let (oc, a) = (blk * MR + i, &a[q - q0..][..len]);
+                    let off = oc * y.stride + at;
+                    // SAFETY: channel oc < b.o ≤ y.o and at + len ≤ rows · Wo ≤ span (asserted
+                    // above), so inside the region `y` (and its residual) describes.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(y.ptr.add(off), len) };
+                    let bias = y.bias[oc];
+                    match y.res {
+                        Some(r) => {
+                            // SAFETY: as above.
+                            let r = unsafe { std::slice::from_raw_parts(r.add(off), len) };
+                            store::<NR>(dst, a, |j| bias + r[j]);
+                        }
+                        None => store::<NR>(dst, a, |_| bias),
                     }
                 }
                 q += len;
             }
         }
         q0 += NR;
+    }
+}
+
+/// dst[j] = a[j] + e(j): fixed-length whole vectors when the run is a whole tile.
+#[inline(always)]
+fn store<const NR: usize>(dst: &mut [f32], a: &[f32], e: impl Fn(usize) -> f32) {
+    if let (Ok(dst), Ok(a)) = (
+        <&mut [f32; NR]>::try_from(&mut *dst),
+        <&[f32; NR]>::try_from(a),
+    ) {
+        for (j, (d, v)) in dst.iter_mut().zip(a).enumerate() {
+            *d = v + e(j);
+        }
+    } else {
+        for (j, (d, v)) in dst.iter_mut().zip(a).enumerate() {
+            *d = v + e(j);
+        }
     }
 }
 
@@ -526,8 +692,9 @@ mod tests {
     use crate::cpu::conv2d_reference;
 
     /// Every tile shape this CPU runs against the reference loops: odd sizes, channel counts
-    /// that leave partial MR blocks, 1×1, 2×2, 3×3 and 5×5 kernels with and without padding,
-    /// strides 1, 2 and 3, bands, and whole samples split by output channels and by rows.
+    /// that leave partial MR blocks, 1×1, 2×2, 3×3 and 5×5 kernels with and without padding
+    /// (unpadded stride-1 kernels read the image in place), strides 1, 2 and 3, bands, whole
+    /// samples split by output channels and by rows, the epilogue with and without residual.
     #[test]
     fn every_isa_matches_the_reference() {
         let mut rnd = crate::cpu::test_values(7);
@@ -541,6 +708,9 @@ mod tests {
                 (1, 1, 1, 1, 3, 1, 1),
                 (5, 2, 3, 40, 2, 1, 1),
                 (6, 7, 5, 4, 1, 1, 0),
+                // Read in place: whole tiles, then a last one past the image's end.
+                (5, 6, 9, 11, 1, 1, 0),
+                (3, 4, 10, 12, 3, 1, 0),
                 // Strided: the downsamplers (even and odd sizes), no padding, stride 3.
                 (16, 16, 28, 28, 3, 2, 1),
                 (5, 6, 7, 9, 3, 2, 1),
@@ -557,8 +727,12 @@ mod tests {
                     stride: st,
                     padding: pad,
                 };
-                let (want, _) = conv2d_reference(&x, &xs, &wt, &ws, &bias, geom, None);
                 let g = ConvGeom::new(&xs, &ws, st, pad);
+                let res: Vec<f32> = (0..o * g.positions()).map(|_| rnd()).collect();
+                // The fused epilogue: the bias, plus the residual in every second case.
+                let residual = (st + k + c) % 2 == 0;
+                let (want, _) =
+                    conv2d_reference(&x, &xs, &wt, &ws, &bias, geom, residual.then_some(&res[..]));
                 let d = Direct::with_isa(isa, &wt, o, g.rows());
                 let mut s = Scratch::default();
                 // The whole image, then bands of two rows.
@@ -567,8 +741,17 @@ mod tests {
                     while y0 < g.ho {
                         let y1 = (y0 + band).min(g.ho);
                         let pb = (y1 - y0) * g.wo;
-                        let mut y: Vec<f32> = (0..o * pb).map(|i| bias[i / pb]).collect();
-                        d.band(&g, &x, y0, y1, &mut y, &mut s);
+                        let band_res: Vec<f32> = res
+                            .chunks(g.positions())
+                            .flat_map(|r| &r[y0 * g.wo..y1 * g.wo])
+                            .copied()
+                            .collect();
+                        let mut y = vec![f32::NAN; o * pb];
+                        let epi = Epilogue {
+                            bias: &bias,
+                            residual: residual.then_some(&band_res[..]),
+                        };
+                        d.band(&g, &x, y0, y1, &mut y, epi, &mut s);
                         for oc in 0..o {
                             let got = &y[oc * pb..][..pb];
                             let exp = &want[oc * g.positions() + y0 * g.wo..][..pb];
@@ -582,16 +765,18 @@ mod tests {
                         y0 = y1;
                     }
                 }
-                // The whole image with the output channels split over tasks, each writing its
-                // own channels' epilogue into a buffer of stale values.
+                // The whole image with the output channels split over tasks, or bands of rows,
+                // each writing its own outputs into a buffer of stale values.
                 for (parts, split) in [1, 2, 3, 5]
                     .into_iter()
                     .flat_map(|p| [(p, Split::Channels), (p, Split::Rows)])
                 {
                     let mut y = vec![f32::NAN; o * g.positions()];
-                    d.sample_split(&g, &x, &mut y, parts, split, &mut s, |oc, _, dst| {
-                        dst.fill(bias[oc]);
-                    });
+                    let epi = Epilogue {
+                        bias: &bias,
+                        residual: residual.then_some(&res[..]),
+                    };
+                    d.sample_split(&g, &x, &mut y, parts, split, epi, &mut s);
                     for (i, (a, e)) in y.iter().zip(&want).enumerate() {
                         assert!(
                             (a - e).abs() < 1e-4 * (1.0 + e.abs()),

@@ -1,7 +1,6 @@
 //! `cargo run -p trainer --release -- …`: trains flow-matching teachers and flow maps on burn
 //! (METHOD §2, §4), exports them in the sampler's format, and inspects the training data.
 
-mod alloc;
 mod bench;
 mod burn_backend;
 mod checkpoint;
@@ -309,7 +308,7 @@ enum DataCmd {
 }
 
 fn main() -> std::process::ExitCode {
-    alloc::keep_freed_memory();
+    flowmap::alloc::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
