@@ -6,8 +6,8 @@
 //! below, and U-Net `fm` 1.19–1.35× faster with them (docs/BENCHMARKS.md, "The allocator").
 //! The sampler's CPU backend recycles its tensors' buffers itself ([`crate::cpu::pool`]), but
 //! the GEMM's packing buffers and the ops' scratch come and go per call: with these settings a
-//! U-Net forward at batch 16 on the CPU took 0.8× the time, and the same-run GEMM peak read
-//! 1.15× higher (docs/BENCHMARKS.md, "Per-layer profile").
+//! U-Net forward at batch 16 on the CPU took about 0.8× the time, and the same-run GEMM peak
+//! read about 1.1× higher (docs/BENCHMARKS.md, "Per-layer profile").
 
 /// Serves blocks up to glibc's largest mmap threshold (32 MiB) from the heap and keeps up to
 /// 1 GiB of freed heap instead of returning it to the kernel. glibc on Linux only; elsewhere
