@@ -83,6 +83,12 @@ pub struct TrainConfig {
     /// Default 4.
     #[serde(default = "d::pfmm_stages")]
     pub pfmm_stages: usize,
+    /// pfmm: the first stage's teacher map is the `init` network itself, frozen (its two half
+    /// jumps X_{u,t} ∘ X_{s,u} are the target), instead of the `fm` teacher's Euler step; no
+    /// `teacher` is needed. Progressive distillation of a trained flow map into itself: each
+    /// stage's student learns in one jump what the previous stage's made in two.
+    #[serde(default)]
+    pub pfmm_from_init: bool,
     /// psd: γ ~ U[0, 1] (PSD-U) instead of γ = 1/2 (PSD-M).
     #[serde(default)]
     pub psd_uniform: bool,
@@ -208,7 +214,10 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.ema) {
             return Err(format!("ema must be in [0, 1), got {}", self.ema));
         }
-        if self.objective.needs_teacher() && self.teacher.is_none() {
+        if self.pfmm_from_init && (self.objective != Objective::Pfmm || self.init.is_none()) {
+            return Err("pfmm_from_init distills the --init network: it needs --objective pfmm and --init FILE".into());
+        }
+        if self.objective.needs_teacher() && self.teacher.is_none() && !self.pfmm_from_init {
             return Err(format!(
                 "{} distills a teacher: pass --teacher FILE (an `fm` model)",
                 self.objective.name()
@@ -251,9 +260,14 @@ impl TrainConfig {
         self.lr * (self.final_lr_ratio + (1.0 - self.final_lr_ratio) * cos)
     }
 
-    /// pfmm: the largest |t − s| at a step (stages of equal length, δ doubling).
+    /// pfmm: the stage and the largest |t − s| at a step (stages of equal length, δ doubling).
+    /// From a trained flow map (`pfmm_from_init`) every stage spans the whole |t − s| ≤ 1: the
+    /// teacher map jumps anywhere, so the stages only say when it is refreshed.
     pub fn pfmm_gap(&self, step: usize) -> (usize, f32) {
         let stage = (step * self.pfmm_stages / self.steps).min(self.pfmm_stages - 1);
+        if self.pfmm_from_init {
+            return (stage, 1.0);
+        }
         (stage, 2f32.powi(stage as i32 + 1 - self.pfmm_stages as i32))
     }
 }
@@ -272,6 +286,21 @@ mod tests {
         assert!((c.lr_at(999) - 1e-4).abs() < 1e-6);
         assert_eq!(c.pfmm_gap(0), (0, 0.125));
         assert_eq!(c.pfmm_gap(999), (3, 1.0));
+        c.pfmm_from_init = true;
+        assert_eq!(c.pfmm_gap(0), (0, 1.0));
+        assert_eq!(c.pfmm_gap(500), (2, 1.0));
+    }
+
+    /// pfmm_from_init distills the init network: it needs both, and then no teacher.
+    #[test]
+    fn pfmm_from_init_needs_pfmm_and_init_and_no_teacher() {
+        let mut c = TrainConfig::new(Objective::Pfmm, "checkerboard");
+        c.pfmm_from_init = true;
+        assert!(c.validate().unwrap_err().contains("--init"));
+        c.init = Some("model.safetensors".into());
+        c.validate().unwrap();
+        c.objective = Objective::Lsd;
+        assert!(c.validate().unwrap_err().contains("pfmm"));
     }
 
     #[test]

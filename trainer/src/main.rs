@@ -101,6 +101,10 @@ struct TrainArgs {
     init: Option<PathBuf>,
     #[arg(long, help = with_default("pfmm: number of stages", config::d::pfmm_stages()))]
     pfmm_stages: Option<usize>,
+    /// pfmm: the first stage distills the --init network's two half jumps into one (no --teacher)
+    /// instead of the teacher's Euler step.
+    #[arg(long)]
+    pfmm_from_init: bool,
     /// psd with γ ~ U[0, 1] (PSD-U) instead of γ = 1/2 (PSD-M).
     #[arg(long)]
     psd_uniform: bool,
@@ -436,6 +440,7 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
         cfg.data.labels = a.labels.clone();
     }
     cfg.psd_uniform |= a.psd_uniform;
+    cfg.pfmm_from_init |= a.pfmm_from_init;
     if let Some(m) = a.minutes {
         if !(m > 0.0 && m.is_finite()) {
             bail!("--minutes must be a positive number, got {m}");

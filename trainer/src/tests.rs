@@ -585,6 +585,39 @@ fn every_objective_trains_a_few_steps() {
     std::fs::remove_dir_all(tdir).unwrap();
 }
 
+/// `pfmm_from_init`: stage 0's teacher map is the init network, frozen, while the student moves;
+/// no `fm` teacher is given.
+#[test]
+fn pfmm_from_init_distills_the_frozen_init_network() {
+    let (tdir, init) = quick_teacher("pfmm-init");
+    let dir = tmp("pfmm-self");
+    let mut cfg = quick(Objective::Pfmm, 3);
+    cfg.pfmm_stages = 1;
+    cfg.pfmm_from_init = true;
+    cfg.init = Some(init.clone());
+    let s = crate::train::train(&cfg, Device::flex(), &dir, None, true).unwrap();
+    assert!(s.final_loss.is_finite() && s.final_loss > 0.0);
+    let (meta, groups) = crate::checkpoint::load(&dir.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(meta.teacher_stage, Some(0));
+    let w = flowmap::weights::Weights::read(&init).unwrap();
+    let max_diff = |group: &str| {
+        w.tensors
+            .iter()
+            .map(|(name, t)| {
+                t.data
+                    .iter()
+                    .zip(&groups[group][name])
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max)
+            })
+            .fold(0.0f32, f32::max)
+    };
+    assert_eq!(max_diff("stage_teacher"), 0.0, "the teacher map moved");
+    assert!(max_diff("param") > 1e-4, "the student did not train");
+    std::fs::remove_dir_all(dir).unwrap();
+    std::fs::remove_dir_all(tdir).unwrap();
+}
+
 #[test]
 fn init_starts_the_run_from_the_given_weights_and_refuses_another_architecture() {
     let (tdir, teacher) = quick_teacher("init-teacher");

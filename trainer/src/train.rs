@@ -146,7 +146,12 @@ impl Session {
                     Some(p) => Some(load_init(p, &model_cfg, &device)?),
                     None => None,
                 };
-                fresh(&model_cfg, cfg.seed, init, &device)?
+                let mut st = fresh(&model_cfg, cfg.seed, init, &device)?;
+                if cfg.pfmm_from_init {
+                    // Stage 0's teacher map: the initial network, frozen (METHOD §4 pfmm).
+                    st.stage_teacher = Some((0, st.params.frozen()));
+                }
+                st
             }
         };
         st.adam.rule = cfg.optimizer;
