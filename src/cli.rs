@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use flowmap::backend::{Backend, OpFamily};
-use flowmap::bench::Profiled;
+use flowmap::bench::{FamilyStats, Profiled};
 use flowmap::config::{DataSpec, ModelConfig, ModelMeta};
 use flowmap::cpu::CpuBackend;
 use flowmap::device::{self, DeviceChoice, Engine};
@@ -634,49 +634,50 @@ fn bench_backend<B: Backend>(
     for _ in 0..iters {
         prof.download(&pnet.velocity(&prof, &x, &s, &t)?)?;
     }
-    say!("per op family (synchronised after every op, per forward):");
-    say!(
-        "  {:<12} {:>6} {:>10} {:>10} {:>9}{}",
-        "family",
-        "calls",
-        "ms",
-        "GFLOP/s",
-        "GB/s",
-        if peak.is_some() { "  of GEMM" } else { "" }
-    );
-    let row = |name: &str, st: &flowmap::bench::FamilyStats, width: usize| {
-        let secs = st.time.as_secs_f64() / iters as f64;
-        let gflops = st.flops / iters as f64 / secs / 1e9;
+    // One table: a title, then a row per name (an op family or a layer shape).
+    let table = |title: &str, what: &str, width: usize, rows: &[(String, FamilyStats)]| {
+        say!("{title}");
         say!(
-            "  {name:<width$} {:>6} {:>10.3} {:>10.2} {:>9.2}{}",
-            st.calls / iters,
-            secs * 1e3,
-            gflops,
-            st.bytes * byte_scale / iters as f64 / secs / 1e9,
-            of_peak(gflops)
-        );
-    };
-    for (fam, st) in prof.stats() {
-        row(fam.name(), &st, 12);
-    }
-    if layers {
-        let mut by_time: Vec<_> = prof.layer_stats().into_iter().collect();
-        by_time.sort_by_key(|(_, st)| std::cmp::Reverse(st.time));
-        say!(
-            "per layer shape, slowest first (input channels→output channels, input size, stride):"
-        );
-        say!(
-            "  {:<30} {:>6} {:>10} {:>10} {:>9}{}",
-            "layer",
+            "  {what:<width$} {:>6} {:>10} {:>10} {:>9}{}",
             "calls",
             "ms",
             "GFLOP/s",
             "GB/s",
             if peak.is_some() { "  of GEMM" } else { "" }
         );
-        for (name, st) in &by_time {
-            row(name, st, 30);
+        for (name, st) in rows {
+            let secs = st.time.as_secs_f64() / iters as f64;
+            let gflops = st.flops / iters as f64 / secs / 1e9;
+            say!(
+                "  {name:<width$} {:>6} {:>10.3} {:>10.2} {:>9.2}{}",
+                st.calls / iters,
+                secs * 1e3,
+                gflops,
+                st.bytes * byte_scale / iters as f64 / secs / 1e9,
+                of_peak(gflops)
+            );
         }
+    };
+    let families: Vec<_> = prof
+        .stats()
+        .into_iter()
+        .map(|(fam, st)| (fam.name().to_string(), st))
+        .collect();
+    table(
+        "per op family (synchronised after every op, per forward):",
+        "family",
+        12,
+        &families,
+    );
+    if layers {
+        let mut by_time: Vec<_> = prof.layer_stats().into_iter().collect();
+        by_time.sort_by_key(|(_, st)| std::cmp::Reverse(st.time));
+        table(
+            "per layer shape, slowest first (input channels→output channels, input size, stride):",
+            "layer",
+            30,
+            &by_time,
+        );
     }
     drop(pnet);
 

@@ -403,35 +403,16 @@ impl<'a> Band<'a> {
         s: &'a mut Scratch,
     ) -> Self {
         let (k, pad, st) = (g.k, g.pad, g.stride);
-        if pad == 0 && st == 1 {
-            // The image is its own padded grid (the 1×1 layers): the taps read it in place from
-            // row y0 on, with no copy; [`run`] copies only the runs of a last tile that would
-            // read past its end.
-            let plane = g.h * g.w;
-            s.offsets.clear();
-            for c in 0..g.c {
-                for ky in 0..k {
-                    for kx in 0..k {
-                        s.offsets.push(c * plane + ky * g.w + kx);
-                    }
-                }
-            }
-            return Band {
-                xpad: &xn[y0 * g.w..g.in_len()],
-                offsets: &s.offsets,
-                wq: g.w,
-                wo: g.wo,
-                plane,
-                q_end: (y1 - y0 - 1) * g.w + g.wo,
-                o: g.o,
-                rows: g.rows(),
-            };
-        }
+        // Unpadded stride-1 kernels (the 1×1 layers) read the image in place: it is its own
+        // padded grid, from row y0 on, so nothing is copied; [`run`] copies only the runs of a
+        // last tile that would read past its end.
+        let in_place = pad == 0 && st == 1;
         // Phase (py, px) holds padded pixels (st·i + py, st·j + px): rows of wq values.
         let wq = (g.w + 2 * pad).div_ceil(st);
         // Phase rows for output rows y0 .. y1: tap ky reads row (oy − y0) + ky / st.
         let hb = y1 - y0 + (k - 1) / st;
-        let plane = hb * wq;
+        // A padded copy holds the band's rows of each channel; in place, the whole image's.
+        let plane = if in_place { g.h * g.w } else { hb * wq };
         let phase = g.c * plane;
         let q_end = (y1 - y0 - 1) * wq + g.wo;
         s.offsets.clear();
@@ -444,11 +425,39 @@ impl<'a> Band<'a> {
                 }
             }
         }
-        // Every read of the last tile stays inside: the largest offset plus whole tiles.
-        let last = s.offsets.iter().max().copied().unwrap_or(0);
-        let len = last + q_end.div_ceil(nr) * nr;
-        s.xpad.clear();
-        s.xpad.resize(len.max(st * st * phase), 0.0);
+        if !in_place {
+            // Every read of the last tile stays inside: the largest offset plus whole tiles.
+            let last = s.offsets.iter().max().copied().unwrap_or(0);
+            s.pad(g, xn, y0, hb, wq, last + q_end.div_ceil(nr) * nr);
+        }
+        let s: &'a Scratch = s;
+        Band {
+            xpad: if in_place {
+                &xn[y0 * g.w..g.in_len()]
+            } else {
+                &s.xpad
+            },
+            offsets: &s.offsets,
+            wq,
+            wo: g.wo,
+            plane,
+            q_end,
+            o: g.o,
+            rows: g.rows(),
+        }
+    }
+}
+
+impl Scratch {
+    /// Fills `xpad` (at least `len` values) with the zero-padded rows of sample xn that the
+    /// band from output row y0 reads: hb rows of wq values per channel and phase (see
+    /// [`Band`]), channel planes hb · wq apart and phases C of them.
+    fn pad(&mut self, g: &ConvGeom, xn: &[f32], y0: usize, hb: usize, wq: usize, len: usize) {
+        let (pad, st) = (g.pad, g.stride);
+        let plane = hb * wq;
+        let phase = g.c * plane;
+        self.xpad.clear();
+        self.xpad.resize(len.max(st * st * phase), 0.0);
         if st == 2 {
             // Each input row once, its values dealt to the two column phases in pairs: a loop
             // over fixed-size chunks that vectorizes into shuffles, where one strided pass per
@@ -464,7 +473,7 @@ impl<'a> Band<'a> {
                         let row = |px: usize| (py * 2 + px) * phase + c * plane + r * wq;
                         let (r0, r1) = (row(0), row(1));
                         // Padded column u = ix + pad goes to phase u % 2, column u / 2 (< wq).
-                        let (xp, rest) = s.xpad.split_at_mut(r1.max(r0));
+                        let (xp, rest) = self.xpad.split_at_mut(r1.max(r0));
                         let (d0, d1) = if r0 < r1 {
                             (&mut xp[r0..][..wq], &mut rest[..wq])
                         } else {
@@ -506,7 +515,7 @@ impl<'a> Band<'a> {
                                 continue;
                             }
                             let src = &xn[(c * g.h + iy as usize) * g.w + ix0..];
-                            let dst = &mut s.xpad[ph * phase + c * plane + r * wq..][j0..j1];
+                            let dst = &mut self.xpad[ph * phase + c * plane + r * wq..][j0..j1];
                             if st == 1 {
                                 dst.copy_from_slice(&src[..dst.len()]);
                             } else {
@@ -518,16 +527,6 @@ impl<'a> Band<'a> {
                     }
                 }
             }
-        }
-        Band {
-            xpad: &s.xpad,
-            offsets: &s.offsets,
-            wq,
-            wo: g.wo,
-            plane,
-            q_end,
-            o: g.o,
-            rows: g.rows(),
         }
     }
 }
