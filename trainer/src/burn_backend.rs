@@ -90,6 +90,38 @@ pub struct BurnBackend {
     pub profile: Option<OpLog>,
     /// Convolutions and GroupNorm through [`crate::flex_ops`] (flex devices) instead of burn's ops.
     pub fast_ops: bool,
+    /// How convolutions run where `fast_ops` is off (burn-wgpu); see [`ConvPath`].
+    pub conv: ConvPath,
+}
+
+/// The convolution of the burn path (where [`crate::flex_ops`] does not apply, i.e. burn-wgpu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ConvPath {
+    /// burn's `conv2d` (autotuned CubeCL kernels, and their own weight and data gradients).
+    #[default]
+    Burn,
+    /// im2col as burn ops (zero padding, one strided slice per tap, concatenation) and one
+    /// batched matmul: its backward is matmuls too, the weight gradient a product batched over
+    /// the samples and summed, so it never runs a long single contraction over N·H·W.
+    Gemm,
+}
+
+impl ConvPath {
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "burn" => Ok(ConvPath::Burn),
+            "gemm" => Ok(ConvPath::Gemm),
+            _ => Err(format!("unknown convolution path `{s}` (burn, gemm)")),
+        }
+    }
+}
+
+static CONV_PATH: std::sync::OnceLock<ConvPath> = std::sync::OnceLock::new();
+
+/// Sets the process's convolution path for burn-wgpu (the binaries' `--conv` flag); once, before
+/// the first [`BurnBackend::new`].
+pub fn set_conv_path(path: ConvPath) {
+    let _ = CONV_PATH.set(path);
 }
 
 impl BurnBackend {
@@ -102,6 +134,7 @@ impl BurnBackend {
             device,
             profile: None,
             fast_ops,
+            conv: CONV_PATH.get().copied().unwrap_or_default(),
         }
     }
 
@@ -128,6 +161,57 @@ impl BurnBackend {
             shape,
         )
     }
+}
+
+/// [`ConvPath::Gemm`]: y[n] = W · cols(x[n]) + b, with W laid out [C_out, (ky, kx, C_in)] and the
+/// columns [N, (ky, kx, C_in), H_out·W_out] gathered by one strided slice of the zero-padded
+/// input per tap.
+pub fn conv2d_gemm(
+    x: Tensor<4>,
+    w: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<4> {
+    use burn::tensor::ops::PadMode;
+    use burn::tensor::Slice;
+    let [n, c, h, wd] = x.dims();
+    let [co, ci, kh, kw] = w.dims();
+    debug_assert_eq!(c, ci);
+    let ho = (h + 2 * padding - kh) / stride + 1;
+    let wo = (wd + 2 * padding - kw) / stride + 1;
+    let k = ci * kh * kw;
+    let cols = if kh == 1 && kw == 1 && stride == 1 && padding == 0 {
+        x.reshape([n, c, h * wd])
+    } else {
+        let xp = if padding > 0 {
+            x.pad((padding, padding, padding, padding), PadMode::Constant(0.0))
+        } else {
+            x
+        };
+        let span = |o: usize, len: usize| {
+            Slice::new(
+                o as isize,
+                Some((o + stride * (len - 1) + 1) as isize),
+                stride as isize,
+            )
+        };
+        let mut taps = Vec::with_capacity(kh * kw);
+        for ky in 0..kh {
+            for kx in 0..kw {
+                taps.push(xp.clone().slice([
+                    Slice::new(0, Some(n as isize), 1),
+                    Slice::new(0, Some(c as isize), 1),
+                    span(ky, ho),
+                    span(kx, wo),
+                ]));
+            }
+        }
+        Tensor::cat(taps, 1).reshape([n, k, ho * wo])
+    };
+    let w2 = w.permute([0, 2, 3, 1]).reshape([1, co, k]);
+    let y = w2.matmul(cols) + bias.reshape([1, co, 1]);
+    y.reshape([n, co, ho, wo])
 }
 
 fn wrap(t: Tensor<4>, shape: Vec<usize>) -> BurnTensor {
@@ -166,6 +250,14 @@ impl Backend for BurnBackend {
         let out = conv2d_out_shape(&x.shape, &w.shape, geom);
         let mut y = if self.fast_ops {
             crate::flex_ops::conv2d(
+                x.t.clone(),
+                w.t.clone(),
+                bias.r1(),
+                geom.stride,
+                geom.padding,
+            )
+        } else if self.conv == ConvPath::Gemm {
+            conv2d_gemm(
                 x.t.clone(),
                 w.t.clone(),
                 bias.r1(),

@@ -1199,8 +1199,9 @@ mod tests {
         (worst, scale)
     }
 
-    /// Values and the x, w and b gradients against burn's own conv2d, for every geometry the
-    /// networks use (3×3 same, 3×3 stride 2, 1×1), odd sizes, batch > 1.
+    /// Values and the x, w and b gradients of the flex conv and of burn-wgpu's im2col + matmul
+    /// path ([`crate::burn_backend::conv2d_gemm`], run here on flex) against burn's own conv2d,
+    /// for every geometry the networks use (3×3 same, 3×3 stride 2, 1×1), odd sizes, batch > 1.
     #[test]
     fn fast_conv_matches_burns_conv2d() {
         let dev = Device::flex().autodiff();
@@ -1217,17 +1218,25 @@ mod tests {
             let wt = Tensor::<4>::random([o, c, k, k], Distribution::Normal(0.0, 0.3), &dev);
             let b = Tensor::<1>::random([o], Distribution::Normal(0.0, 0.3), &dev);
             // A weighted sum makes every output's gradient differ.
-            let run = |fast: bool| {
+            let run = |path: &str| {
                 let (x, wt, b) = (
                     x.clone().require_grad(),
                     wt.clone().require_grad(),
                     b.clone().require_grad(),
                 );
-                let y = if fast {
-                    conv2d(x.clone(), wt.clone(), b.clone(), stride, pad)
-                } else {
-                    let opts = ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1);
-                    burn_conv2d(x.clone(), wt.clone(), Some(b.clone()), opts)
+                let y = match path {
+                    "fast" => conv2d(x.clone(), wt.clone(), b.clone(), stride, pad),
+                    "gemm" => crate::burn_backend::conv2d_gemm(
+                        x.clone(),
+                        wt.clone(),
+                        b.clone(),
+                        stride,
+                        pad,
+                    ),
+                    _ => {
+                        let opts = ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1);
+                        burn_conv2d(x.clone(), wt.clone(), Some(b.clone()), opts)
+                    }
                 };
                 let weights = y.clone().detach().sin();
                 let grads = (y.clone() * weights).sum().backward();
@@ -1238,12 +1247,14 @@ mod tests {
                     b.grad(&grads).unwrap().reshape([o, 1, 1, 1]),
                 ]
             };
-            assert_close(
-                &format!("{n}×{c}×{h}×{w} → {o}, k {k} stride {stride}"),
-                ["y", "dx", "dw", "db"],
-                run(true),
-                run(false),
-            );
+            for path in ["fast", "gemm"] {
+                assert_close(
+                    &format!("{path}: {n}×{c}×{h}×{w} → {o}, k {k} stride {stride} pad {pad}"),
+                    ["y", "dx", "dw", "db"],
+                    run(path),
+                    run("burn"),
+                );
+            }
         }
     }
 }

@@ -39,6 +39,11 @@ use std::path::PathBuf;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Convolutions on burn-wgpu (training, bench, the GPU report's burn column): burn (its
+    /// conv2d kernels) or gemm (im2col and batched matmuls as burn ops). flex always runs the
+    /// trainer's own CPU kernels.
+    #[arg(long, global = true, default_value = "burn")]
+    wgpu_conv: String,
 }
 
 /// Help text for a flag whose value comes from the run config, with the config's default
@@ -452,6 +457,9 @@ fn resolve(a: &TrainArgs) -> Result<TrainConfig> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    burn_backend::set_conv_path(
+        burn_backend::ConvPath::parse(&cli.wgpu_conv).map_err(anyhow::Error::msg)?,
+    );
     match cli.command {
         Command::Train(a) => {
             let cfg = resolve(&a)?;

@@ -144,7 +144,7 @@ impl Op {
                 .collect();
             let start = Instant::now();
             match self.call(&be, &t) {
-                Some(y) => finish(start, y, backward),
+                Some(y) => finish(start, y, backward, device),
                 None => 0.0,
             }
         };
@@ -158,11 +158,13 @@ impl Op {
     }
 }
 
-/// Seconds from `start` until `y` (and, if asked, the backward of its sum) is computed.
-fn finish(start: Instant, y: BurnTensor, backward: bool) -> f64 {
+/// Seconds from `start` until `y` (and, if asked, the backward of its sum) is computed. The
+/// backward waits for the device: on burn-wgpu `backward()` returns once its kernels are queued.
+fn finish(start: Instant, y: BurnTensor, backward: bool, device: &Device) -> f64 {
     let s = y.t.sum();
     if backward {
         let g = s.backward();
+        let _ = device.sync();
         drop(g);
     } else {
         let _ = s.into_scalar::<f32>();

@@ -226,6 +226,11 @@ impl Session {
         }
         let t2 = Instant::now();
         let grads = loss.total.backward();
+        if self.be.profile.is_some() {
+            // Profiling: wait for the backward's kernels (burn-wgpu queues them and returns), so
+            // its time is not counted in the update's first readback.
+            let _ = self.be.device.sync();
+        }
         let t3 = Instant::now();
         let (g, norm) = optim::gradients(&st.params.values, &grads);
         if !norm.is_finite() {
