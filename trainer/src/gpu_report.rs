@@ -880,7 +880,7 @@ impl Report {
             m,
             "\n## Forward: flowmap WGSL against burn-wgpu (same adapter, same weights)\n"
         );
-        let _ = writeln!(m, "WGSL GPU: first pass start to last pass end on the GPU clock. Wall: forward + readback of the output, input already on the GPU. % of peak: WGSL GFLOP/s (GPU clock where there is one) against the best matmul above.\n");
+        let _ = writeln!(m, "WGSL GPU: first pass start to last pass end on the GPU clock. Wall: forward + readback of the output, input already on the GPU. % of peak: WGSL GFLOP/s (GPU clock where there is one) against the best matmul above. burn-wgpu: burn 0.22 with its `autotune` and `fusion` features (as burn-wgpu's defaults), the trainer's training backend; its warm-up forward absorbs the autotuning.\n");
         let _ = writeln!(m, "f16: the WGSL forward with f16 storage and f32 arithmetic (where the adapter has SHADER_F16), on the GPU clock where there is one, else wall; f16 ÷ f32 on that same clock.\n");
         let _ = writeln!(m, "| model | batch | GFLOP | WGSL GPU ms | WGSL wall ms | burn-wgpu wall ms | WGSL ÷ burn (wall) | WGSL GFLOP/s | % of peak | WGSL f16 ms | f16 ÷ f32 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for f in &self.forward {

@@ -164,7 +164,7 @@ enum Command {
     /// flowmap's WGSL forward against burn-wgpu's, kernel GFLOP/s against a same-run matmul,
     /// sampling throughput and the issue's goals, as Markdown and JSON.
     #[command(after_help = "Examples:
-  trainer gpu-report --out gpu-report            # on a machine with a GPU (about 3 minutes)
+  trainer gpu-report --out gpu-report            # on a machine with a GPU (under a minute on an H200, plus burn-wgpu's autotuning)
   trainer gpu-report --out /tmp/r --dry-run      # tiny sizes, any adapter (CI runs this on lavapipe)")]
     GpuReport {
         /// The directory for gpu-report.md and gpu-report.json.
