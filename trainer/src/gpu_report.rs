@@ -635,10 +635,17 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
             };
             let gpu_secs = timed.as_ref().map(|t| t.0);
             let secs = gpu_secs.unwrap_or(wall);
-            // f16 storage: the same forward on the f16 backend, on the same clock as `secs`.
+            // f16 storage: the same forward on the f16 backend, on the same clock as `secs`,
+            // with its dispatches where the GPU clock timed them.
+            let mut f16_timed: Option<(f64, Dispatches)> = None;
             let f16_secs = gpu16.as_ref().and_then(|g16| {
                 let timed16 = if gpu_secs.is_some() {
-                    gpu_forward(g16, w, batch, sizes.iters).map(|t| t.map(|t| t.0))
+                    gpu_forward(g16, w, batch, sizes.iters).map(|t| {
+                        t.map(|(span, d)| {
+                            f16_timed = Some((span, d));
+                            span
+                        })
+                    })
                 } else {
                     w.network(g16)
                         .map_err(Into::into)
@@ -686,6 +693,17 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
                     }
                     gpu.set_conv_tiles(ConvTiles::ByLayer);
                 }
+            }
+            // The f16 forward's kernels: its traffic is half the f32 count (every stored value
+            // is an f16), so GB/s compare like for like.
+            if let Some((span, d)) = f16_timed {
+                let d = d
+                    .into_iter()
+                    .map(|(label, secs, flops, bytes)| (label, secs, flops, bytes / 2.0))
+                    .collect();
+                report
+                    .kernels
+                    .extend(kernel_rows(name, batch, span, d, peak, " (f16)"));
             }
             report.notes.append(&mut notes);
             report.save(out, started)?;
