@@ -2,7 +2,8 @@
 # The GPU report (issue 10) in one command: the adapter, kernel parity at production sizes, flowmap's
 # WGSL forward against burn-wgpu's on the same adapter and weights, kernel GFLOP/s against a
 # same-run matmul, sampling throughput, and the performance goals, written as gpu-report.md and
-# gpu-report.json (plus the run's log and an environment summary) into OUT_DIR.
+# gpu-report.json (plus the run's log, an environment summary and, except in a dry run, a profile
+# of the trainer's step on burn-wgpu, training-profile.md) into OUT_DIR.
 #
 #   scripts/gpu-report.sh OUT_DIR                      # builds the trainer (release), then runs
 #   scripts/gpu-report.sh OUT_DIR --trainer PATH       # a prebuilt trainer: no compiler, no network
@@ -16,7 +17,7 @@
 # autotunes its kernels on first use, which adds to that.
 set -euo pipefail
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
 out="" dry="" trainer=""
 while [ $# -gt 0 ]; do
@@ -57,5 +58,14 @@ fi
 set +e
 "$trainer" gpu-report --out "$out" $dry 2>&1 | tee "$out/gpu-report.log"
 rc=${PIPESTATUS[0]}
+if [ -z "$dry" ]; then
+  # Training on the same adapter: burn-wgpu's MNIST `fm` step at batch 256, split into forward,
+  # backward (per op family) and update, against a same-run matmul (docs/GPU.md, "Training on
+  # the GPU"). Not in the dry run: the trainer's tests cover the profile on flex and wgpu
+  # training on lavapipe.
+  echo "training profile (burn-wgpu, fm, batch 256) -> $out/training-profile.md"
+  "$trainer" bench --preset mnist --batch 256 --profile 3 --backend wgpu --objectives fm \
+    > "$out/training-profile.md" 2>&1 || echo "gpu-report.sh: the training profile failed (see $out/training-profile.md)" >&2
+fi
 set -e
 exit "$rc"
