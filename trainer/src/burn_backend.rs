@@ -118,7 +118,7 @@ impl ConvPath {
 
 static CONV_PATH: std::sync::OnceLock<ConvPath> = std::sync::OnceLock::new();
 
-/// Sets the process's convolution path for burn-wgpu (the binaries' `--conv` flag); once, before
+/// Sets the process's convolution path for burn-wgpu (the trainer's `--wgpu-conv` flag); once, before
 /// the first [`BurnBackend::new`].
 pub fn set_conv_path(path: ConvPath) {
     let _ = CONV_PATH.set(path);
