@@ -16,14 +16,14 @@ mod norm;
 pub mod pool;
 mod simd;
 
-pub use attention::attention;
+pub use attention::{attention, attention_reference};
 pub use conv::{conv2d, conv2d_packed, conv2d_reference};
 pub use elementwise::{
     activate, activate_reference, add, concat_channels, embedding_frequencies, exp_fast, flow_step,
     repeat_rows, silu_fast, timestep_embedding, upsample_nearest2x,
 };
 pub use linear::{linear, linear_reference};
-pub use norm::{group_norm, group_norm_reference, sum8};
+pub use norm::{group_norm, group_norm_reference, sum16};
 pub use simd::Isa;
 
 use crate::backend::{Backend, Conv2d, Shaped};
@@ -297,7 +297,11 @@ impl Backend for CpuBackend {
 
     fn attention(&self, qkv: &CpuTensor, heads: usize) -> CpuTensor {
         let (n, c3, l) = (qkv.shape[0], qkv.shape[1], qkv.shape[2]);
-        let y = attention(&qkv.data, n, c3 / 3, l, heads);
+        let y = if self.fast() {
+            attention(&qkv.data, n, c3 / 3, l, heads)
+        } else {
+            attention_reference(&qkv.data, n, c3 / 3, l, heads)
+        };
         self.out(y, &[n, c3 / 3, l])
     }
 
