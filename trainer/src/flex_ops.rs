@@ -40,7 +40,7 @@ use flowmap::cpu::gemm::{
     Threads::{All, One},
 };
 use flowmap::cpu::im2col::ConvGeom;
-use flowmap::cpu::{direct, exp_fast, sum8};
+use flowmap::cpu::{direct, exp_fast, sum16};
 use rayon::prelude::*;
 
 /// The fused ops (convolution, linear layer, modulation + activation, GroupNorm) as a backend
@@ -316,7 +316,7 @@ pub(crate) fn backward_wb(x: &[f32], dy: &[f32], g: ConvGeom) -> (Vec<f32>, Vec<
             let xn = &x[i * in_len..(i + 1) * in_len];
             let dyn_ = &dy[i * g.o * p..(i + 1) * g.o * p];
             for (o, row) in dyn_.chunks(p).enumerate() {
-                db[o] += sum8(row, |v| v) as f32;
+                db[o] += sum16(row, |v| v) as f32;
             }
             // One GEMM per tap straight from the padded image, no im2col.
             direct::weight_grad(&g, xn, dyn_, &mut dw, &mut scratch);
@@ -565,13 +565,13 @@ fn modulate_rows_backward<A: Act>(
     }
 }
 
-/// (mean, 1/√(var + eps)) of a group: two passes of vectorizable sums (eight f32 lanes, combined
-/// in f64).
+/// (mean, 1/√(var + eps)) of a group: two passes of vectorizable sums (sixteen f32 lanes,
+/// combined in f64).
 #[inline(always)]
 fn stats(v: &[f32], eps: f32) -> (f32, f32) {
     let m = v.len() as f64;
-    let mean = (sum8(v, |x| x) / m) as f32;
-    let var = sum8(v, |x| (x - mean) * (x - mean)) / m;
+    let mean = (sum16(v, |x| x) / m) as f32;
+    let var = sum16(v, |x| (x - mean) * (x - mean)) / m;
     (mean, (1.0 / (var + eps as f64).sqrt()) as f32)
 }
 
@@ -706,7 +706,7 @@ flowmap::multiversion! {
         let (mean, rstd) = stats(xb, eps);
         let (mut s1, mut s2) = (0.0f64, 0.0f64);
         // Pass 1, per channel: dz (the gradient before the affine) into dx, then
-        // da = Σ dz · x̂ and db = Σ dz in eight f32 lanes (vectorizable), combined in f64.
+        // da = Σ dz · x̂ and db = Σ dz in sixteen f32 lanes (vectorizable), combined in f64.
         // With dx̂ = dz · a: Σ dx̂ = a · db and Σ dx̂ · x̂ = a · da.
         for j in 0..a.len() {
             let (aj, bj) = (a[j], b[j]);
@@ -721,13 +721,14 @@ flowmap::multiversion! {
             } else {
                 d.copy_from_slice(&dyb[range]);
             }
-            let (mut da, mut db) = ([0.0f32; 8], [0.0f32; 8]);
-            let (dch, xch) = (d.chunks_exact(8), xc.chunks_exact(8));
+            // Sixteen lanes, not eight: see flowmap's `sum16`.
+            let (mut da, mut db) = ([0.0f32; 16], [0.0f32; 16]);
+            let (dch, xch) = (d.chunks_exact(16), xc.chunks_exact(16));
             let (dr, xr) = (dch.remainder(), xch.remainder());
             for (dz, xv) in dch.zip(xch) {
-                for l in 0..8 {
-                    da[l] += dz[l] * ((xv[l] - mean) * rstd);
-                    db[l] += dz[l];
+                for (((da, db), &dz), &xv) in da.iter_mut().zip(db.iter_mut()).zip(dz).zip(xv) {
+                    *da += dz * ((xv - mean) * rstd);
+                    *db += dz;
                 }
             }
             let mut da: f64 = da.iter().map(|&v| v as f64).sum();
