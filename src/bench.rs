@@ -26,6 +26,9 @@ pub struct Call {
     pub family: OpFamily,
     /// The family's name, or `conv3x3` / `conv1x1` for convolutions by kernel size.
     pub label: String,
+    /// The layer shape ([`Profiled::layer_stats`]'s key): a convolution's geometry, else the
+    /// family's name.
+    pub layer: String,
     pub flops: f64,
     pub bytes: f64,
 }
@@ -104,9 +107,11 @@ impl<'a, B: Backend> Profiled<'a, B> {
         let before = self.shapes.ops().len();
         cost(&self.shapes);
         let c = self.shapes.ops()[before];
+        let layer = layer.unwrap_or_else(|| c.family.name().to_string());
         self.calls.borrow_mut().push(Call {
             family: c.family,
             label: label.unwrap_or_else(|| c.family.name().to_string()),
+            layer: layer.clone(),
             flops: c.flops,
             bytes: c.bytes,
         });
@@ -118,7 +123,6 @@ impl<'a, B: Backend> Profiled<'a, B> {
         // A failed sync shows up at the caller's next download.
         let _ = self.inner.sync();
         let time = t0.elapsed();
-        let layer = layer.unwrap_or_else(|| c.family.name().to_string());
         let add = |s: &mut FamilyStats| {
             s.calls += 1;
             s.time += time;

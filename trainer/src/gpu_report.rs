@@ -184,6 +184,9 @@ pub struct Report {
     pub peaks: Vec<PeakRow>,
     pub forward: Vec<ForwardRow>,
     pub kernels: Vec<KernelRow>,
+    /// The U-Net's convolutions per layer shape at batch 1 and the largest batch (`kernel` is
+    /// the layer).
+    pub layers: Vec<KernelRow>,
     pub sampling: Vec<SampleRow>,
     pub goals: Vec<Goal>,
     pub notes: Vec<String>,
@@ -313,8 +316,19 @@ fn wall_forward<B: Backend>(
     Ok(median(times))
 }
 
-/// GPU-clock times of one forward: the span, and (label, seconds, flops, bytes) per dispatch.
-type Dispatches = Vec<(String, f64, f64, f64)>;
+/// One timed dispatch: its op family's label (`conv3x3`, `group_norm`, ...), its layer shape
+/// (`conv3x3 32→32 14×14 s1 +res`; the family's name for other ops), GPU seconds and its cost.
+#[derive(Debug, Clone)]
+struct Dispatch {
+    label: String,
+    layer: String,
+    secs: f64,
+    flops: f64,
+    bytes: f64,
+}
+
+/// GPU-clock times of one forward: the span, and every dispatch.
+type Dispatches = Vec<Dispatch>;
 
 fn gpu_forward(
     gpu: &GpuBackend,
@@ -356,7 +370,13 @@ fn gpu_forward(
                 calls
                     .into_iter()
                     .zip(times.dispatches)
-                    .map(|(c, (_, secs))| (c.label, secs, c.flops, c.bytes))
+                    .map(|(c, (_, secs))| Dispatch {
+                        label: c.label,
+                        layer: c.layer,
+                        secs,
+                        flops: c.flops,
+                        bytes: c.bytes,
+                    })
                     .collect(),
             );
         }
@@ -374,16 +394,8 @@ fn kernel_rows<'a>(
     peak: f64,
     suffix: &'a str,
 ) -> impl Iterator<Item = KernelRow> + 'a {
-    let mut by: BTreeMap<String, (usize, f64, f64, f64)> = BTreeMap::new();
-    for (label, secs, flops, bytes) in dispatches {
-        let e = by.entry(label).or_default();
-        e.0 += 1;
-        e.1 += secs;
-        e.2 += flops;
-        e.3 += bytes;
-    }
-    by.into_iter()
-        .map(move |(kernel, (count, secs, flops, bytes))| {
+    summed(dispatches, |d| d.label.clone()).into_iter().map(
+        move |(kernel, (count, secs, flops, bytes))| {
             let secs = secs.max(1e-9);
             KernelRow {
                 model: model.into(),
@@ -396,7 +408,58 @@ fn kernel_rows<'a>(
                 gbytes_per_s: bytes / secs / 1e9,
                 pct_of_peak: 100.0 * flops / secs / 1e9 / peak,
             }
+        },
+    )
+}
+
+/// (dispatches, seconds, flops, bytes) summed per key.
+fn summed(
+    dispatches: Dispatches,
+    key: impl Fn(&Dispatch) -> String,
+) -> BTreeMap<String, (usize, f64, f64, f64)> {
+    let mut by: BTreeMap<String, (usize, f64, f64, f64)> = BTreeMap::new();
+    for d in dispatches {
+        let e = by.entry(key(&d)).or_default();
+        e.0 += 1;
+        e.1 += d.secs;
+        e.2 += d.flops;
+        e.3 += d.bytes;
+    }
+    by
+}
+
+/// One forward's convolutions summed per layer shape, slowest first: which layers hold the
+/// convolution back on this adapter.
+fn layer_rows(
+    model: &str,
+    batch: usize,
+    span: f64,
+    dispatches: Dispatches,
+    peak: f64,
+) -> Vec<KernelRow> {
+    let convs = dispatches
+        .into_iter()
+        .filter(|d| d.label.starts_with("conv"))
+        .collect();
+    let mut rows: Vec<KernelRow> = summed(convs, |d| d.layer.clone())
+        .into_iter()
+        .map(|(layer, (count, secs, flops, bytes))| {
+            let secs = secs.max(1e-9);
+            KernelRow {
+                model: model.into(),
+                batch,
+                kernel: layer,
+                dispatches: count,
+                ms: secs * 1e3,
+                share: secs / span.max(1e-9),
+                gflops: flops / secs / 1e9,
+                gbytes_per_s: bytes / secs / 1e9,
+                pct_of_peak: 100.0 * flops / secs / 1e9 / peak,
+            }
         })
+        .collect();
+    rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    rows
 }
 
 /// flowmap's linear kernel on an n×n by n×n product, GPU clock where it can (else wall clock).
@@ -507,6 +570,7 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
         peaks: Vec::new(),
         forward: Vec::new(),
         kernels: Vec::new(),
+        layers: Vec::new(),
         sampling: Vec::new(),
         goals: Vec::new(),
         notes: std::mem::take(&mut notes),
@@ -517,6 +581,7 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
         .map(|n| Ok((*n, flowmap::models::find(n)?.load()?)))
         .collect::<Result<_>>()?;
     let model = |n: &str| pick(&models, n);
+    let big_batch = *sizes.unet_batches.iter().max().unwrap_or(&1);
     let batches = |n: &str| {
         if n == "mnist" {
             sizes.unet_batches.clone()
@@ -674,6 +739,11 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
                 wgsl_over_burn: burn.map(|b| wall / b),
             });
             if let Some((span, dispatches)) = timed {
+                if name == "mnist" && (batch == 1 || batch == big_batch) {
+                    report
+                        .layers
+                        .extend(layer_rows(name, batch, span, dispatches.clone(), peak));
+                }
                 report
                     .kernels
                     .extend(kernel_rows(name, batch, span, dispatches, peak, ""));
@@ -699,7 +769,10 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
             if let Some((span, d)) = f16_timed {
                 let d = d
                     .into_iter()
-                    .map(|(label, secs, flops, bytes)| (label, secs, flops, bytes / 2.0))
+                    .map(|d| Dispatch {
+                        bytes: d.bytes / 2.0,
+                        ..d
+                    })
                     .collect();
                 report
                     .kernels
@@ -936,6 +1009,24 @@ impl Report {
                 );
             }
         }
+        if !self.layers.is_empty() {
+            let _ = writeln!(m, "\n## Convolutions by layer (GPU clock, one forward, slowest first)\n\nEach U-Net convolution by input → output channels, input size and stride (the key of `flowmap bench --layers`); the tile is `ConvTile::for_layer`'s choice (src/gpu/tiles.rs).\n\n| model | batch | layer | dispatches | ms | share | GFLOP/s | GB/s | % of peak |\n|---|---:|---|---:|---:|---:|---:|---:|---:|");
+            for k in &self.layers {
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {} | {} | {:.3} | {:.0}% | {} | {} | {:.1} |",
+                    k.model,
+                    k.batch,
+                    k.kernel,
+                    k.dispatches,
+                    k.ms,
+                    100.0 * k.share,
+                    rate(k.gflops),
+                    rate(k.gbytes_per_s),
+                    k.pct_of_peak
+                );
+            }
+        }
         let _ = writeln!(m, "\n## Sampling (end to end: upload, K jumps, readback; wall clock)\n\n| model | storage | samples | K | ms | samples/s |\n|---|---|---:|---:|---:|---:|");
         for s in &self.sampling {
             let _ = writeln!(
@@ -963,5 +1054,43 @@ impl Report {
             }
         }
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dispatch(label: &str, layer: &str, secs: f64) -> Dispatch {
+        Dispatch {
+            label: label.into(),
+            layer: layer.into(),
+            secs,
+            flops: 2e9 * secs,
+            bytes: 1e6,
+        }
+    }
+
+    /// The per-layer table sums the dispatches of each convolution shape, leaves the other ops
+    /// out, and lists the slowest layer first.
+    #[test]
+    fn layer_rows_sum_each_convolution_shape_slowest_first() {
+        let d = vec![
+            dispatch("conv3x3", "conv3x3 16→16 28×28 s1", 0.001),
+            dispatch("group_norm", "group_norm", 0.005),
+            dispatch("conv1x1", "conv1x1 32→16 28×28 s1", 0.0015),
+            dispatch("conv3x3", "conv3x3 16→16 28×28 s1", 0.001),
+        ];
+        let rows = layer_rows("mnist", 4, 0.01, d, 100.0);
+        let got: Vec<(&str, usize)> = rows
+            .iter()
+            .map(|r| (r.kernel.as_str(), r.dispatches))
+            .collect();
+        assert_eq!(
+            got,
+            [("conv3x3 16→16 28×28 s1", 2), ("conv1x1 32→16 28×28 s1", 1)]
+        );
+        assert!((rows[0].ms - 2.0).abs() < 1e-9 && (rows[0].share - 0.2).abs() < 1e-9);
+        assert!((rows[0].gflops - 2.0).abs() < 1e-9 && (rows[0].pct_of_peak - 2.0).abs() < 1e-9);
     }
 }
