@@ -5,7 +5,8 @@
 // Tiling: 256 threads compute a BM (channels) × BN (pixels) output tile, BM · BN = 4096, each
 // thread a 4 × 4 register block held in four vec4 accumulators (channels 4ty.., pixels 4tx..),
 // read from workgroup memory as two 16-byte loads per k: 16 FMAs per 2 loads. K advances BK at
-// a time. This file is the 64 × 64 tile; the host builds a 32 × 128 and a 16 × 256 variant by
+// a time, tap by tap when BK divides c_in (`load_tap_major`), else channel by channel
+// (`load_channel_major`). This file is the 64 × 64 tile; the host builds a 32 × 128 and a 16 × 256 variant by
 // rewriting the two constants below (src/gpu/kernels.rs, `ConvTile`), so that the U-Net's
 // 16- and 32-channel layers do not compute a 64-channel tile of which half or three quarters
 // is thrown away. Serves 3×3 and 1×1 kernels, any stride and padding. Reference:
@@ -113,49 +114,19 @@ fn main(
     let ox = i32((pix % p.w_out) * p.stride) - i32(p.pad);
     let x_img = img * p.c_in * p.h_in * p.w_in;
 
+    // Tap-major K: when BK divides c_in (every U-Net layer but the 1-channel stem), K is walked
+    // as k = tap · c_in + ci, so each k-step lies within one tap (ky, kx). The tap, its bounds
+    // check and the thread's input address are then one computation per k-step, and each
+    // gather is a multiply-add on the channel, where the channel-major walk below decomposes
+    // every load's k into (ci, ky, kx) and checks its bounds (8 gathers per k-step per thread
+    // in the narrow tiles, about half the instructions of their 128-256 FMAs). Only the order
+    // of the sum over K changes.
+    let tap_major = p.c_in % BK == 0u;
     for (var k0 = 0u; k0 < kdim; k0 += BK) {
-        // Weights [c_out, kdim]: BK consecutive threads read BK consecutive k, stored
-        // transposed.
-        for (var r = 0u; r < A_LOADS; r++) {
-            let m = ma + (256u / BK) * r;
-            if (m < BM) {
-                let gm = tile_m + m;
-                let gk = k0 + ka;
-                var v = 0.0;
-                if (gm < p.c_out && gk < kdim) {
-                    v = f32(w[gm * kdim + gk]);
-                }
-                a_tile[ka * ROW_A + m / 4u][m % 4u] = v;
-            }
-        }
-        // im2col slice: consecutive threads take consecutive output pixels (coalesced rows of
-        // x).
-        for (var r = 0u; r < B_LOADS; r++) {
-            let kb = kb0 + (256u / BN) * r;
-            let gkb = k0 + kb;
-            var xv = 0.0;
-            if (pix_ok && gkb < kdim) {
-                var ci = gkb;
-                var ky = 0u;
-                var kx = 0u;
-                if (p.ksize == 3u) {
-                    ci = gkb / 9u;
-                    let tap = gkb - ci * 9u;
-                    ky = tap / 3u;
-                    kx = tap - ky * 3u;
-                } else if (p.ksize != 1u) {
-                    ci = gkb / kk2;
-                    let tap = gkb - ci * kk2;
-                    ky = tap / p.ksize;
-                    kx = tap - ky * p.ksize;
-                }
-                let iy = oy + i32(ky);
-                let ix = ox + i32(kx);
-                if (iy >= 0 && ix >= 0 && iy < i32(p.h_in) && ix < i32(p.w_in)) {
-                    xv = f32(x[x_img + (ci * p.h_in + u32(iy)) * p.w_in + u32(ix)]);
-                }
-            }
-            b_tile[kb * ROW_B + nb / 4u][nb % 4u] = xv;
+        if (tap_major) {
+            load_tap_major(k0, kdim, kk2, tile_m, ka, ma, kb0, nb, pix_ok, oy, ox, x_img);
+        } else {
+            load_channel_major(k0, kdim, kk2, tile_m, ka, ma, kb0, nb, pix_ok, oy, ox, x_img);
         }
         workgroupBarrier();
         for (var k = 0u; k < BK; k++) {
@@ -175,4 +146,92 @@ fn main(
     store4(gm + 1u, gn, npix, hw_out, c1);
     store4(gm + 2u, gn, npix, hw_out, c2);
     store4(gm + 3u, gn, npix, hw_out, c3);
+}
+
+// The tiles of k-step k0 with K walked tap-major (k = tap · c_in + ci; BK divides c_in): the
+// whole step is one tap, so its bounds check and this thread's input address are computed once
+// and each gather adds a channel plane.
+fn load_tap_major(
+    k0: u32, kdim: u32, kk2: u32, tile_m: u32, ka: u32, ma: u32, kb0: u32, nb: u32,
+    pix_ok: bool, oy: i32, ox: i32, x_img: u32,
+) {
+    let plane = p.h_in * p.w_in;
+    let tap = k0 / p.c_in;
+    let ci0 = k0 - tap * p.c_in;
+    let ky = tap / p.ksize;
+    let kx = tap - ky * p.ksize;
+    // Weights [c_out, c_in, k, k]: entry (gm, ci0 + ka, tap).
+    for (var r = 0u; r < A_LOADS; r++) {
+        let m = ma + (256u / BK) * r;
+        if (m < BM) {
+            let gm = tile_m + m;
+            var v = 0.0;
+            if (gm < p.c_out) {
+                v = f32(w[gm * kdim + (ci0 + ka) * kk2 + tap]);
+            }
+            a_tile[ka * ROW_A + m / 4u][m % 4u] = v;
+        }
+    }
+    let iy = oy + i32(ky);
+    let ix = ox + i32(kx);
+    let inside = pix_ok && iy >= 0 && ix >= 0 && iy < i32(p.h_in) && ix < i32(p.w_in);
+    let at = x_img + ci0 * plane + u32(max(iy, 0)) * p.w_in + u32(max(ix, 0));
+    for (var r = 0u; r < B_LOADS; r++) {
+        let kb = kb0 + (256u / BN) * r;
+        var xv = 0.0;
+        if (inside) {
+            xv = f32(x[at + kb * plane]);
+        }
+        b_tile[kb * ROW_B + nb / 4u][nb % 4u] = xv;
+    }
+}
+
+// The tiles of k-step k0 with K walked channel-major (k = ci · k² + tap), for any c_in: each
+// load decomposes its k and checks its bounds. Weights [c_out, kdim]: BK consecutive threads
+// read BK consecutive k, stored transposed.
+fn load_channel_major(
+    k0: u32, kdim: u32, kk2: u32, tile_m: u32, ka: u32, ma: u32, kb0: u32, nb: u32,
+    pix_ok: bool, oy: i32, ox: i32, x_img: u32,
+) {
+    for (var r = 0u; r < A_LOADS; r++) {
+        let m = ma + (256u / BK) * r;
+        if (m < BM) {
+            let gm = tile_m + m;
+            let gk = k0 + ka;
+            var v = 0.0;
+            if (gm < p.c_out && gk < kdim) {
+                v = f32(w[gm * kdim + gk]);
+            }
+            a_tile[ka * ROW_A + m / 4u][m % 4u] = v;
+        }
+    }
+    // im2col slice: consecutive threads take consecutive output pixels (coalesced rows of
+    // x).
+    for (var r = 0u; r < B_LOADS; r++) {
+        let kb = kb0 + (256u / BN) * r;
+        let gkb = k0 + kb;
+        var xv = 0.0;
+        if (pix_ok && gkb < kdim) {
+            var ci = gkb;
+            var ky = 0u;
+            var kx = 0u;
+            if (p.ksize == 3u) {
+                ci = gkb / 9u;
+                let tap = gkb - ci * 9u;
+                ky = tap / 3u;
+                kx = tap - ky * 3u;
+            } else if (p.ksize != 1u) {
+                ci = gkb / kk2;
+                let tap = gkb - ci * kk2;
+                ky = tap / p.ksize;
+                kx = tap - ky * p.ksize;
+            }
+            let iy = oy + i32(ky);
+            let ix = ox + i32(kx);
+            if (iy >= 0 && ix >= 0 && iy < i32(p.h_in) && ix < i32(p.w_in)) {
+                xv = f32(x[x_img + (ci * p.h_in + u32(iy)) * p.w_in + u32(ix)]);
+            }
+        }
+        b_tile[kb * ROW_B + nb / 4u][nb % 4u] = xv;
+    }
 }

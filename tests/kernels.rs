@@ -55,6 +55,10 @@ fn conv2d_matches_cpu() {
         ([2, 4, 8, 8], 6, 3, Conv2d::DOWN, false),
         ([1, 8, 5, 5], 8, 3, Conv2d::DOWN, false),
         ([2, 19, 11, 13], 67, 3, Conv2d::SAME, true),
+        // Input channels a multiple of the k-step: K walked tap-major (conv2d.wgsl).
+        ([2, 16, 9, 7], 5, 3, Conv2d::SAME, true),
+        ([2, 32, 6, 6], 24, 3, Conv2d::DOWN, false),
+        ([1, 48, 5, 5], 16, 1, Conv2d::POINTWISE, false),
     ];
     for (xs, cout, k, geom, res) in cases {
         let os = flowmap::backend::conv2d_out_shape(&xs, &[cout, xs[1], k, k], geom);
@@ -86,7 +90,8 @@ fn every_conv_tile_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(2);
     // (input shape, c_out, kernel, geometry, with residual): 1, 15–17 and 31–33 channels;
-    // 300 and 578 pixels (one 256-pixel tile and a part, two and a part), stride 2, 1×1.
+    // 300 and 578 pixels (one 256-pixel tile and a part, two and a part), stride 2, 1×1; input
+    // channels that do and do not divide into the tile's k-steps.
     let cases = [
         ([3, 5, 10, 10], 1, 3, Conv2d::SAME, true),
         ([3, 5, 10, 10], 15, 3, Conv2d::SAME, false),
@@ -94,6 +99,11 @@ fn every_conv_tile_matches_cpu() {
         ([2, 6, 17, 17], 31, 3, Conv2d::DOWN, false),
         ([2, 33, 17, 17], 33, 1, Conv2d::POINTWISE, true),
         ([1, 9, 24, 24], 16, 3, Conv2d::SAME, false),
+        // Tap-major K (input channels a multiple of the k-step: 16, or 8 for the 16 × 256
+        // tile, whose k-step is 8).
+        ([2, 16, 17, 17], 16, 3, Conv2d::SAME, true),
+        ([2, 32, 9, 9], 33, 3, Conv2d::DOWN, false),
+        ([2, 8, 10, 10], 15, 3, Conv2d::SAME, true),
     ];
     for tile in ConvTile::ALL {
         g.set_conv_tiles(ConvTiles::Fixed(tile));
