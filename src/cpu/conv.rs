@@ -58,7 +58,7 @@ pub fn conv2d_packed(
     let g = ConvGeom::new(xs, ws, geom.stride, geom.padding);
     let (p, len) = (g.positions(), g.o * g.positions());
     // Every value is written: each tile stores its outputs with the epilogue added.
-    let mut out = super::pool::take(g.n * len);
+    let mut out = super::pool::Output::new(g.n * len);
     let threads = rayon::current_num_threads();
     // Sample i's fused epilogue: the bias, and its residual [O, Ho·Wo].
     let epilogue = |i: usize| direct::Epilogue {
@@ -91,7 +91,7 @@ pub fn conv2d_packed(
                 direct.sample_split(&g, xn(i), y, parts, split, epilogue(i), s);
             });
     }
-    (out, vec![g.n, g.o, g.ho, g.wo])
+    (out.into_vec(), vec![g.n, g.o, g.ho, g.wo])
 }
 
 /// The reference loops. Returns the output and its shape [N, Cout, Ho, Wo].

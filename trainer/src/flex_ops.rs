@@ -40,6 +40,7 @@ use flowmap::cpu::gemm::{
     Threads::{All, One},
 };
 use flowmap::cpu::im2col::ConvGeom;
+use flowmap::cpu::pool::Output;
 use flowmap::cpu::{direct, exp_fast, sum16};
 use rayon::prelude::*;
 
@@ -607,7 +608,7 @@ impl NormGeom {
 
 fn norm_forward(x: &[f32], a: &[f32], b: &[f32], g: NormGeom, eps: f32, silu: bool) -> Vec<f32> {
     let (cg, hw) = (g.cg(), g.hw);
-    let mut y = vec![0.0f32; x.len()];
+    let mut y = Output::new(x.len());
     y.par_chunks_mut(cg * hw)
         .zip(x.par_chunks(cg * hw))
         .enumerate()
@@ -616,7 +617,7 @@ fn norm_forward(x: &[f32], a: &[f32], b: &[f32], g: NormGeom, eps: f32, silu: bo
             let ch = blk * cg..(blk + 1) * cg;
             norm_block_forward(yb, xb, &a[ch.clone()], &b[ch], hw, eps, silu);
         });
-    y
+    y.into_vec()
 }
 
 flowmap::multiversion! {
@@ -660,7 +661,7 @@ fn norm_backward(
     silu: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (cg, hw) = (g.cg(), g.hw);
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = Output::new(x.len());
     let (mut da, mut db) = (vec![0.0f32; g.n * g.c], vec![0.0f32; g.n * g.c]);
     dx.par_chunks_mut(cg * hw)
         .zip(x.par_chunks(cg * hw))
@@ -683,7 +684,7 @@ fn norm_backward(
                 silu,
             );
         });
-    (dx, da, db)
+    (dx.into_vec(), da, db)
 }
 
 flowmap::multiversion! {
