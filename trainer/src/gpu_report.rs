@@ -193,6 +193,29 @@ pub struct Report {
     pub seconds: f64,
 }
 
+/// A table of kernel rows (per family or per layer) under `heading`, unless there are none.
+fn kernel_table(m: &mut String, heading: &str, what: &str, rows: &[KernelRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(m, "\n{heading}\n\n| model | batch | {what} | dispatches | ms | share | GFLOP/s | GB/s | % of peak |\n|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    for k in rows {
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} | {:.3} | {:.0}% | {} | {} | {:.1} |",
+            k.model,
+            k.batch,
+            k.kernel,
+            k.dispatches,
+            k.ms,
+            100.0 * k.share,
+            rate(k.gflops),
+            rate(k.gbytes_per_s),
+            k.pct_of_peak
+        );
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -394,22 +417,34 @@ fn kernel_rows<'a>(
     peak: f64,
     suffix: &'a str,
 ) -> impl Iterator<Item = KernelRow> + 'a {
-    summed(dispatches, |d| d.label.clone()).into_iter().map(
-        move |(kernel, (count, secs, flops, bytes))| {
-            let secs = secs.max(1e-9);
-            KernelRow {
-                model: model.into(),
-                batch,
-                kernel: format!("{kernel}{suffix}"),
-                dispatches: count,
-                ms: secs * 1e3,
-                share: secs / span.max(1e-9),
-                gflops: flops / secs / 1e9,
-                gbytes_per_s: bytes / secs / 1e9,
-                pct_of_peak: 100.0 * flops / secs / 1e9 / peak,
-            }
-        },
-    )
+    summed(dispatches, |d| d.label.clone())
+        .into_iter()
+        .map(move |(kernel, sum)| {
+            kernel_row(model, batch, format!("{kernel}{suffix}"), sum, span, peak)
+        })
+}
+
+/// A report row from (dispatches, seconds, flops, bytes) summed over a forward of `span` s.
+fn kernel_row(
+    model: &str,
+    batch: usize,
+    kernel: String,
+    (count, secs, flops, bytes): (usize, f64, f64, f64),
+    span: f64,
+    peak: f64,
+) -> KernelRow {
+    let secs = secs.max(1e-9);
+    KernelRow {
+        model: model.into(),
+        batch,
+        kernel,
+        dispatches: count,
+        ms: secs * 1e3,
+        share: secs / span.max(1e-9),
+        gflops: flops / secs / 1e9,
+        gbytes_per_s: bytes / secs / 1e9,
+        pct_of_peak: 100.0 * flops / secs / 1e9 / peak,
+    }
 }
 
 /// (dispatches, seconds, flops, bytes) summed per key.
@@ -443,20 +478,7 @@ fn layer_rows(
         .collect();
     let mut rows: Vec<KernelRow> = summed(convs, |d| d.layer.clone())
         .into_iter()
-        .map(|(layer, (count, secs, flops, bytes))| {
-            let secs = secs.max(1e-9);
-            KernelRow {
-                model: model.into(),
-                batch,
-                kernel: layer,
-                dispatches: count,
-                ms: secs * 1e3,
-                share: secs / span.max(1e-9),
-                gflops: flops / secs / 1e9,
-                gbytes_per_s: bytes / secs / 1e9,
-                pct_of_peak: 100.0 * flops / secs / 1e9 / peak,
-            }
-        })
+        .map(|(layer, sum)| kernel_row(model, batch, layer, sum, span, peak))
         .collect();
     rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     rows
@@ -991,42 +1013,18 @@ impl Report {
                 opt(f.f16_over_f32, 2)
             );
         }
-        if !self.kernels.is_empty() {
-            let _ = writeln!(m, "\n## Kernels (GPU clock, one forward)\n\n| model | batch | kernel | dispatches | ms | share | GFLOP/s | GB/s | % of peak |\n|---|---:|---|---:|---:|---:|---:|---:|---:|");
-            for k in &self.kernels {
-                let _ = writeln!(
-                    m,
-                    "| {} | {} | {} | {} | {:.3} | {:.0}% | {} | {} | {:.1} |",
-                    k.model,
-                    k.batch,
-                    k.kernel,
-                    k.dispatches,
-                    k.ms,
-                    100.0 * k.share,
-                    rate(k.gflops),
-                    rate(k.gbytes_per_s),
-                    k.pct_of_peak
-                );
-            }
-        }
-        if !self.layers.is_empty() {
-            let _ = writeln!(m, "\n## Convolutions by layer (GPU clock, one forward, slowest first)\n\nEach U-Net convolution by input → output channels, input size and stride (the key of `flowmap bench --layers`); the tile is `ConvTile::for_layer`'s choice (src/gpu/tiles.rs).\n\n| model | batch | layer | dispatches | ms | share | GFLOP/s | GB/s | % of peak |\n|---|---:|---|---:|---:|---:|---:|---:|---:|");
-            for k in &self.layers {
-                let _ = writeln!(
-                    m,
-                    "| {} | {} | {} | {} | {:.3} | {:.0}% | {} | {} | {:.1} |",
-                    k.model,
-                    k.batch,
-                    k.kernel,
-                    k.dispatches,
-                    k.ms,
-                    100.0 * k.share,
-                    rate(k.gflops),
-                    rate(k.gbytes_per_s),
-                    k.pct_of_peak
-                );
-            }
-        }
+        kernel_table(
+            &mut m,
+            "## Kernels (GPU clock, one forward)",
+            "kernel",
+            &self.kernels,
+        );
+        kernel_table(
+            &mut m,
+            "## Convolutions by layer (GPU clock, one forward, slowest first)\n\nEach U-Net convolution by input → output channels, input size and stride (the key of `flowmap bench --layers`); the tile is `ConvTile::for_layer`'s choice (src/gpu/tiles.rs).",
+            "layer",
+            &self.layers,
+        );
         let _ = writeln!(m, "\n## Sampling (end to end: upload, K jumps, readback; wall clock)\n\n| model | storage | samples | K | ms | samples/s |\n|---|---|---:|---:|---:|---:|");
         for s in &self.sampling {
             let _ = writeln!(
