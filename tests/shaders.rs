@@ -47,6 +47,13 @@ fn every_wgsl_file_validates() {
         )
         .validate(&module16)
         .unwrap_or_else(|e| panic!("{name} (f16): {}", e.emit_to_string(&src16)));
+        // Within the workgroup memory the device is opened with.
+        let bytes = workgroup_bytes(&module);
+        assert!(
+            bytes <= flowmap::gpu::WORKGROUP_MEMORY,
+            "{name}: {bytes} bytes of workgroup memory, over the device's {}",
+            flowmap::gpu::WORKGROUP_MEMORY
+        );
         // The backend builds each file's bind group layout from its declarations
         // (`flowmap::gpu::bindings_of`): they must say what naga says.
         let (storage, uniform) = flowmap::gpu::bindings_of(&src);
@@ -87,9 +94,19 @@ fn every_wgsl_file_validates() {
     assert!(found.len() >= 8);
 }
 
+/// Bytes of workgroup memory a module declares.
+fn workgroup_bytes(module: &naga::Module) -> u32 {
+    module
+        .global_variables
+        .iter()
+        .filter(|(_, var)| var.space == naga::AddressSpace::WorkGroup)
+        .map(|(_, var)| module.types[var.ty].inner.size(module.to_ctx()))
+        .sum()
+}
+
 /// conv2d.wgsl's tile variants (`flowmap::gpu::ConvTile`) are built by rewriting two constants:
-/// each must validate in both precisions and stay within WebGPU's default 16 KiB of workgroup
-/// memory.
+/// each must validate in both precisions and stay within the workgroup memory the device is
+/// opened with (`flowmap::gpu::WORKGROUP_MEMORY`, under WebGPU's default 16 KiB).
 #[test]
 fn every_conv_tile_variant_validates() {
     use flowmap::gpu::{kernel_source, ConvTile};
@@ -107,13 +124,11 @@ fn every_conv_tile_variant_validates() {
             naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{name} ({p:?}): {}", e.emit_to_string(&src)));
-            let mut bytes = 0;
-            for (_, var) in module.global_variables.iter() {
-                if var.space == naga::AddressSpace::WorkGroup {
-                    bytes += module.types[var.ty].inner.size(module.to_ctx());
-                }
-            }
-            assert!(bytes <= 16384, "{name}: {bytes} bytes of workgroup memory");
+            let bytes = workgroup_bytes(&module);
+            assert!(
+                bytes <= flowmap::gpu::WORKGROUP_MEMORY,
+                "{name}: {bytes} bytes of workgroup memory"
+            );
             let want = 16 * tile.k_step() * (tile.channels() / 4 + 1 + tile.pixels() / 4 + 1);
             assert_eq!(bytes as usize, want, "{name}: the tiles' size");
         }

@@ -30,14 +30,19 @@ impl std::fmt::Display for AdapterSummary {
     }
 }
 
+/// The most workgroup memory any kernel declares, in bytes: attention.wgsl's key, value and
+/// partial-score tiles (2 × 128 vec4s + 2,048 f32s); conv2d.wgsl's 32 × 128 tile takes 10,752.
+/// Under WebGPU's default 16,384; `tests/shaders.rs` holds every kernel to it.
+pub const WORKGROUP_MEMORY: u32 = 12_288;
+
 /// What the kernels need of a device, beyond WebGPU's downlevel defaults: 5 storage buffers per
-/// stage (conv2d, linear and group norm bind 5), 8,704 bytes of workgroup memory (the conv and
-/// linear tiles, 2 × 272 vec4s), 256-invocation workgroups. Buffer sizes are taken as large as
-/// the adapter allows (the sampler sizes its batches against them).
+/// stage (conv2d, linear and group norm bind 5), [`WORKGROUP_MEMORY`] bytes of workgroup memory,
+/// 256-invocation workgroups. Buffer sizes are taken as large as the adapter allows (the
+/// sampler sizes its batches against them).
 pub fn needed_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
     wgpu::Limits {
         max_storage_buffers_per_shader_stage: 5,
-        max_compute_workgroup_storage_size: 8704,
+        max_compute_workgroup_storage_size: WORKGROUP_MEMORY,
         max_compute_invocations_per_workgroup: 256,
         max_compute_workgroup_size_x: 256,
         max_compute_workgroup_size_y: 16,

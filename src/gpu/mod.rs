@@ -8,7 +8,7 @@ mod pool;
 mod tiles;
 mod uniforms;
 
-pub use context::{AdapterSummary, GpuContext};
+pub use context::{AdapterSummary, GpuContext, WORKGROUP_MEMORY};
 pub use kernels::{bindings_of, shader_source, GpuBackend, GpuTensor, GpuTimes};
 pub use tiles::{kernel_source, ConvTile, ConvTiles, MIN_NARROW_GRID};
 
