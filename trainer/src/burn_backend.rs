@@ -419,6 +419,14 @@ impl Backend for BurnBackend {
         let (n, c, l) = (qkv.shape[0], qkv.shape[1] / 3, qkv.shape[2]);
         let d = c / heads;
         let all = qkv.r3();
+        if self.fast_ops {
+            // One fused op with its own backward (flex_ops::attention): burn's version below
+            // copies the strided q, k, v views and runs the softmax as separate passes.
+            let o = crate::flex_ops::attention(all, heads);
+            let y = wrap(o.reshape([n, c, l, 1]), vec![n, c, l]);
+            self.note(start, Op::Attention { n, c, l, heads }, &y);
+            return y;
+        }
         let part = |i: usize| {
             all.clone()
                 .slice([0..n, i * c..(i + 1) * c, 0..l])

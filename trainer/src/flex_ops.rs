@@ -20,6 +20,12 @@
 //! the input gradient dY · W in the same row blocks and the weight gradient dYᵀ · X one GEMM
 //! over the batch.
 //!
+//! So is attention ([`attention`]): the forward is the sampler's fast attention (two GEMMs and a
+//! vectorized softmax per sample and head), the backward recomputes the probabilities and runs
+//! the five products of its gradient through the GEMM ([`attention_backward`]), where burn's ops
+//! copied the strided q, k, v views and ran the softmax and its gradient as separate passes on
+//! one thread (`fused_attention_matches_burn_ops` holds both to burn's).
+//!
 //! Other devices (burn-wgpu) keep burn's own conv2d and matmul: [`BurnBackend`](crate::burn_backend)
 //! only calls these on flex. `fast_conv_matches_burns_conv2d` and
 //! `fast_linear_matches_burns_matmul` hold values and all three gradients to burn's.
@@ -86,6 +92,9 @@ pub trait FlexOps: Backend {
         eps: f32,
         silu: bool,
     ) -> FloatTensor<Self>;
+
+    /// Multi-head self-attention: qkv [N, 3C, L] (q, k, v stacked on channels) → [N, C, L].
+    fn fast_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
 }
 
 /// The backward products of [`FlexOps`], on the inner (non-autodiff) backend only: the
@@ -149,6 +158,13 @@ pub trait FlexGrads: Backend {
         eps: f32,
         silu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// ∂L/∂qkv given dy = ∂L/∂out.
+    fn fast_attention_backward(
+        qkv: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self>;
 }
 
 /// The differentiable fused GroupNorm → per-channel affine → SiLU on burn tensors (flex
@@ -169,6 +185,16 @@ pub fn group_norm(
         groups,
         eps,
         silu,
+    ))
+}
+
+/// The differentiable multi-head self-attention on burn tensors (flex devices): qkv [N, 3C, L]
+/// → [N, C, L].
+pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    use burn::backend::Dispatch;
+    Tensor::from_dispatch(<Dispatch as FlexOps>::fast_attention(
+        qkv.into_dispatch(),
+        heads,
     ))
 }
 
@@ -238,6 +264,12 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
         d[i] = *v;
     }
     d
+}
+
+fn dims3(t: &FlexTensor) -> [usize; 3] {
+    let s = t.shape();
+    assert_eq!(s.len(), 3, "a rank-3 tensor, got shape {s:?}");
+    [s[0], s[1], s[2]]
 }
 
 fn dims2(t: &FlexTensor) -> [usize; 2] {
@@ -566,6 +598,80 @@ fn modulate_rows_backward<A: Act>(
     }
 }
 
+/// ∂L/∂qkv [N, 3C, L] of multi-head self-attention (the forward: flowmap's
+/// [`attention`](flowmap::cpu::attention)) given dY [N, C, L]. Per (sample, head), with Q, K, V
+/// and dO the head's [d, L] blocks and S = s·QᵀK (s = 1/√d), P = softmax(S) by rows, O = V·Pᵀ:
+/// P is recomputed (two products and a softmax, cheaper than keeping L × L per head), then
+/// dV = dO·P, dP = dOᵀ·V, dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = s·K·dSᵀ, dK = s·Q·dS, each product
+/// through the GEMM on the sample's thread, samples in parallel.
+fn attention_backward(
+    qkv: &[f32],
+    dy: &[f32],
+    n: usize,
+    c: usize,
+    l: usize,
+    heads: usize,
+) -> Vec<f32> {
+    let d = c / heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut dqkv = vec![0.0f32; n * 3 * c * l];
+    dqkv.par_chunks_mut(3 * c * l).enumerate().for_each_init(
+        || (vec![0.0f32; l * l], vec![0.0f32; l * l]),
+        |(p, dp), (b, dst)| {
+            for h in 0..heads {
+                let block = |part: usize| (part * c + h * d) * l;
+                let src = &qkv[b * 3 * c * l..][..3 * c * l];
+                let (q, k, v) = (
+                    &src[block(0)..][..d * l],
+                    &src[block(1)..][..d * l],
+                    &src[block(2)..][..d * l],
+                );
+                let dout = &dy[(b * c + h * d) * l..][..d * l];
+                // P = softmax(s·QᵀK), by rows.
+                matmul(l, l, d, p, false, q, true, k, false, One);
+                for row in p.chunks_exact_mut(l) {
+                    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    let mut sum = 0.0f32;
+                    for v in row.iter_mut() {
+                        *v = exp_fast((*v - m) * scale);
+                        sum += *v;
+                    }
+                    row.iter_mut().for_each(|v| *v /= sum);
+                }
+                // dV = dO·P, dP = dOᵀ·V.
+                matmul(
+                    d,
+                    l,
+                    l,
+                    &mut dst[block(2)..][..d * l],
+                    false,
+                    dout,
+                    false,
+                    p,
+                    false,
+                    One,
+                );
+                matmul(l, l, d, dp, false, dout, true, v, false, One);
+                // dS = P ∘ (dP − rowsum(P ∘ dP)), into dp.
+                for (prow, dprow) in p.chunks_exact(l).zip(dp.chunks_exact_mut(l)) {
+                    let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
+                    for (g, &pv) in dprow.iter_mut().zip(prow) {
+                        *g = pv * (*g - dot);
+                    }
+                }
+                // dQ = s·K·dSᵀ, dK = s·Q·dS.
+                let (dq, rest) = dst.split_at_mut(block(1));
+                let dq = &mut dq[block(0)..][..d * l];
+                matmul(d, l, l, dq, false, k, false, dp, true, One);
+                let dk = &mut rest[..d * l];
+                matmul(d, l, l, dk, false, q, false, dp, false, One);
+                dq.iter_mut().chain(dk.iter_mut()).for_each(|g| *g *= scale);
+            }
+        },
+    );
+    dqkv
+}
+
 /// (mean, 1/√(var + eps)) of a group: two passes of vectorizable sums (sixteen f32 lanes,
 /// combined in f64).
 #[inline(always)]
@@ -830,6 +936,15 @@ impl FlexOps for Flex {
             &xs,
         )
     }
+
+    fn fast_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
+        let qkv = contiguous(qkv);
+        let [n, c3, l] = dims3(&qkv);
+        flex(
+            flowmap::cpu::attention(slice(&qkv), n, c3 / 3, l, heads),
+            &[n, c3 / 3, l],
+        )
+    }
 }
 
 impl FlexGrads for Flex {
@@ -909,6 +1024,15 @@ impl FlexGrads for Flex {
         let g = NormGeom::new(xs, groups);
         let (dx, da, db) = norm_backward(slice(&x), slice(&a), slice(&b), slice(&dy), g, eps, silu);
         (flex(dx, &xs), flex(da, &[g.n, g.c]), flex(db, &[g.n, g.c]))
+    }
+
+    fn fast_attention_backward(qkv: FlexTensor, dy: FlexTensor, heads: usize) -> FlexTensor {
+        let (qkv, dy) = (contiguous(qkv), contiguous(dy));
+        let [n, c3, l] = dims3(&qkv);
+        flex(
+            attention_backward(slice(&qkv), slice(&dy), n, c3 / 3, l, heads),
+            &[n, c3, l],
+        )
     }
 }
 
@@ -1075,6 +1199,23 @@ impl FusedGrad<3> for NormGrad {
     }
 }
 
+/// Attention: qkv; the number of heads.
+#[derive(Debug)]
+struct AttentionGrad;
+
+impl FusedGrad<1> for AttentionGrad {
+    type Extra = usize;
+
+    fn grads<B: Backend + FlexGrads>(
+        [qkv]: [B::FloatTensorPrimitive; 1],
+        dy: B::FloatTensorPrimitive,
+        heads: usize,
+        _: [bool; 1],
+    ) -> [Option<B::FloatTensorPrimitive>; 1] {
+        [Some(B::fast_attention_backward(qkv, dy, heads))]
+    }
+}
+
 /// Puts a K-input op on the autodiff graph: the inputs are checkpointed for `node`'s
 /// backward, which receives their ids with `extra`; `forward` computes the value on the inner
 /// backend.
@@ -1145,6 +1286,12 @@ impl<B: Backend + FlexOps + FlexGrads, C: CheckpointStrategy> FlexOps for Autodi
             (groups, eps, silu),
             |[x, a, b]| B::fast_group_norm(x, a, b, groups, eps, silu),
         )
+    }
+
+    fn fast_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        record::<B, C, _, _, 1>(FusedNode::<AttentionGrad>::new(), [qkv], heads, |[qkv]| {
+            B::fast_attention(qkv, heads)
+        })
     }
 
     fn fast_conv2d(
@@ -1434,6 +1581,52 @@ mod norm_tests {
                 assert!(
                     worst <= 2e-4 * scale,
                     "{what} (modulation {modulated}, silu {silu}): off by {worst} of {scale}"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod attention_tests {
+    use crate::burn_backend::{BurnBackend, BurnTensor};
+    use burn::tensor::{Device, Distribution, Tensor};
+    use flowmap::backend::{Backend, Shaped};
+
+    /// The fused attention against the same op in burn's tensor ops: values and the gradient of
+    /// qkv, for the U-Net's geometry (49 tokens, 32 channels, one head) and for several heads
+    /// with large scores.
+    #[test]
+    fn fused_attention_matches_burn_ops() {
+        let dev = Device::flex().autodiff();
+        for (n, c, l, heads, std) in [(3, 32, 49, 1, 1.0), (2, 24, 13, 3, 3.0), (1, 8, 1, 2, 1.0)] {
+            let numel = n * 3 * c * l;
+            let qkv = Tensor::<1>::random([numel], Distribution::Normal(0.1, std), &dev);
+            let run = |fast: bool| {
+                let mut be = BurnBackend::new(dev.clone());
+                be.fast_ops = fast;
+                let leaf = qkv.clone().detach().require_grad();
+                let x = BurnTensor::from_flat(leaf.clone(), &[n, 3 * c, l]);
+                let y = be.attention(&x, heads);
+                assert_eq!(y.shape(), &[n, c, l]);
+                let weights = y.t.clone().detach().cos();
+                let grads = (y.t.clone() * weights).sum().backward();
+                let flat = |t: Tensor<1>| t.try_into_vec_as::<f32>().unwrap();
+                [flat(y.r1().detach()), flat(leaf.grad(&grads).unwrap())]
+            };
+            for (what, (a, b)) in ["y", "dqkv"]
+                .into_iter()
+                .zip(run(true).into_iter().zip(run(false)))
+            {
+                let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                let worst = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    worst <= 1e-4 * scale,
+                    "{what} (n {n}, c {c}, l {l}, heads {heads}): off by {worst} of {scale}"
                 );
             }
         }
