@@ -82,9 +82,16 @@ pub fn attention(qkv: &[f32], n: usize, c: usize, l: usize, heads: usize) -> Vec
 /// scratch. The two products go through the GEMM on this thread (scores = qᵀ·k, o = v·pᵀ, both
 /// read in place through the GEMM's strides); the softmax between them runs row by row.
 fn one_head(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], p: &mut [f32], d: usize, l: usize) {
+    attention_probs(q, k, p, d, l);
+    matmul(d, l, l, o, false, v, false, p, true, Threads::One);
+}
+
+/// One head's attention weights: p [l, l] = softmax by rows of qᵀ·k / √d, with q and k [d, l]
+/// (channel-major, as stored), on this thread. The forward's own, so the trainer's attention
+/// gradient recomputes exactly the weights the forward used.
+pub fn attention_probs(q: &[f32], k: &[f32], p: &mut [f32], d: usize, l: usize) {
     matmul(l, l, d, p, false, q, true, k, false, Threads::One);
     softmax_rows(p, l, 1.0 / (d as f32).sqrt());
-    matmul(d, l, l, o, false, v, false, p, true, Threads::One);
 }
 
 multiversion! {

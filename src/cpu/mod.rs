@@ -16,7 +16,7 @@ mod norm;
 pub mod pool;
 mod simd;
 
-pub use attention::{attention, attention_reference};
+pub use attention::{attention, attention_probs, attention_reference};
 pub use conv::{conv2d, conv2d_packed, conv2d_reference};
 pub use elementwise::{
     activate, activate_reference, add, concat_channels, embedding_frequencies, exp_fast, flow_step,

@@ -601,7 +601,8 @@ fn modulate_rows_backward<A: Act>(
 /// ∂L/∂qkv [N, 3C, L] of multi-head self-attention (the forward: flowmap's
 /// [`attention`](flowmap::cpu::attention)) given dY [N, C, L]. Per (sample, head), with Q, K, V
 /// and dO the head's [d, L] blocks and S = s·QᵀK (s = 1/√d), P = softmax(S) by rows, O = V·Pᵀ:
-/// P is recomputed (two products and a softmax, cheaper than keeping L × L per head), then
+/// P is recomputed by the forward's own [`attention_probs`](flowmap::cpu::attention_probs) (a
+/// product and a softmax, cheaper than keeping L × L per head), then
 /// dV = dO·P, dP = dOᵀ·V, dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = s·K·dSᵀ, dK = s·Q·dS, each product
 /// through the GEMM on the sample's thread, samples in parallel.
 fn attention_backward(
@@ -627,17 +628,8 @@ fn attention_backward(
                     &src[block(2)..][..d * l],
                 );
                 let dout = &dy[(b * c + h * d) * l..][..d * l];
-                // P = softmax(s·QᵀK), by rows.
-                matmul(l, l, d, p, false, q, true, k, false, One);
-                for row in p.chunks_exact_mut(l) {
-                    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    let mut sum = 0.0f32;
-                    for v in row.iter_mut() {
-                        *v = exp_fast((*v - m) * scale);
-                        sum += *v;
-                    }
-                    row.iter_mut().for_each(|v| *v /= sum);
-                }
+                // P = softmax(s·QᵀK) by rows, as the forward computed it.
+                flowmap::cpu::attention_probs(q, k, p, d, l);
                 // dV = dO·P, dP = dOᵀ·V.
                 matmul(
                     d,
