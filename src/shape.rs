@@ -46,6 +46,12 @@ impl ShapeBackend {
         self.ops.borrow().clone()
     }
 
+    /// The ops recorded so far, leaving none: for a caller that reads each op as it is made
+    /// (`bench::Profiled`), where [`Self::ops`] would copy a list that grows with every call.
+    pub fn take_ops(&self) -> Vec<OpCost> {
+        std::mem::take(&mut *self.ops.borrow_mut())
+    }
+
     pub fn total_flops(&self) -> f64 {
         self.ops.borrow().iter().map(|o| o.flops).sum()
     }
