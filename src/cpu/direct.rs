@@ -122,7 +122,7 @@ impl Direct {
     }
 
     /// Whether calls with output width `wo` run the channels-in-lanes tiles (see
-    /// [`lanes_tiles`]).
+    /// `lanes_tiles`).
     pub fn channels_in_lanes(&self, wo: usize) -> bool {
         !self.lanes.is_empty() && wo.is_multiple_of(7)
     }
@@ -393,7 +393,9 @@ pub fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
 /// strides > 1) the input a tap (ky, kx) meets is, for every channel, a run of the padded image
 /// one channel plane apart, i.e. a strided matrix [Q, C]. So each tap is one GEMM
 /// dW[:, :, ky, kx] += dYpad [O, Q] · that matrix, read in place ([`gemm::matmul_view`]);
-/// dY is first laid out on the padded grid with zeros at the padding columns.
+/// dY is first laid out on the padded grid with zeros at the padding columns. 3×3 stride-1
+/// kernels with at least 16 outputs run `weight_grad_lanes` on AVX-512 instead (the output
+/// channels in the vector lanes, 1.4–2.2× faster on the U-Net's layers).
 pub fn weight_grad(g: &ConvGeom, xn: &[f32], dyn_: &[f32], dw: &mut [f32], s: &mut Scratch) {
     assert!(valid(g), "direct weight gradient: empty geometry {g:?}");
     assert!(dyn_.len() >= g.o * g.positions() && dw.len() >= g.o * g.rows());
