@@ -468,8 +468,12 @@ unsafe fn weight_grad_lanes(
         "direct weight gradient: padded input too short"
     );
     // dYᵀ [P][O16] through 16 × 16 transposes (channels past O zero).
-    dyt.clear();
-    dyt.resize(p * o16, 0.0);
+    // Every value is written below (channels past O as zeros), so a buffer of the right
+    // length is reused as it is: no memset per sample.
+    if dyt.len() != p * o16 {
+        dyt.clear();
+        dyt.resize(p * o16, 0.0);
+    }
     for ob in 0..o16 / 16 {
         for q0 in (0..p).step_by(16) {
             let n = (p - q0).min(16);
@@ -772,40 +776,64 @@ unsafe fn pad_avx512(g: &ConvGeom, xn: &[f32], y0: usize, hb: usize, wq: usize, 
         _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
         _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31),
     );
+    // Per chunk of 16 phase columns from j = 16i: the store mask, the first input column it
+    // reads (st·j − pad) and the masks of the (one or two) 16-column loads, the same for every
+    // row: computed once here, not per row (in training, per-row masks made this a tenth of
+    // the step).
+    let chunks = wq.div_ceil(16);
+    let mut plan = [(0 as __mmask16, 0isize, 0 as __mmask16, 0 as __mmask16); 16];
+    assert!(
+        chunks <= plan.len(),
+        "direct conv: padded rows wider than 256"
+    );
+    for (i, p) in plan.iter_mut().enumerate().take(chunks) {
+        let j = 16 * i;
+        let first = (st * j) as isize - pad as isize;
+        *p = (
+            (u32::MAX >> (32 - (wq - j).min(16))) as __mmask16,
+            first,
+            load_mask(first, w),
+            load_mask(first + 16, w),
+        );
+    }
+    let xp = xpad.as_mut_ptr();
     for c in 0..g.c {
         for r in 0..hb {
             for py in 0..st {
                 // Phase row r of (py, px) is padded row st·(y0 + r) + py, input row that − pad.
                 let iy = (st * (y0 + r) + py).checked_sub(pad).filter(|&iy| iy < g.h);
-                // (A match, not a closure: closures are not compiled with AVX-512 and were
-                // left as calls.)
-                let src = match iy {
-                    Some(iy) => &xn[(c * g.h + iy) * w..][..w],
-                    None => &[][..],
-                };
-                let at = |px: usize| ((py * st + px) * g.c + c) * hb * wq + r * wq;
-                for j in (0..wq).step_by(16) {
-                    // Phase column j + l is padded column st·(j + l) + px.
-                    let store = (u32::MAX >> (32 - (wq - j).min(16))) as __mmask16;
-                    let first = (st * j) as isize - pad as isize;
-                    let (v0, v1) = if src.is_empty() {
-                        (_mm512_setzero_ps(), _mm512_setzero_ps())
-                    } else if st == 1 {
-                        // SAFETY (each `cols`): AVX-512F.
-                        (unsafe { cols(src, first) }, _mm512_setzero_ps())
-                    } else {
-                        let (a, b) = unsafe { (cols(src, first), cols(src, first + 16)) };
-                        (
-                            _mm512_permutex2var_ps(a, even, b),
-                            _mm512_permutex2var_ps(a, odd, b),
-                        )
+                let row0 = ((py * st) * g.c + c) * hb * wq + r * wq;
+                let row1 = row0 + g.c * hb * wq;
+                for (i, &(store, first, m0, m1)) in plan.iter().enumerate().take(chunks) {
+                    let (v0, v1) = match iy {
+                        None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+                        Some(iy) => {
+                            let src = xn[(c * g.h + iy) * w..][..w].as_ptr();
+                            // SAFETY: the lanes in each mask are input columns in [0, w) of
+                            // this row (`load_mask`).
+                            let a =
+                                unsafe { _mm512_maskz_loadu_ps(m0, src.wrapping_offset(first)) };
+                            if st == 1 {
+                                (a, a)
+                            } else {
+                                // SAFETY: as above.
+                                let b = unsafe {
+                                    _mm512_maskz_loadu_ps(m1, src.wrapping_offset(first + 16))
+                                };
+                                (
+                                    _mm512_permutex2var_ps(a, even, b),
+                                    _mm512_permutex2var_ps(a, odd, b),
+                                )
+                            }
+                        }
                     };
-                    for (px, v) in [v0, v1].into_iter().take(st).enumerate() {
-                        // SAFETY: the lanes in `store` are columns j .. min(j + 16, wq) of the
-                        // phase row at `at(px)`, inside xpad (asserted above).
-                        unsafe {
-                            _mm512_mask_storeu_ps(xpad.as_mut_ptr().add(at(px) + j), store, v)
-                        };
+                    // SAFETY: the lanes in `store` are columns 16i .. min(16i + 16, wq) of phase
+                    // rows inside xpad (asserted above; row1 only for stride 2).
+                    unsafe {
+                        _mm512_mask_storeu_ps(xp.add(row0 + 16 * i), store, v0);
+                        if st == 2 {
+                            _mm512_mask_storeu_ps(xp.add(row1 + 16 * i), store, v1);
+                        }
                     }
                 }
             }
@@ -813,23 +841,17 @@ unsafe fn pad_avx512(g: &ConvGeom, xn: &[f32], y0: usize, hb: usize, wq: usize, 
     }
 }
 
-/// 16 columns of `row` from column `first` (which may be negative), zeros outside the row.
-///
-/// # Safety
-/// The CPU has AVX-512F.
+/// The lanes l of a 16-column load from input column `first` (which may be negative) whose
+/// column first + l lies in [0, w).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn cols(row: &[f32], first: isize) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    let lo = (-first).clamp(0, 16) as usize;
-    let hi = (row.len() as isize - first).clamp(0, 16) as usize;
+fn load_mask(first: isize, w: usize) -> std::arch::x86_64::__mmask16 {
+    let lo = (-first).clamp(0, 16) as u32;
+    let hi = (w as isize - first).clamp(0, 16) as u32;
     if lo >= hi {
-        return _mm512_setzero_ps();
+        0
+    } else {
+        ((u32::MAX >> (32 - (hi - lo))) << lo) as std::arch::x86_64::__mmask16
     }
-    let mask = ((u32::MAX >> (32 - (hi - lo))) << lo) as __mmask16;
-    // SAFETY: the lanes in `mask` are columns first + l in [0, row.len()) of row.
-    unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().wrapping_offset(first)) }
 }
 
 #[cfg(target_arch = "x86_64")]
