@@ -204,26 +204,38 @@ mod tests {
         out
     }
 
-    /// Channel counts past the GEMM's blocking, at batch 1 (bands) and batch 4 (samples).
+    /// Channel counts past the GEMM's blocking, at batch 1 (bands) and batch 4 (samples); the
+    /// second shape's widths (14, and 7 downsampled) and 40 outputs take the channels-in-lanes
+    /// tiles on AVX-512 (blocks of 32 and 8 channels), with and without the residual.
     #[test]
     fn fast_path_matches_the_reference_on_wide_layers() {
-        for n in [1, 4] {
-            let (xs, ws) = ([n, 40, 9, 11], [24, 40, 3, 3]);
+        for (n, (xs, ws)) in [1, 4].into_iter().flat_map(|n| {
+            [
+                ([n, 40, 9, 11], [24, 40, 3, 3]),
+                ([n, 24, 14, 14], [40, 24, 3, 3]),
+            ]
+            .map(|s| (n, s))
+        }) {
             let x: Vec<f32> = (0..xs.iter().product())
                 .map(|i| ((i * 7) % 23) as f32 * 0.04 - 0.4)
                 .collect();
             let w: Vec<f32> = (0..ws.iter().product())
                 .map(|i| ((i * 5) % 17) as f32 * 0.01 - 0.08)
                 .collect();
-            let b: Vec<f32> = (0..24).map(|i| i as f32 * 0.1).collect();
+            let b: Vec<f32> = (0..ws[0]).map(|i| i as f32 * 0.1).collect();
             for g in [Conv2d::SAME, Conv2d::DOWN] {
-                let (f, _) = conv2d(&x, &xs, &w, &ws, &b, g, None);
-                let (r, _) = conv2d_reference(&x, &xs, &w, &ws, &b, g, None);
-                for (a, e) in f.iter().zip(&r) {
-                    assert!(
-                        (a - e).abs() < 1e-4 * (1.0 + e.abs()),
-                        "n={n} {g:?}: {a} vs {e}"
-                    );
+                let len: usize = conv2d_out_shape(&xs, &ws, g).iter().product();
+                let res: Vec<f32> = (0..len).map(|i| ((i * 3) % 11) as f32 * 0.05).collect();
+                for residual in [None, Some(&res[..])] {
+                    let (f, _) = conv2d(&x, &xs, &w, &ws, &b, g, residual);
+                    let (r, _) = conv2d_reference(&x, &xs, &w, &ws, &b, g, residual);
+                    for (a, e) in f.iter().zip(&r) {
+                        assert!(
+                            (a - e).abs() < 1e-4 * (1.0 + e.abs()),
+                            "n={n} {xs:?} {g:?} residual {}: {a} vs {e}",
+                            residual.is_some()
+                        );
+                    }
                 }
             }
         }

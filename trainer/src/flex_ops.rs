@@ -1354,6 +1354,9 @@ mod tests {
             // The input gradient of these two runs as a direct convolution (stride 1).
             (2, 16, 16, 28, 28, 3, 1, 1),
             (2, 3, 4, 6, 5, 3, 1, 0),
+            // On AVX-512 the forward, the input gradient and the weight gradient of this one
+            // take the channels-in-lanes tiles (blocks of 32 and 8 output channels).
+            (2, 24, 40, 14, 14, 3, 1, 1),
         ] {
             let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &dev);
             let wt = Tensor::<4>::random([o, c, k, k], Distribution::Normal(0.0, 0.3), &dev);
