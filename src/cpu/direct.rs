@@ -22,19 +22,15 @@
 //! to scalar-like speed (1.1 GFLOP/s against 80–90).
 //!
 //! Those tiles put positions in the vector lanes and broadcast weights. On AVX-512 a second
-//! family puts the output channels in the lanes and broadcasts inputs (`lanes_tiles`): 28 zmm
-//! accumulators of 16 channels for 14 positions (32 channels) or 28 (16 channels), each group
-//! of positions a run inside one output row. It reads aligned weight vectors and single
-//! inputs, where the first family's unaligned input vectors nearly always straddle two cache
-//! lines, and it computes no padding columns. Its outputs come out channel by position and go
-//! to the [C, H, W] output through a 16 × 16 transpose in registers and masked stores. It runs
-//! for every output width that is a multiple of 7 (the U-Net's 28, 14 and 7) with at least 16
-//! output channels; the first family keeps the rest (other widths, the 1-channel output layer,
-//! CPUs without AVX-512). Timed on one core (AVX-512 VM, hot caches), the new tiles were
-//! 1.35–1.6× the old on the U-Net's 3×3 layers.
+//! family (`lanes`) puts the output channels in the lanes and broadcasts inputs, for output
+//! widths that are multiples of 7 and at least 16 output channels; the first family keeps the
+//! rest (other widths, the 1-channel output layer, CPUs without AVX-512).
 
 use super::gemm;
 use super::im2col::ConvGeom;
+
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 
 pub use super::simd::Isa;
 
@@ -100,11 +96,13 @@ impl Direct {
                 *d = v;
             }
         }
-        let lanes = if isa == Isa::Avx512 && o >= LANES_MIN_O {
-            pack_lanes(w, o, rows)
-        } else {
-            Vec::new()
+        #[cfg(target_arch = "x86_64")]
+        let lanes = match lanes::width(isa) {
+            Some(n) if o >= lanes::MIN_O => lanes::pack(w, o, rows, n),
+            _ => Vec::new(),
         };
+        #[cfg(not(target_arch = "x86_64"))]
+        let lanes = Vec::new();
         Direct {
             isa,
             o,
@@ -121,8 +119,7 @@ impl Direct {
         self
     }
 
-    /// Whether calls with output width `wo` run the channels-in-lanes tiles (see
-    /// `lanes_tiles`).
+    /// Whether calls with output width `wo` run the channels-in-lanes tiles (module `lanes`).
     pub fn channels_in_lanes(&self, wo: usize) -> bool {
         !self.lanes.is_empty() && wo.is_multiple_of(7)
     }
@@ -188,8 +185,8 @@ impl Direct {
         match split {
             Split::Channels => {
                 let args = Band::new(g, xn, 0, g.ho, nr, scratch);
-                // Each task's channels: whole blocks of the tiles that run (16 channels in
-                // lanes, else MR), and those blocks' weights.
+                // Each task's channels: whole blocks of the tiles that run (a vector's lanes of
+                // channels, else MR), and those blocks' weights.
                 let lanes = self.channels_in_lanes(g.wo);
                 let block = if lanes { 16 } else { mr };
                 let per = g.o.div_ceil(block).div_ceil(parts.max(1)) * block;
@@ -226,14 +223,15 @@ impl Direct {
         }
     }
 
-    /// Runs every tile of `args` on the channels-in-lanes tiles with the weights `lanes` (16
-    /// blocks of `args.o` channels) where they take its width, else with `packed` (MR blocks).
+    /// Runs every tile of `args` on the channels-in-lanes tiles with the weights `lanes`
+    /// (blocks of `args.o` channels) where they take its width, else with `packed` (MR blocks).
     fn dispatch(&self, args: &Band, packed: &[f32], lanes: &[f32], y: Out) {
         #[cfg(target_arch = "x86_64")]
         if self.channels_in_lanes(args.wo) {
+            // Packed only for AVX-512 (`lanes::width`).
             assert!(std::arch::is_x86_feature_detected!("avx512f"));
             // SAFETY: the CPU has AVX-512F (asserted), the one feature it is built for.
-            return unsafe { lanes_tiles(args, lanes, y) };
+            return unsafe { lanes::tiles_avx512(args, lanes, y) };
         }
         match self.isa {
             #[cfg(target_arch = "x86_64")]
@@ -394,7 +392,7 @@ pub fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
 /// one channel plane apart, i.e. a strided matrix [Q, C]. So each tap is one GEMM
 /// dW[:, :, ky, kx] += dYpad [O, Q] · that matrix, read in place ([`gemm::matmul_view`]);
 /// dY is first laid out on the padded grid with zeros at the padding columns. 3×3 stride-1
-/// kernels with at least 16 outputs run `weight_grad_lanes` on AVX-512 instead (the output
+/// kernels with at least 16 outputs run [`lanes::weight_grad_avx512`] on AVX-512 instead (the output
 /// channels in the vector lanes, 1.4–2.2× faster on the U-Net's layers).
 pub fn weight_grad(g: &ConvGeom, xn: &[f32], dyn_: &[f32], dw: &mut [f32], s: &mut Scratch) {
     assert!(valid(g), "direct weight gradient: empty geometry {g:?}");
@@ -404,11 +402,11 @@ pub fn weight_grad(g: &ConvGeom, xn: &[f32], dyn_: &[f32], dw: &mut [f32], s: &m
     #[cfg(target_arch = "x86_64")]
     if g.k == 3
         && g.stride == 1
-        && g.o >= LANES_MIN_O
+        && g.o >= lanes::MIN_O
         && std::arch::is_x86_feature_detected!("avx512f")
     {
         // SAFETY: AVX-512F (checked).
-        unsafe { weight_grad_lanes(g, &b, dyn_, dw, &mut dy) };
+        unsafe { lanes::weight_grad_avx512(g, &b, dyn_, dw, &mut dy) };
         s.dy = dy;
         return;
     }
@@ -438,144 +436,6 @@ pub fn weight_grad(g: &ConvGeom, xn: &[f32], dyn_: &[f32], dw: &mut [f32], s: &m
         }
     }
     s.dy = dy;
-}
-
-/// [`weight_grad`] for 3×3, stride-1 kernels on AVX-512, with the output channels in the vector
-/// lanes (the forward's `lanes_tiles` turned around): per input channel c and block of 16·V
-/// output channels, 9 · V zmm accumulators hold dW[o, c, ky, kx] for the nine taps, summed over
-/// the positions q from dYᵀ [Q, O] (V aligned vectors per position) and the nine inputs the taps
-/// meet there (broadcast from three padded rows). The GEMM per tap that the portable path runs
-/// reached 60–120 GFLOP/s on the U-Net's layers here, packing dY again for every tap.
-///
-/// # Safety
-/// The CPU has AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn weight_grad_lanes(
-    g: &ConvGeom,
-    b: &Band,
-    dyn_: &[f32],
-    dw: &mut [f32],
-    dyt: &mut Vec<f32>,
-) {
-    use std::arch::x86_64::*;
-    let (p, o16) = (g.positions(), g.o.div_ceil(16) * 16);
-    assert!(
-        g.k == 3 && g.stride == 1 && b.wq >= g.wo + 2 && b.plane >= (g.ho + 1) * b.wq + g.wo + 2
-    );
-    assert!(
-        b.xpad.len() >= (g.c - 1) * b.plane + (g.ho + 1) * b.wq + g.wo + 2,
-        "direct weight gradient: padded input too short"
-    );
-    // dYᵀ [P][O16] through 16 × 16 transposes (channels past O zero).
-    // Every value is written below (channels past O as zeros), so a buffer of the right
-    // length is reused as it is: no memset per sample.
-    if dyt.len() != p * o16 {
-        dyt.clear();
-        dyt.resize(p * o16, 0.0);
-    }
-    for ob in 0..o16 / 16 {
-        for q0 in (0..p).step_by(16) {
-            let n = (p - q0).min(16);
-            let mask = (u32::MAX >> (32 - n)) as __mmask16;
-            let rows: [__m512; 16] = std::array::from_fn(|l| {
-                let o = ob * 16 + l;
-                if o < g.o {
-                    // SAFETY: positions q0 .. q0 + n of channel o, inside dY.
-                    unsafe { _mm512_maskz_loadu_ps(mask, dyn_[o * p + q0..].as_ptr()) }
-                } else {
-                    _mm512_setzero_ps()
-                }
-            });
-            for (k, col) in transpose16(rows).iter().enumerate().take(n) {
-                // SAFETY: row q0 + k < P of dYᵀ, 16 values from ob · 16 < O16.
-                unsafe { _mm512_storeu_ps(dyt.as_mut_ptr().add((q0 + k) * o16 + ob * 16), *col) };
-            }
-        }
-    }
-    let rows = g.rows();
-    for c in 0..g.c {
-        let xc = &b.xpad[c * b.plane..];
-        let mut o0 = 0;
-        while o0 < g.o {
-            // SAFETY (both): AVX-512F; reads inside xc (asserted above) and dyt; writes inside dw.
-            if g.o - o0 > 16 {
-                unsafe { weight_grad_tile::<2>(g, xc, b.wq, dyt, o16, o0, c, rows, dw) };
-                o0 += 32;
-            } else {
-                unsafe { weight_grad_tile::<1>(g, xc, b.wq, dyt, o16, o0, c, rows, dw) };
-                o0 += 16;
-            }
-        }
-    }
-}
-
-/// One (input channel, block of 16·V output channels) tile of [`weight_grad_lanes`], added into
-/// dw [O, C·9].
-///
-/// # Safety
-/// AVX-512F; xc holds the channel's padded rows (ho + 2 of wq values, wq ≥ wo + 2); dyt is
-/// dYᵀ [P][o16] with o0 + 16·V ≤ o16.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-// v picks the same vector of each tap's accumulators (acc[t][v]), not one of acc.
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn weight_grad_tile<const V: usize>(
-    g: &ConvGeom,
-    xc: &[f32],
-    wq: usize,
-    dyt: &[f32],
-    o16: usize,
-    o0: usize,
-    c: usize,
-    rows: usize,
-    dw: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    assert!(o0 + 16 * V <= o16 && dyt.len() >= g.positions() * o16);
-    assert!(xc.len() >= (g.ho + 1) * wq + g.wo + 2 && dw.len() >= g.o * rows);
-    let mut acc = [[_mm512_setzero_ps(); V]; 9];
-    let (x, d) = (xc.as_ptr(), dyt.as_ptr());
-    for oy in 0..g.ho {
-        // SAFETY: rows oy .. oy + 2 of the padded channel, inside xc (asserted).
-        let r: [*const f32; 3] = std::array::from_fn(|ky| unsafe { x.add((oy + ky) * wq) });
-        for ox in 0..g.wo {
-            // SAFETY: position oy·wo + ox < P of dYᵀ, channels o0 .. o0 + 16·V ≤ o16.
-            let wv: [__m512; V] = std::array::from_fn(|v| unsafe {
-                _mm512_loadu_ps(d.add((oy * g.wo + ox) * o16 + o0 + 16 * v))
-            });
-            for (t, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: column ox + kx ≤ wo + 1 < wq of a row inside xc.
-                let xb = _mm512_set1_ps(unsafe { *r[t / 3].add(ox + t % 3) });
-                for (a, w) in acc.iter_mut().zip(&wv) {
-                    *a = _mm512_fmadd_ps(xb, *w, *a);
-                }
-            }
-        }
-    }
-    // Lane l of tap t's vector v is dW[o0 + 16v + l, c, t]: transposed, each output channel's
-    // nine taps are one masked add into its row of dw.
-    for v in 0..V {
-        let cols = transpose16(std::array::from_fn(|t| {
-            if t < 9 {
-                acc[t][v]
-            } else {
-                _mm512_setzero_ps()
-            }
-        }));
-        for (l, col) in cols.iter().enumerate() {
-            let o = o0 + 16 * v + l;
-            if o >= g.o {
-                break;
-            }
-            // SAFETY: dw[o·rows + 9c .. + 9] lies inside dw (o < O, 9c + 9 ≤ rows).
-            unsafe {
-                let at = dw.as_mut_ptr().add(o * rows + 9 * c);
-                let old = _mm512_maskz_loadu_ps(0x1FF, at);
-                _mm512_mask_storeu_ps(at, 0x1FF, _mm512_add_ps(old, *col));
-            }
-        }
-    }
 }
 
 /// One band's padded input and geometry, ready for the tiles.
@@ -952,243 +812,6 @@ fn run<const MR: usize, const NR: usize, const FMA: bool>(b: &Band, packed: &[f3
     }
 }
 
-/// Fewest output channels for which [`Direct`] packs the channels-in-lanes weights.
-const LANES_MIN_O: usize = 16;
-
-/// w [O, rows] as the channels-in-lanes blocks of [`Direct::lanes`].
-fn pack_lanes(w: &[f32], o: usize, rows: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; o.div_ceil(16) * 16 * rows];
-    for (oc, src) in w.chunks_exact(rows).take(o).enumerate() {
-        let block = &mut out[(oc / 16) * 16 * rows..][..16 * rows];
-        for (d, &v) in block.iter_mut().skip(oc % 16).step_by(16).zip(src) {
-            *d = v;
-        }
-    }
-    out
-}
-
-/// Every tile of the band with the output channels in the vector lanes: the transpose of
-/// [`run`]'s tiles, for AVX-512 and output widths that are multiples of 7 (the U-Net's 28,
-/// 14 and 7).
-///
-/// A tile is R segments of L consecutive outputs, each inside one output row (R·L = 14 for 32
-/// channels, 28 for 16), times 16·V channels: R·L·V = 28 zmm accumulators. Each step of the
-/// reduction loads V vectors of weights (aligned rows of [`Direct::lanes`]) and broadcasts
-/// R·L single inputs, which never straddle a cache line (the positions-in-lanes tile's
-/// unaligned input vectors nearly always do); segments inside rows compute no padding
-/// columns. Measured on one core of this VM (AVX-512), against [`run`]'s 4 × 48 tiles:
-/// 32 → 32 at 7×7 1.6×, at 14×14 1.5×, 16 → 16 at 28×28 1.35×. The price is the store:
-/// the accumulators hold positions × channels, the output is [O, positions], so each tile's
-/// values are written one at a time.
-///
-/// # Safety
-/// The CPU has AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn lanes_tiles(b: &Band, lanes: &[f32], y: Out) {
-    let rows = (b.q_end - 1) / b.wq + 1;
-    assert!(
-        b.o <= y.o && rows * b.wo <= y.span && b.wo.is_multiple_of(7),
-        "direct conv: band writes past its output"
-    );
-    // Every segment reads [start + off, + L) with start + L ≤ (rows − 1)·wq + wo = q_end.
-    let max_off = b.offsets.iter().max().copied().unwrap_or(0);
-    assert!(
-        max_off + b.q_end <= b.xpad.len() && b.offsets.len() == b.rows,
-        "direct conv: band reads past its padded input"
-    );
-    let (mut c0, mut at) = (0, 0);
-    while c0 < b.o {
-        let wide = b.o - c0 > 16;
-        let ch = if wide { 32 } else { 16 };
-        assert!(
-            at + b.rows * ch <= lanes.len(),
-            "direct conv: lanes weights smaller than the band's channels"
-        );
-        let w = &lanes[at..at + b.rows * ch];
-        // SAFETY (each call): AVX-512F by this function's contract; the reads and writes are
-        // inside xpad, w and y by the asserts above.
-        unsafe {
-            match (wide, b.wo % 28, b.wo % 14) {
-                (true, _, 0) => lanes_block::<1, 14, 2>(b, w, y, c0, rows),
-                (true, _, _) => lanes_block::<2, 7, 2>(b, w, y, c0, rows),
-                (false, 0, _) => lanes_block::<1, 28, 1>(b, w, y, c0, rows),
-                (false, _, 0) => lanes_block::<2, 14, 1>(b, w, y, c0, rows),
-                (false, _, _) => lanes_block::<4, 7, 1>(b, w, y, c0, rows),
-            }
-        }
-        c0 += ch;
-        at += b.rows * ch;
-    }
-}
-
-/// One block of 16·V channels from channel c0, every tile of R × L outputs of the band.
-///
-/// # Safety
-/// AVX-512F; `L` divides Wo; w holds rows × 16·V weights; every read of the band's segments is
-/// inside xpad and every store inside y (checked by [`lanes_tiles`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-// v picks a vector of each position's accumulators (acc[p / L][p % L][v]), not one of acc.
-#[allow(clippy::needless_range_loop)]
-unsafe fn lanes_block<const R: usize, const L: usize, const V: usize>(
-    b: &Band,
-    w: &[f32],
-    y: Out,
-    c0: usize,
-    rows: usize,
-) {
-    use std::arch::x86_64::*;
-    let channels = (b.o - c0).min(16 * V);
-    for r0 in (0..rows).step_by(R) {
-        for ox in (0..b.wo).step_by(L) {
-            // Segments past the band's last row repeat it (valid reads) and are not stored.
-            let starts: [usize; R] = std::array::from_fn(|i| (r0 + i).min(rows - 1) * b.wq + ox);
-            // SAFETY: by the function's contract.
-            let acc = unsafe { lanes_tile::<R, L, V>(w, b.xpad.as_ptr(), b.offsets, starts) };
-            // Tile position p = i·L + j is segment i's output j. Each 16 positions × 16
-            // channels are transposed in registers, so that a channel's outputs of a segment
-            // are one masked vector store (the scalar stores cost 10–40% of the tile).
-            for v in 0..V {
-                for g in 0..(R * L).div_ceil(16) {
-                    let cols = transpose16(std::array::from_fn(|k| {
-                        let p = 16 * g + k;
-                        if p < R * L {
-                            acc[p / L][p % L][v]
-                        } else {
-                            _mm512_setzero_ps()
-                        }
-                    }));
-                    for (l, col) in cols
-                        .iter()
-                        .enumerate()
-                        .take(channels.saturating_sub(16 * v))
-                    {
-                        let oc = c0 + 16 * v + l;
-                        for i in 0..R.min(rows - r0) {
-                            // Lanes [lo, hi) of the group are segment i's outputs j = 16g +
-                            // lane − i·L, at (r0 + i)·Wo + ox + j.
-                            let (lo, hi) = ((i * L).max(16 * g), ((i + 1) * L).min(16 * g + 16));
-                            if lo >= hi {
-                                continue;
-                            }
-                            let mask = (((1u32 << (hi - lo)) - 1) << (lo - 16 * g)) as __mmask16;
-                            let first = oc * y.stride + (r0 + i) * b.wo + ox + lo - i * L;
-                            // Lane 0's address; only lanes in the mask are read or written, and
-                            // those are outputs first .. first + (hi − lo) of this channel.
-                            let lane0 =
-                                |p: *const f32| p.wrapping_add(first).wrapping_sub(lo - 16 * g);
-                            let mut e = _mm512_set1_ps(y.bias[oc]);
-                            if let Some(r) = y.res {
-                                // SAFETY: the masked lanes are inside the residual, which has
-                                // y's layout (checked by [`lanes_tiles`]).
-                                e = _mm512_add_ps(e, unsafe {
-                                    _mm512_maskz_loadu_ps(mask, lane0(r))
-                                });
-                            }
-                            // SAFETY: oc < b.o ≤ y.o and every masked lane's output lies in
-                            // [(r0 + i)·Wo + ox, + L) ⊂ [0, rows · Wo) ⊂ [0, span).
-                            unsafe {
-                                _mm512_mask_storeu_ps(
-                                    lane0(y.ptr).cast_mut(),
-                                    mask,
-                                    _mm512_add_ps(*col, e),
-                                )
-                            };
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The 16 × 16 transpose: out[c] lane k = rows[k] lane c. Four rounds of 16 shuffles: pairs
-/// of floats, pairs of pairs, then 128-bit chunks twice.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
-    use std::arch::x86_64::*;
-    // t[2k] lane chunk q: (r2k[4q], r2k+1[4q], r2k[4q+1], r2k+1[4q+1]); t[2k+1] the next two.
-    let t: [__m512; 16] = std::array::from_fn(|i| {
-        let (a, b) = (r[i & !1], r[i | 1]);
-        if i % 2 == 0 {
-            _mm512_unpacklo_ps(a, b)
-        } else {
-            _mm512_unpackhi_ps(a, b)
-        }
-    });
-    // u[4m + c] chunk q: column 4q + c of rows 4m .. 4m + 3.
-    let u: [__m512; 16] = std::array::from_fn(|i| {
-        let (m, c) = (i / 4, i % 4);
-        let (a, b) = (
-            _mm512_castps_pd(t[4 * m + c / 2]),
-            _mm512_castps_pd(t[4 * m + 2 + c / 2]),
-        );
-        _mm512_castpd_ps(if c % 2 == 0 {
-            _mm512_unpacklo_pd(a, b)
-        } else {
-            _mm512_unpackhi_pd(a, b)
-        })
-    });
-    // Column 4q + c = (u[c], u[4 + c], u[8 + c], u[12 + c]) chunk q each.
-    let half = |a: __m512, b: __m512, high: bool| {
-        if high {
-            _mm512_shuffle_f32x4::<0xEE>(a, b)
-        } else {
-            _mm512_shuffle_f32x4::<0x44>(a, b)
-        }
-    };
-    std::array::from_fn(|col| {
-        let (q, c) = (col / 4, col % 4);
-        let a = half(u[c], u[4 + c], q >= 2);
-        let b = half(u[8 + c], u[12 + c], q >= 2);
-        if q % 2 == 0 {
-            _mm512_shuffle_f32x4::<0x88>(a, b)
-        } else {
-            _mm512_shuffle_f32x4::<0xDD>(a, b)
-        }
-    })
-}
-
-/// The channels-in-lanes microkernel: acc[i][j][v] (16 channels each) = Σ_r w[v][r][..] ·
-/// xpad[offsets[r] + starts[i] + j]. No bounds checks inside the loop (see [`tile`]).
-///
-/// # Safety
-/// AVX-512F; `w.len() ≥ offsets.len() · 16·V`; `off + start + L ≤ xpad`'s length for every
-/// offset and start.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn lanes_tile<const R: usize, const L: usize, const V: usize>(
-    w: &[f32],
-    xpad: *const f32,
-    offsets: &[usize],
-    starts: [usize; R],
-) -> [[[std::arch::x86_64::__m512; V]; L]; R] {
-    use std::arch::x86_64::*;
-    let mut acc = [[[_mm512_setzero_ps(); V]; L]; R];
-    // Block v's weights for reduction step r are at v·16·rows + 16·r.
-    let (w, block) = (w.as_ptr(), 16 * offsets.len());
-    for (r, &off) in offsets.iter().enumerate() {
-        // SAFETY: in bounds by the function's contract.
-        let wv: [__m512; V] =
-            std::array::from_fn(|v| unsafe { _mm512_loadu_ps(w.add(v * block + 16 * r)) });
-        for (acc, &start) in acc.iter_mut().zip(&starts) {
-            let x = xpad.wrapping_add(off + start);
-            for (j, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: in bounds by the function's contract.
-                let xb = _mm512_set1_ps(unsafe { *x.add(j) });
-                for (a, wv) in acc.iter_mut().zip(&wv) {
-                    *a = _mm512_fmadd_ps(xb, *wv, *a);
-                }
-            }
-        }
-    }
-    acc
-}
-
 /// dst[j] = a[j] + e(j): fixed-length whole vectors when the run is a whole tile.
 #[inline(always)]
 fn store<const NR: usize>(dst: &mut [f32], a: &[f32], e: impl Fn(usize) -> f32) {
@@ -1366,33 +989,6 @@ mod tests {
                         }
                     }
                 }
-            }
-        }
-    }
-
-    /// The channels-in-lanes store's in-register transpose, against its definition.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn transpose16_transposes() {
-        use std::arch::x86_64::*;
-        if !std::arch::is_x86_feature_detected!("avx512f") {
-            eprintln!("no AVX-512F here: transpose16 not run");
-            return;
-        }
-        let m: Vec<f32> = (0..256).map(|i| i as f32).collect();
-        // SAFETY: AVX-512F (checked); every load reads 16 of m's 256 values.
-        let rows: [__m512; 16] =
-            std::array::from_fn(|k| unsafe { _mm512_loadu_ps(m[16 * k..].as_ptr()) });
-        // SAFETY: as above.
-        let cols = unsafe { transpose16(rows) };
-        let mut out = [0.0f32; 256];
-        for (c, col) in cols.iter().enumerate() {
-            // SAFETY: AVX-512F; 16 values of out.
-            unsafe { _mm512_storeu_ps(out[16 * c..].as_mut_ptr(), *col) };
-        }
-        for c in 0..16 {
-            for k in 0..16 {
-                assert_eq!(out[16 * c + k], m[16 * k + c], "column {c}, lane {k}");
             }
         }
     }
