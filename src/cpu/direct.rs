@@ -226,6 +226,8 @@ impl Direct {
     /// Runs every tile of `args` on the channels-in-lanes tiles with the weights `lanes`
     /// (blocks of `args.o` channels) where they take its width, else with `packed` (MR blocks).
     fn dispatch(&self, args: &Band, packed: &[f32], lanes: &[f32], y: Out) {
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = lanes; // packed only on x86-64 (AVX-512)
         #[cfg(target_arch = "x86_64")]
         if self.channels_in_lanes(args.wo) {
             // Packed only for AVX-512 (`lanes::width`).
