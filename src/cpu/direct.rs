@@ -652,7 +652,7 @@ unsafe fn pad_avx512(g: &ConvGeom, xn: &[f32], y0: usize, hb: usize, wq: usize, 
         let j = 16 * i;
         let first = (st * j) as isize - pad as isize;
         *p = (
-            (u32::MAX >> (32 - (wq - j).min(16))) as __mmask16,
+            lanes::mask16(0, (wq - j).min(16)),
             first,
             load_mask(first, w),
             load_mask(first + 16, w),
@@ -707,13 +707,10 @@ unsafe fn pad_avx512(g: &ConvGeom, xn: &[f32], y0: usize, hb: usize, wq: usize, 
 /// column first + l lies in [0, w).
 #[cfg(target_arch = "x86_64")]
 fn load_mask(first: isize, w: usize) -> std::arch::x86_64::__mmask16 {
-    let lo = (-first).clamp(0, 16) as u32;
-    let hi = (w as isize - first).clamp(0, 16) as u32;
-    if lo >= hi {
-        0
-    } else {
-        ((u32::MAX >> (32 - (hi - lo))) << lo) as std::arch::x86_64::__mmask16
-    }
+    lanes::mask16(
+        (-first).clamp(0, 16) as usize,
+        (w as isize - first).clamp(0, 16) as usize,
+    )
 }
 
 #[cfg(target_arch = "x86_64")]

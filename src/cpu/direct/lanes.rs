@@ -116,10 +116,14 @@ impl Lanes for Zmm {
     }
 }
 
-/// The AVX-512 mask of lanes [lo, hi).
+/// The AVX-512 mask of lanes [lo, hi) (none when hi ≤ lo; hi ≤ 16).
 #[inline(always)]
-fn mask16(lo: usize, hi: usize) -> __mmask16 {
-    (((1u32 << (hi - lo)) - 1) << lo) as __mmask16
+pub(super) fn mask16(lo: usize, hi: usize) -> __mmask16 {
+    if hi <= lo {
+        0
+    } else {
+        (((1u32 << (hi - lo)) - 1) << lo) as __mmask16
+    }
 }
 
 /// Every tile of the band on AVX-512: blocks of 32 channels while more than 16 remain (14
@@ -317,7 +321,7 @@ pub(super) unsafe fn weight_grad_avx512(
     for ob in 0..o16 / 16 {
         for q0 in (0..p).step_by(16) {
             let n = (p - q0).min(16);
-            let mask = (u32::MAX >> (32 - n)) as __mmask16;
+            let mask = mask16(0, n);
             let rows: [__m512; 16] = std::array::from_fn(|l| {
                 let o = ob * 16 + l;
                 if o < g.o {
