@@ -606,22 +606,28 @@ fn bench_backend<B: Backend>(
     shape.extend(meta.model.sample_shape());
     let x = b.upload(&noise, &shape)?;
     let (s, t) = (vec![0.25; batch], vec![0.75; batch]);
-    // Warm-up, then the unsynchronised-per-op forward time.
+    // Warm-up, then the unsynchronised-per-op forward time: the median forward (robust to a
+    // preempted one on a shared machine), with the mean beside it.
     b.download(&net.velocity(b, &x, &s, &t)?)?;
-    let t0 = Instant::now();
+    let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
+        let t0 = Instant::now();
         let v = net.velocity(b, &x, &s, &t)?;
         b.sync()?;
+        times.push(t0.elapsed().as_secs_f64());
         drop(v);
     }
-    let fwd = t0.elapsed().as_secs_f64() / iters as f64;
+    let mean = times.iter().sum::<f64>() / iters as f64;
+    times.sort_by(f64::total_cmp);
+    let fwd = times[iters / 2];
     let of_peak = |gflops: f64| {
         peak.map(|p| format!("{:>8.0}%", 100.0 * gflops / p))
             .unwrap_or_default()
     };
     say!(
-        "forward: {:.3} ms, {:.2} GFLOP/s{}, {:.1} samples/s",
+        "forward: {:.3} ms (median of {iters}; mean {:.3} ms), {:.2} GFLOP/s{}, {:.1} samples/s",
         fwd * 1e3,
+        mean * 1e3,
         flops / fwd / 1e9,
         peak.map(|p| format!(" ({:.0}% of the GEMM peak)", 100.0 * flops / fwd / 1e9 / p))
             .unwrap_or_default(),
@@ -630,9 +636,13 @@ fn bench_backend<B: Backend>(
 
     let prof = Profiled::new(b);
     let pnet: Network<Profiled<B>> = w.network(&prof)?;
+    // A warm-up forward as above: the first one packs each convolution's weights for the
+    // microkernels (batch 1: it read conv2d 1.3–1.7× slower over 50 forwards).
+    prof.download(&pnet.velocity(&prof, &x, &s, &t)?)?;
     prof.reset();
     for _ in 0..iters {
         prof.download(&pnet.velocity(&prof, &x, &s, &t)?)?;
+        prof.end_forward();
     }
     // One table: a title, then a row per name (an op family or a layer shape).
     let table = |title: &str, what: &str, width: usize, rows: &[(String, FamilyStats)]| {
@@ -646,14 +656,14 @@ fn bench_backend<B: Backend>(
             if peak.is_some() { "  of GEMM" } else { "" }
         );
         for (name, st) in rows {
-            let secs = st.time.as_secs_f64() / iters as f64;
-            let gflops = st.flops / iters as f64 / secs / 1e9;
+            let secs = st.time.as_secs_f64();
+            let gflops = st.flops / secs / 1e9;
             say!(
                 "  {name:<width$} {:>6} {:>10.3} {:>10.2} {:>9.2}{}",
-                st.calls / iters,
+                st.calls,
                 secs * 1e3,
                 gflops,
-                st.bytes * byte_scale / iters as f64 / secs / 1e9,
+                st.bytes * byte_scale / secs / 1e9,
                 of_peak(gflops)
             );
         }
@@ -664,7 +674,7 @@ fn bench_backend<B: Backend>(
         .map(|(fam, st)| (fam.name().to_string(), st))
         .collect();
     table(
-        "per op family (synchronised after every op, per forward):",
+        "per op family (synchronised after every op; per forward, the median forward of each):",
         "family",
         12,
         &families,
@@ -682,6 +692,16 @@ fn bench_backend<B: Backend>(
     drop(pnet);
 
     let chunk = batch;
+    // One untimed run first, as for the forward: the first run after the profile above found
+    // the allocator's and the caches' state of another network (batch 1: 4–5 ms against 1.2).
+    sampler::sample(
+        b,
+        &net,
+        &noise,
+        &sampler::uniform_grid(1)?,
+        Integrator::FlowMap,
+        chunk,
+    )?;
     for k in [1usize, 4, 16] {
         let grid = sampler::uniform_grid(k)?;
         let (_, rep) = sampler::sample(b, &net, &noise, &grid, Integrator::FlowMap, chunk)?;

@@ -144,8 +144,7 @@ impl Direct {
             "direct conv: weight shape"
         );
         assert!(y0 < y1 && y1 <= g.ho && y.len() >= g.o * (y1 - y0) * g.wo);
-        let nr = self.isa.tile().1;
-        let args = Band::new(g, xn, y0, y1, nr, scratch);
+        let args = Band::new(g, xn, y0, y1, self.nr(), scratch);
         let span = (y1 - y0) * g.wo;
         self.dispatch(
             &args,
@@ -178,7 +177,7 @@ impl Direct {
             (self.o, self.rows),
             "direct conv: weight shape"
         );
-        let (mr, nr) = self.isa.tile();
+        let (mr, nr) = (self.isa.tile().0, self.nr());
         let pb = g.positions();
         let y = &mut y[..g.o * pb];
         epilogue.check(g.o, pb);
@@ -223,6 +222,16 @@ impl Direct {
         }
     }
 
+    /// The widest tile's positions, which each band's padded copy is sized for: [`tile_few`]'s
+    /// 128 for a single output channel on AVX-512, else the instruction set's NR.
+    fn nr(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512 && self.o <= FEW_MAX {
+            return 128;
+        }
+        self.isa.tile().1
+    }
+
     /// Runs every tile of `args` on the channels-in-lanes tiles with the weights `lanes`
     /// (blocks of `args.o` channels) where they take its width, else with `packed` (MR blocks).
     fn dispatch(&self, args: &Band, packed: &[f32], lanes: &[f32], y: Out) {
@@ -243,7 +252,9 @@ impl Direct {
                 let slots = |nr: usize| args.q_end.div_ceil(nr) * nr;
                 // SAFETY: the CPU has AVX-512F (asserted), the one feature these are built for.
                 unsafe {
-                    if slots(32) < slots(48) {
+                    if args.o <= FEW_MAX {
+                        avx512_few(args, packed, y)
+                    } else if slots(32) < slots(48) {
                         avx512_narrow(args, packed, y)
                     } else {
                         avx512(args, packed, y)
@@ -259,7 +270,7 @@ impl Direct {
                 // SAFETY: the CPU has AVX2 and FMA (asserted), the features avx2 is built for.
                 unsafe { avx2(args, packed, y) }
             }
-            _ => run::<4, 8, { cfg!(target_arch = "aarch64") }>(args, packed, y),
+            _ => run::<4, 8, { cfg!(target_arch = "aarch64") }, 0>(args, packed, y),
         }
     }
 }
@@ -716,24 +727,47 @@ fn load_mask(first: isize, w: usize) -> std::arch::x86_64::__mmask16 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn avx512(b: &Band, packed: &[f32], y: Out) {
-    run::<4, 48, true>(b, packed, y)
+    run::<4, 48, true, 0>(b, packed, y)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn avx512_narrow(b: &Band, packed: &[f32], y: Out) {
-    run::<4, 32, true>(b, packed, y)
+    run::<4, 32, true, 0>(b, packed, y)
+}
+
+/// Output channels up to which AVX-512 runs [`tile_few`] instead of the 4 × 48 tile.
+#[cfg(target_arch = "x86_64")]
+const FEW_MAX: usize = 3;
+
+/// Convolutions with at most [`FEW_MAX`] output channels (the U-Net's last layer, 16 → 1):
+/// M channels × 128 / 64 / 48 positions in 8 / 8 / 9 accumulators ([`tile_few`]), where the
+/// 4 × 48 tile computed 4 − M rows of zeros (the 16 → 1 layer ran at 15–17 GFLOP/s).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn avx512_few(b: &Band, packed: &[f32], y: Out) {
+    match b.o {
+        1 => run::<4, 128, true, 1>(b, packed, y),
+        2 => run::<4, 64, true, 2>(b, packed, y),
+        _ => run::<4, 48, true, 3>(b, packed, y),
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn avx2(b: &Band, packed: &[f32], y: Out) {
-    run::<6, 16, true>(b, packed, y)
+    run::<6, 16, true, 0>(b, packed, y)
 }
 
-/// Every tile of the band: for each block of NR positions, each block of MR channels.
+/// Every tile of the band: for each block of NR positions, each block of MR channels. With
+/// `FEW` above 0 (AVX-512 only, at most [`FEW_MAX`] channels) each tile is [`tile_few`]'s, on
+/// the first `FEW` rows of the one block.
 #[inline(always)]
-fn run<const MR: usize, const NR: usize, const FMA: bool>(b: &Band, packed: &[f32], y: Out) {
+fn run<const MR: usize, const NR: usize, const FMA: bool, const FEW: usize>(
+    b: &Band,
+    packed: &[f32],
+    y: Out,
+) {
     // Every store below lands in channel < b.o at a position < (rows of the band) · Wo.
     let rows = (b.q_end - 1) / b.wq + 1;
     assert!(
@@ -770,8 +804,18 @@ fn run<const MR: usize, const NR: usize, const FMA: bool>(b: &Band, packed: &[f3
         };
         for (blk, wblk) in packed.chunks_exact(b.rows * MR).enumerate() {
             // SAFETY: wblk holds rows · MR weights, and every read ends by x's end: by
-            // `in_place` for xpad, by construction for the copy.
-            let acc = unsafe { tile::<MR, NR, FMA>(wblk, x, offsets, from) };
+            // `in_place` for xpad, by construction for the copy; `tile_few` runs only where
+            // the caller has AVX-512F (`avx512_few`).
+            let acc = unsafe {
+                #[cfg(target_arch = "x86_64")]
+                if FEW > 0 {
+                    tile_few::<MR, NR, FEW>(wblk, x, offsets, from)
+                } else {
+                    tile::<MR, NR, FMA>(wblk, x, offsets, from)
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                tile::<MR, NR, FMA>(wblk, x, offsets, from)
+            };
             // Store each run of real outputs (ox < Wo) of the tile, plus the epilogue, in y.
             let mut q = q0;
             let q1 = (q0 + NR).min(b.q_end);
@@ -866,6 +910,54 @@ unsafe fn tile<const MR: usize, const NR: usize, const FMA: bool>(
     acc
 }
 
+/// [`tile`] for the first M ≤ 3 of an MR block's channels, in explicit AVX-512 (a portable
+/// 1 × 128 array tile was not kept in registers: 3× slower): M × NR/16 accumulators, each
+/// step one unaligned load per 16 positions shared by the M broadcast weights. Rows M.. of
+/// the result are zero.
+///
+/// # Safety
+/// AVX-512F; [`tile`]'s contract.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+// i and j pick an accumulator of acc[i][j] and the matching lanes of out and x.
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile_few<const MR: usize, const NR: usize, const M: usize>(
+    wblk: &[f32],
+    xpad: &[f32],
+    offsets: &[usize],
+    q0: usize,
+) -> [[f32; NR]; MR] {
+    use std::arch::x86_64::*;
+    // At most 9 accumulators of the 32 registers: NR / 16 vectors for each of M channels.
+    const MAX_J: usize = 8;
+    let j_n = NR / 16;
+    assert!(M <= MR && M <= FEW_MAX && NR.is_multiple_of(16) && j_n <= MAX_J && M * j_n <= 9);
+    let mut out = [[0.0f32; NR]; MR];
+    // SAFETY (every intrinsic and read): AVX-512F and in bounds by the function's contract.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); MAX_J]; FEW_MAX];
+        let (w, x0) = (wblk.as_ptr(), xpad.as_ptr().wrapping_add(q0));
+        for (r, &off) in offsets.iter().enumerate() {
+            let wv: [__m512; FEW_MAX] = std::array::from_fn(|i| {
+                _mm512_set1_ps(if i < M { *w.add(r * MR + i) } else { 0.0 })
+            });
+            let x = x0.add(off);
+            for j in 0..j_n {
+                let xv = _mm512_loadu_ps(x.add(16 * j));
+                for i in 0..M {
+                    acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+                }
+            }
+        }
+        for i in 0..M {
+            for j in 0..j_n {
+                _mm512_storeu_ps(out[i].as_mut_ptr().add(16 * j), acc[i][j]);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -908,6 +1000,12 @@ mod tests {
                 (3, 4, 8, 7, 3, 2, 0),
                 (2, 3, 10, 11, 3, 3, 1),
                 (3, 5, 6, 6, 1, 2, 0),
+                // At most three outputs (AVX-512's `tile_few`): the U-Net's last layer with
+                // its residual, two and three channels, 1×1 in place past the image's end.
+                (16, 1, 28, 28, 3, 1, 1),
+                (4, 2, 9, 30, 3, 1, 1),
+                (5, 3, 12, 12, 3, 1, 1),
+                (6, 1, 5, 40, 1, 1, 0),
             ] {
                 let xs = [1, c, h, w];
                 let ws = [o, c, k, k];
