@@ -1,6 +1,5 @@
-// Layout copies. `main`: channel concatenation of [N, Ca, ...] and [N, Cb, ...], per sample
-// a_len values of a then b_len values of b. `repeat_rows`: each a_len-long row of a repeated
-// b_len times (n = output rows). One thread per output element. Reference: src/cpu/elementwise.rs.
+// Channel concatenation of [N, Ca, ...] and [N, Cb, ...]: per sample a_len values of a then
+// b_len values of b. One thread per output element. Reference: src/cpu/elementwise.rs.
 
 // Storage type: f32 here; the f16 build of this file (src/gpu/precision.rs) turns the alias
 // below into f16 behind `enable f16;`. Loads widen to f32 and all arithmetic is f32.
@@ -29,14 +28,4 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     } else {
         y[idx] = b[n * p.b_len + r - p.a_len];
     }
-}
-
-@compute @workgroup_size(256, 1, 1)
-fn repeat_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = gid.x + gid.y * nwg.x * 256u;
-    if (idx >= p.n * p.a_len) {
-        return;
-    }
-    let out_row = idx / p.a_len;
-    y[idx] = a[(out_row / p.b_len) * p.a_len + idx % p.a_len];
 }

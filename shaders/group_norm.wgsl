@@ -1,7 +1,8 @@
 // GroupNorm over (C/groups, H, W), affine, then the optional time scale-shift
-// y·(1 + scale[n, c]) + shift[n, c] and SiLU. One 256-thread workgroup per (sample, group):
-// a tree reduction for the mean, a second for the centred variance (more stable than E[x²] − E[x]²),
-// then the normalised write. Reference: src/cpu/norm.rs.
+// y·(1 + scale[m, c]) + shift[m, c] with m = n / mod_repeat (a modulation [M, 2C] whose rows
+// each serve mod_repeat consecutive samples; 0: none) and SiLU. One 256-thread workgroup per
+// (sample, group): a tree reduction for the mean, a second for the centred variance (more
+// stable than E[x²] − E[x]²), then the normalised write. Reference: src/cpu/norm.rs.
 
 // Storage type: f32 here; the f16 build of this file (src/gpu/precision.rs) turns the alias
 // below into f16 behind `enable f16;`. Loads widen to f32 and all arithmetic is f32.
@@ -9,7 +10,7 @@ alias S = f32;
 
 struct Params {
     batch: u32, channels: u32, hw: u32, groups: u32,
-    has_mod: u32, silu: u32, eps: f32, _p0: u32,
+    mod_repeat: u32, silu: u32, eps: f32, _p0: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<S>;
@@ -68,8 +69,9 @@ fn main(
     for (var i = lane; i < len; i += WG) {
         let c = g * cpg + i / p.hw;
         var v = (f32(x[base + i]) - mean) * rstd * f32(gamma[c]) + f32(beta[c]);
-        if (p.has_mod != 0u) {
-            v = v * (1.0 + f32(modulation[n * 2u * p.channels + c])) + f32(modulation[n * 2u * p.channels + p.channels + c]);
+        if (p.mod_repeat != 0u) {
+            let row = (n / p.mod_repeat) * 2u * p.channels;
+            v = v * (1.0 + f32(modulation[row + c])) + f32(modulation[row + p.channels + c]);
         }
         if (p.silu != 0u) {
             v = v / (1.0 + exp(-v));

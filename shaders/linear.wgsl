@@ -1,5 +1,7 @@
 // Fully connected layer y[m, n] = act((Σ_k x[m, k] · W[n, k] + b[n]) · (1 + scale[m, n]) + shift[m, n])
-// with W stored [out, in] and the optional time modulation [rows, 2·out] = [scale | shift].
+// with W stored [out, in] and the optional time modulation [M, 2·out] = [scale | shift], each
+// of whose rows serves mod_repeat consecutive rows of x (M = rows / mod_repeat; a batch that
+// shares its times passes one row), 0 meaning none.
 // Tiled GEMM: a 16×16 workgroup computes a 64 × 64 tile, each thread a 4×4 register block of
 // four vec4 accumulators; both operands are k-contiguous, so tiles load with k fastest and are
 // stored transposed (one padding vec4 per row) in workgroup memory, from which each thread reads
@@ -11,7 +13,7 @@
 alias S = f32;
 
 struct Params {
-    rows: u32, inp: u32, outp: u32, has_mod: u32,
+    rows: u32, inp: u32, outp: u32, mod_repeat: u32,
     act: u32, tiles_n: u32, total_tiles: u32, _p0: u32,
 }
 
@@ -60,8 +62,8 @@ fn store4(gm: u32, gn0: u32, v: vec4<f32>) {
         let gn = gn0 + j;
         if (gn < p.outp) {
             var o = v[j] + f32(bias[gn]);
-            if (p.has_mod != 0u) {
-                let base = gm * 2u * p.outp;
+            if (p.mod_repeat != 0u) {
+                let base = (gm / p.mod_repeat) * 2u * p.outp;
                 o = o * (1.0 + f32(modulation[base + gn])) + f32(modulation[base + p.outp + gn]);
             }
             y[gm * p.outp + gn] = S(activate(o, p.act));

@@ -116,8 +116,9 @@ pub trait Backend {
     ) -> Self::Tensor;
 
     /// GroupNorm over (C/groups, H, W) with affine gamma/beta, then optionally the time
-    /// scale-shift y·(1 + scale) + shift with `modulation` [N, 2C] = [scale | shift], then
-    /// optionally SiLU.
+    /// scale-shift y·(1 + scale) + shift with `modulation` [M, 2C] = [scale | shift], then
+    /// optionally SiLU. M divides N and each row serves N / M consecutive samples
+    /// ([`modulation_repeat`]): a batch that shares its times passes one row, not N copies.
     #[allow(clippy::too_many_arguments)]
     fn group_norm(
         &self,
@@ -130,7 +131,8 @@ pub trait Backend {
         silu: bool,
     ) -> Self::Tensor;
 
-    /// y = act((x wᵀ + b) · (1 + scale) + shift). x: [N, in], w: [out, in], modulation [N, 2·out].
+    /// y = act((x wᵀ + b) · (1 + scale) + shift). x: [N, in], w: [out, in], modulation
+    /// [M, 2·out], each row serving N / M consecutive rows of x as in [`Self::group_norm`].
     fn linear(
         &self,
         x: &Self::Tensor,
@@ -160,11 +162,6 @@ pub trait Backend {
     /// Concatenation of [N, Ca, H, W] and [N, Cb, H, W] along channels.
     fn concat_channels(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
 
-    /// Each of the N rows of x [N, ...] repeated `times` times in place: [N·times, ...], output
-    /// row i being input row ⌊i / times⌋. A batch whose samples share their times gets its time
-    /// conditioning once per distinct (s, t), spread by this (`net::embed::Cond`).
-    fn repeat_rows(&self, x: &Self::Tensor, times: usize) -> Self::Tensor;
-
     /// The same data viewed with another shape of equal size (free on every backend).
     fn reshape(&self, t: &Self::Tensor, shape: &[usize]) -> Self::Tensor;
 
@@ -176,6 +173,18 @@ pub trait Backend {
 
     /// The flow-map update x + (t − s) · v (METHOD §3), `dt` = t − s.
     fn flow_step(&self, x: &Self::Tensor, v: &Self::Tensor, dt: f32) -> Self::Tensor;
+}
+
+/// How many consecutive samples of a batch of `n` share each row of a time modulation of
+/// `mod_len` values, [M, 2·`channels`]: n / M. Panics unless M is a positive divisor of n (the
+/// network builds the modulation; a mismatch is a bug, not bad input).
+pub fn modulation_repeat(n: usize, channels: usize, mod_len: usize) -> usize {
+    let rows = mod_len / (2 * channels).max(1);
+    assert!(
+        rows > 0 && rows * 2 * channels == mod_len && n.is_multiple_of(rows),
+        "a modulation of {mod_len} values is not [M, 2·{channels}] with M dividing {n}"
+    );
+    n / rows
 }
 
 /// The check every backend's upload makes: `len` values must fill `shape` exactly.

@@ -284,12 +284,6 @@ impl<B: Backend> Backend for Profiled<'_, B> {
             |i| i.concat_channels(a, b),
         )
     }
-    fn repeat_rows(&self, x: &B::Tensor, times: usize) -> B::Tensor {
-        self.timed(
-            |s| s.repeat_rows(&st(x), times),
-            |i| i.repeat_rows(x, times),
-        )
-    }
     fn reshape(&self, t: &B::Tensor, shape: &[usize]) -> B::Tensor {
         self.inner.reshape(t, shape)
     }

@@ -179,12 +179,6 @@ impl Backend for OpParity<'_> {
             Ok(s.gpu.concat_channels(&s.up(a)?, &s.up(b)?))
         })
     }
-    fn repeat_rows(&self, x: &CpuTensor, times: usize) -> CpuTensor {
-        let want = self.cpu.repeat_rows(x, times);
-        self.check(OpFamily::Concat, want, |s| {
-            Ok(s.gpu.repeat_rows(&s.up(x)?, times))
-        })
-    }
     fn reshape(&self, t: &CpuTensor, shape: &[usize]) -> CpuTensor {
         self.cpu.reshape(t, shape)
     }

@@ -147,7 +147,8 @@ impl Backend for ShapeBackend {
         let per = 7.0 + if modulation.is_some() { 2.0 } else { 0.0 } + if silu { 4.0 } else { 0.0 };
         let mut ops: Vec<&[usize]> = vec![&x.0];
         if let Some(m) = modulation {
-            assert_eq!(m.0, [x.0[0], 2 * x.0[1]], "group_norm modulation");
+            assert_eq!(m.0.len(), 2, "group_norm modulation {:?}", m.0);
+            crate::backend::modulation_repeat(x.0[0], x.0[1], m.len());
             ops.push(&m.0);
         }
         let params: [&[usize]; 2] = [&gamma.0, &beta.0];
@@ -176,7 +177,8 @@ impl Backend for ShapeBackend {
         let out = vec![x.0[0], w.0[0]];
         let mut ops: Vec<&[usize]> = vec![&x.0];
         if let Some(m) = modulation {
-            assert_eq!(m.0, [x.0[0], 2 * w.0[0]], "linear modulation");
+            assert_eq!(m.0.len(), 2, "linear modulation {:?}", m.0);
+            crate::backend::modulation_repeat(x.0[0], w.0[0], m.len());
             ops.push(&m.0);
         }
         let flops = 2.0 * numel(&out) * x.0[1] as f64;
@@ -225,12 +227,6 @@ impl Backend for ShapeBackend {
         let mut out = a.0.clone();
         out[1] += b.0[1];
         self.record(OpFamily::Concat, 0.0, &[&a.0, &b.0], &[], out)
-    }
-
-    fn repeat_rows(&self, x: &ShapeTensor, times: usize) -> ShapeTensor {
-        let mut out = x.0.clone();
-        out[0] *= times;
-        self.record(OpFamily::Concat, 0.0, &[&x.0], &[], out)
     }
 
     fn reshape(&self, t: &ShapeTensor, shape: &[usize]) -> ShapeTensor {

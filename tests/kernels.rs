@@ -128,11 +128,14 @@ fn every_conv_tile_matches_cpu() {
 #[test]
 fn group_norm_matches_cpu() {
     let mut rng = Rng::new(2);
-    for (shape, groups, modulated, silu) in [
-        ([3, 12, 7, 7], 3, true, true),
-        ([2, 8, 4, 4], 8, false, false),
-        ([2, 16, 20, 20], 4, true, false),
-        ([1, 6, 1, 1], 2, false, true),
+    // The modulation's rows: one per sample, one shared by the whole batch (a sampler's jump),
+    // one per run of samples, or none.
+    for (shape, groups, mod_rows, silu) in [
+        ([3, 12, 7, 7], 3, Some(3), true),
+        ([2, 8, 4, 4], 8, None, false),
+        ([2, 16, 20, 20], 4, Some(1), false),
+        ([1, 6, 1, 1], 2, None, true),
+        ([4, 8, 5, 5], 2, Some(2), true),
     ] {
         let c = shape[1];
         let mut x = t(&mut rng, &shape);
@@ -142,10 +145,10 @@ fn group_norm_matches_cpu() {
             x,
             t(&mut rng, &[c]),
             t(&mut rng, &[c]),
-            t(&mut rng, &[shape[0], 2 * c]),
+            t(&mut rng, &[mod_rows.unwrap_or(1), 2 * c]),
         ];
         parity!(
-            &format!("group_norm {shape:?} g{groups} mod={modulated} silu={silu}"),
+            &format!("group_norm {shape:?} g{groups} modulation rows {mod_rows:?} silu={silu}"),
             inputs,
             |b, t| b.group_norm(
                 &t[0],
@@ -153,7 +156,7 @@ fn group_norm_matches_cpu() {
                 &t[2],
                 groups,
                 1e-5,
-                if modulated { Some(&t[3]) } else { None },
+                mod_rows.map(|_| &t[3]),
                 silu
             )
         );
@@ -163,28 +166,24 @@ fn group_norm_matches_cpu() {
 #[test]
 fn linear_matches_cpu() {
     let mut rng = Rng::new(3);
-    for (rows, inp, out, modulated, act) in [
-        (70, 37, 65, true, Activation::Silu),
-        (1, 16, 8, false, Activation::None),
-        (130, 64, 128, true, Activation::Gelu),
-        (5, 3, 200, false, Activation::Relu),
+    // Modulation rows as in `group_norm_matches_cpu`.
+    for (rows, inp, out, mod_rows, act) in [
+        (70, 37, 65, Some(70), Activation::Silu),
+        (1, 16, 8, None, Activation::None),
+        (130, 64, 128, Some(1), Activation::Gelu),
+        (5, 3, 200, None, Activation::Relu),
+        (70, 37, 65, Some(7), Activation::None),
     ] {
         let inputs = vec![
             t(&mut rng, &[rows, inp]),
             t(&mut rng, &[out, inp]),
             t(&mut rng, &[out]),
-            t(&mut rng, &[rows, 2 * out]),
+            t(&mut rng, &[mod_rows.unwrap_or(1), 2 * out]),
         ];
         parity!(
-            &format!("linear {rows}x{inp}→{out} mod={modulated} {act:?}"),
+            &format!("linear {rows}x{inp}→{out} modulation rows {mod_rows:?} {act:?}"),
             inputs,
-            |b, t| b.linear(
-                &t[0],
-                &t[1],
-                &t[2],
-                if modulated { Some(&t[3]) } else { None },
-                act
-            )
+            |b, t| b.linear(&t[0], &t[1], &t[2], mod_rows.map(|_| &t[3]), act)
         );
     }
 }
@@ -229,13 +228,6 @@ fn upsample_concat_elementwise_match_cpu() {
         "concat",
         vec![t(&mut rng, &[2, 3, 5, 7]), t(&mut rng, &[2, 5, 5, 7])],
         |b, t| b.concat_channels(&t[0], &t[1])
-    );
-    parity!("repeat_rows", vec![t(&mut rng, &[3, 5, 7])], |b, t| b
-        .repeat_rows(&t[0], 4));
-    parity!(
-        "repeat_rows one row",
-        vec![t(&mut rng, &[1, 130])],
-        |b, t| b.repeat_rows(&t[0], 300)
     );
     let pair = || {
         vec![

@@ -35,8 +35,9 @@ fn parity_at(name: &str, model: flowmap::config::ModelConfig, s: &[f32], t: &[f3
         )
         .unwrap();
     assert!(expected.iter().all(|v| v.is_finite()));
-    // Samples that share their times get the time conditioning once per distinct (s, t), spread
-    // by `repeat_rows`: each sample alone (its own conditioning) must give the same values.
+    // Samples that share their times get the time conditioning once per distinct (s, t), each
+    // row read by its run of samples (`Backend::linear`'s modulation): each sample alone (its
+    // own conditioning) must give the same values.
     for i in 0..n {
         let xi = &x[i * len..(i + 1) * len];
         let mut one = shape.clone();

@@ -177,18 +177,6 @@ pub fn concat_channels(a: &[f32], b: &[f32], n: usize, a_len: usize, b_len: usiz
     out
 }
 
-/// Each `row`-long row of x repeated `times` times in place (mirrors `repeat_rows` in
-/// `shaders/concat.wgsl`).
-pub fn repeat_rows(x: &[f32], row: usize, times: usize) -> Vec<f32> {
-    let mut out = super::pool::take(x.len() * times);
-    if row > 0 && times > 0 {
-        out.par_chunks_mut(row * times)
-            .zip(x.par_chunks(row))
-            .for_each(|(o, r)| o.chunks_mut(row).for_each(|c| c.copy_from_slice(r)));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,11 +228,6 @@ mod tests {
         assert_eq!(u[..4], [1.0, 1.0, 2.0, 2.0]);
         assert_eq!(u[12..], [3.0, 3.0, 4.0, 4.0]);
         let c = concat_channels(&[1.0, 2.0], &[3.0, 4.0, 5.0, 6.0], 2, 1, 2);
-        let r = repeat_rows(&[1.0, 2.0, 3.0, 4.0], 2, 3);
-        assert_eq!(
-            r,
-            [1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 3.0, 4.0, 3.0, 4.0, 3.0, 4.0]
-        );
         assert_eq!(c, [1.0, 3.0, 4.0, 2.0, 5.0, 6.0]);
     }
 }

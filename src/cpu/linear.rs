@@ -58,6 +58,8 @@ pub fn linear(
 ) -> Vec<f32> {
     assert_eq!(w.len(), out * inp, "linear: weight is not [{out}, {inp}]");
     assert_eq!(x.len(), n * inp, "linear: input is not [{n}, {inp}]");
+    // Row r's [scale | shift]: row r / rep of the modulation.
+    let modrow = super::modulation_rows(n, out, modulation);
     let mut y = super::pool::take(n * out);
     if dot_rows(inp, out) {
         let row = |(r, yr): (usize, &mut [f32])| {
@@ -65,7 +67,7 @@ pub fn linear(
             for (o, v) in yr.iter_mut().enumerate() {
                 *v = dot(xr, &w[o * inp..][..inp]) + bias[o];
             }
-            epilogue(yr, modulation.map(|m| &m[r * 2 * out..][..2 * out]), act);
+            epilogue(yr, modrow(r), act);
         };
         if n * inp * out < 1 << 17 {
             y.chunks_mut(out).enumerate().for_each(row);
@@ -108,7 +110,7 @@ pub fn linear(
         }
         for (r, yr) in yb.chunks_mut(out).enumerate() {
             let row = blk * rows_per + r;
-            epilogue(yr, modulation.map(|m| &m[row * 2 * out..][..2 * out]), act);
+            epilogue(yr, modrow(row), act);
         }
     };
     if n <= rows_per {
@@ -134,13 +136,14 @@ pub fn linear_reference(
     act: Activation,
 ) -> Vec<f32> {
     assert_eq!(w.len(), out * inp, "linear: weight is not [{out}, {inp}]");
+    let modrow = super::modulation_rows(n, out, modulation);
     let mut y = vec![0.0f32; n * out];
     y.par_chunks_mut(out).enumerate().for_each(|(row, yr)| {
         let xr = &x[row * inp..(row + 1) * inp];
         for (o, yv) in yr.iter_mut().enumerate() {
             let mut v = dot(xr, &w[o * inp..(o + 1) * inp]) + bias[o];
-            if let Some(m) = modulation {
-                v = v * (1.0 + m[row * 2 * out + o]) + m[row * 2 * out + out + o];
+            if let Some(m) = modrow(row) {
+                v = v * (1.0 + m[o]) + m[out + o];
             }
             *yv = act_scalar(v, act);
         }
@@ -217,6 +220,20 @@ mod tests {
                             "[{n}, {inp}] → {out} {act:?} mod={}: {a} vs {e}",
                             modulation.is_some()
                         );
+                    }
+                }
+                // A modulation shared by runs of rows (a batch with shared times) is the same
+                // as its rows repeated, on both paths, bit for bit.
+                for rows in [1, 2, 5, n].into_iter().filter(|r| n % r == 0) {
+                    let shared = &m[..rows * 2 * out];
+                    let repeated: Vec<f32> = (0..n)
+                        .flat_map(|i| &shared[i / (n / rows) * 2 * out..][..2 * out])
+                        .copied()
+                        .collect();
+                    for run in [linear, linear_reference] {
+                        let a = run(&x, n, inp, &w, out, &b, Some(shared), act);
+                        let e = run(&x, n, inp, &w, out, &b, Some(&repeated), act);
+                        assert_eq!(a, e, "[{n}, {inp}] → {out}: {rows} shared rows");
                     }
                 }
             }

@@ -20,7 +20,7 @@ pub use attention::{attention, attention_probs, attention_reference};
 pub use conv::{conv2d, conv2d_packed, conv2d_reference};
 pub use elementwise::{
     activate, activate_reference, add, concat_channels, embedding_frequencies, exp_fast, flow_step,
-    repeat_rows, silu_fast, timestep_embedding, upsample_nearest2x,
+    silu_fast, timestep_embedding, upsample_nearest2x,
 };
 pub use linear::{linear, linear_reference};
 pub use norm::{group_norm, group_norm_reference, sum16};
@@ -85,6 +85,17 @@ pub fn in_pool_for<R: Send>(samples: usize, f: impl FnOnce() -> R + Send) -> R {
     } else {
         in_pool(f)
     }
+}
+
+/// Row r's [scale | shift] of a modulation [M, 2·out] over n rows (samples) (each of its rows serving
+/// n / M of them: [`crate::backend::modulation_repeat`]), or None without one.
+pub(crate) fn modulation_rows<'a>(
+    n: usize,
+    out: usize,
+    modulation: Option<&'a [f32]>,
+) -> impl Fn(usize) -> Option<&'a [f32]> + Sync + 'a {
+    let rep = modulation.map_or(1, |m| crate::backend::modulation_repeat(n, out, m.len()));
+    move |r| modulation.map(|m| &m[r / rep * 2 * out..][..2 * out])
 }
 
 /// A host tensor: shared data (cheap clones) and a shape.
@@ -319,13 +330,6 @@ impl Backend for CpuBackend {
         let mut shape = a.shape.clone();
         shape[1] = ca + cb;
         CpuTensor::new(y, &shape)
-    }
-
-    fn repeat_rows(&self, x: &CpuTensor, times: usize) -> CpuTensor {
-        let row = x.shape[1..].iter().product();
-        let mut shape = x.shape.clone();
-        shape[0] *= times;
-        CpuTensor::new(repeat_rows(&x.data, row, times), &shape)
     }
 
     fn reshape(&self, t: &CpuTensor, shape: &[usize]) -> CpuTensor {

@@ -135,6 +135,15 @@ fn u(v: usize) -> P {
     P::U(u32::try_from(v).expect("kernel sizes fit in u32; the sampler splits larger batches"))
 }
 
+/// The kernels' `mod_repeat` parameter for a modulation over a batch of `n` with `channels`
+/// per row: 0 without one, else the samples each of its rows serves
+/// ([`crate::backend::modulation_repeat`]).
+fn mod_repeat(n: usize, channels: usize, modulation: Option<&GpuTensor>) -> usize {
+    modulation.map_or(0, |m| {
+        crate::backend::modulation_repeat(n, channels, m.shape.iter().product())
+    })
+}
+
 pub struct GpuBackend {
     ctx: GpuContext,
     precision: Precision,
@@ -384,7 +393,6 @@ impl GpuBackend {
         for (shader, entry) in [
             ("attention.wgsl", "main"),
             ("concat.wgsl", "main"),
-            ("concat.wgsl", "repeat_rows"),
             (ConvTile::C64.shader(), "main"),
             (ConvTile::C32.shader(), "main"),
             (ConvTile::C16.shader(), "main"),
@@ -905,7 +913,7 @@ impl Backend for GpuBackend {
             u(x.shape[1]),
             u(hw),
             u(groups),
-            u(modulation.is_some() as usize),
+            u(mod_repeat(x.shape[0], x.shape[1], modulation)),
             u(silu as usize),
             P::F(eps),
         ];
@@ -943,7 +951,7 @@ impl Backend for GpuBackend {
             u(rows),
             u(inp),
             u(outp),
-            u(modulation.is_some() as usize),
+            u(mod_repeat(rows, outp, modulation)),
             P::U(act.code()),
             u(tiles_n),
             u(total),
@@ -1049,21 +1057,6 @@ impl Backend for GpuBackend {
             "concat.wgsl",
             "main",
             &[(0, a.buffer()), (1, b.buffer()), (2, y.buffer())],
-            &params,
-            y.len().div_ceil(256),
-        );
-        y
-    }
-
-    fn repeat_rows(&self, x: &GpuTensor, times: usize) -> GpuTensor {
-        let mut shape = x.shape.clone();
-        shape[0] *= times;
-        let y = self.alloc(&shape);
-        let params = [u(y.shape[0]), u(x.len() / x.shape[0].max(1)), u(times)];
-        self.dispatch(
-            "concat.wgsl",
-            "repeat_rows",
-            &[(0, x.buffer()), (2, y.buffer())],
             &params,
             y.len().div_ceil(256),
         );

@@ -32,24 +32,20 @@ impl<B: Backend> Dense<B> {
     }
 }
 
-/// The time conditioning of a batch: one row per distinct (s, t), each shared by `repeat`
-/// consecutive samples (1 when every sample has its own times, as in training; the batch size
-/// when a sampler's jump moves the whole batch at once). A block reads it through its own linear
-/// layer, which then runs on the distinct rows only, and the result is spread to the samples.
+/// The time conditioning of a batch: one row per distinct (s, t), each shared by consecutive
+/// samples (one row each when every sample has its own times, as in training; one row for the
+/// whole batch when a sampler's jump moves it at once). A block reads it through its own linear
+/// layer, which runs on the distinct rows only; the ops that take the result as their
+/// modulation spread each row over its samples themselves ([`Backend::linear`]).
 pub struct Cond<B: Backend> {
     pub rows: B::Tensor,
-    pub repeat: usize,
 }
 
 impl<B: Backend> Cond<B> {
-    /// emb(cond) for every sample, [N, out].
+    /// emb(cond) for each distinct (s, t), [M, out]: a modulation for a batch of N samples
+    /// with M dividing N.
     pub fn project(&self, be: &B, emb: &Dense<B>) -> B::Tensor {
-        let m = emb.forward(be, &self.rows, None, Activation::None);
-        if self.repeat == 1 {
-            m
-        } else {
-            be.repeat_rows(&m, self.repeat)
-        }
+        emb.forward(be, &self.rows, None, Activation::None)
     }
 }
 

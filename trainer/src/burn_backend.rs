@@ -69,6 +69,21 @@ impl BurnTensor {
         self.t.clone().reshape([self.len()])
     }
 
+    /// A modulation [M, 2C] as the [N, 2C] its rows stand for, row m serving N / M consecutive
+    /// samples ([`flowmap::backend::modulation_repeat`]): a broadcast view, whose gradient
+    /// burn sums over each row's samples.
+    pub fn modulation_rows(&self, n: usize) -> Tensor<2> {
+        let (m, k) = (self.shape[0], self.len() / self.shape[0].max(1));
+        let rep = flowmap::backend::modulation_repeat(n, k / 2, self.len());
+        if rep == 1 {
+            return self.r2();
+        }
+        self.r2()
+            .reshape([m, 1, k])
+            .expand([m, rep, k])
+            .reshape([n, k])
+    }
+
     pub fn r2(&self) -> Tensor<2> {
         self.t
             .clone()
@@ -303,7 +318,7 @@ impl Backend for BurnBackend {
         // offset on [N, C]: y = x̂ · a + b with a = γ · (1 + scale), b = β · (1 + scale) + shift.
         let (a, b) = match modulation {
             Some(m) => {
-                let m = m.r2();
+                let m = m.modulation_rows(n);
                 let scale = m.clone().slice([0..n, 0..c]) + 1.0;
                 let shift = m.slice([0..n, c..2 * c]);
                 (gamma * scale.clone(), beta * scale + shift)
@@ -364,12 +379,12 @@ impl Backend for BurnBackend {
             if modulation.is_none() && act == Activation::None {
                 y
             } else {
-                crate::flex_ops::modulate_act(y, modulation.map(|m| m.r2()), act)
+                crate::flex_ops::modulate_act(y, modulation.map(|m| m.modulation_rows(n)), act)
             }
         } else {
             let mut y = x.r2().matmul(w.r2().transpose()) + bias.r1().reshape([1, out]);
             if let Some(m) = modulation {
-                let m = m.r2();
+                let m = m.modulation_rows(n);
                 let scale = m.clone().slice([0..n, 0..out]);
                 let shift = m.slice([0..n, out..2 * out]);
                 y = y * (scale + 1.0) + shift;
@@ -458,17 +473,6 @@ impl Backend for BurnBackend {
         let mut shape = a.shape.clone();
         shape[1] += b.shape[1];
         let y = wrap(Tensor::cat(vec![a.t.clone(), b.t.clone()], 1), shape);
-        self.note(start, Op::Other(OpFamily::Concat), &y);
-        y
-    }
-
-    fn repeat_rows(&self, x: &BurnTensor, times: usize) -> BurnTensor {
-        let start = self.tick();
-        let (g, k) = (x.shape[0], x.len() / x.shape[0].max(1));
-        let mut shape = x.shape.clone();
-        shape[0] *= times;
-        let y = x.t.clone().reshape([g, 1, k]).expand([g, times, k]);
-        let y = BurnTensor::new(y.reshape(pad4(&shape)), &shape);
         self.note(start, Op::Other(OpFamily::Concat), &y);
         y
     }

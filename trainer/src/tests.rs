@@ -309,9 +309,9 @@ fn diagonal_time_derivative_is_the_velocity() {
     );
 }
 
-/// Samples that share their times get the time conditioning once, spread by `repeat_rows`
-/// (`TrainConfig::share_times`); the gradients through that spread must be the sum of each
-/// sample's own gradients, for both architectures.
+/// Samples that share their times get the time conditioning once, each row read by its run of
+/// samples (`TrainConfig::share_times`); the gradients through that broadcast must be the sum
+/// of each sample's own gradients, for both architectures.
 #[test]
 fn shared_time_gradients_are_the_sum_of_per_sample_gradients() {
     for cfg in [tiny_mlp(), tiny_unet()] {
