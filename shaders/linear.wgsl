@@ -53,22 +53,25 @@ fn activate(v: f32, act: u32) -> f32 {
     }
 }
 
-// One output row's four columns: bias, modulation, activation, bounds.
-fn store4(gm: u32, gn0: u32, v: vec4<f32>) {
-    if (gm >= p.rows) {
+// One output: bias, modulation, activation, bounds.
+fn store1(gm: u32, gn: u32, v: f32) {
+    if (gm >= p.rows || gn >= p.outp) {
         return;
     }
-    for (var j = 0u; j < 4u; j++) {
-        let gn = gn0 + j;
-        if (gn < p.outp) {
-            var o = v[j] + f32(bias[gn]);
-            if (p.mod_repeat != 0u) {
-                let base = (gm / p.mod_repeat) * 2u * p.outp;
-                o = o * (1.0 + f32(modulation[base + gn])) + f32(modulation[base + p.outp + gn]);
-            }
-            y[gm * p.outp + gn] = S(activate(o, p.act));
-        }
+    var o = v + f32(bias[gn]);
+    if (p.mod_repeat != 0u) {
+        let base = (gm / p.mod_repeat) * 2u * p.outp;
+        o = o * (1.0 + f32(modulation[base + gn])) + f32(modulation[base + p.outp + gn]);
     }
+    y[gm * p.outp + gn] = S(activate(o, p.act));
+}
+
+// One output row's four columns.
+fn store4(gm: u32, gn0: u32, v: vec4<f32>) {
+    store1(gm, gn0, v.x);
+    store1(gm, gn0 + 1u, v.y);
+    store1(gm, gn0 + 2u, v.z);
+    store1(gm, gn0 + 3u, v.w);
 }
 
 @compute @workgroup_size(16, 16, 1)
@@ -130,4 +133,60 @@ fn main(
     store4(gm + 1u, gn, c1);
     store4(gm + 2u, gn, c2);
     store4(gm + 3u, gn, c3);
+}
+
+// At most GEMV_ROWS rows (src/gpu/kernels.rs picks this entry then): the time MLP and the
+// blocks' projections of the conditioning, which run on one row per distinct (s, t), so on one
+// row for a whole sampler batch. The tiled `main` gives such a product one to three workgroups
+// that each walk all of K in BK steps with two barriers a step (run 6 on an H200: 15 of them,
+// about 20 µs each, at every batch). Here one 64-thread workgroup computes one output column:
+// the threads take every 64th k (consecutive threads, consecutive k: coalesced reads of the
+// weight row), each keeps the up to four rows' partial sums in one vec4 (named lanes, not an
+// indexed private array), and a tree in workgroup memory adds the 64 partials. A workgroup
+// reads its weight row once; the input rows come from cache.
+const GEMV_ROWS: u32 = 4u;
+const GV: u32 = 64u;
+var<workgroup> gv_part: array<vec4<f32>, 64>;
+
+@compute @workgroup_size(64, 1, 1)
+fn gemv(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    // One column per workgroup: uniform, so the whole workgroup leaves or stays together.
+    let n = wid.x + wid.y * nwg.x;
+    if (n >= p.outp) {
+        return;
+    }
+    let t = lid.x;
+    var acc = vec4<f32>(0.0);
+    for (var k = t; k < p.inp; k += GV) {
+        var xv = vec4<f32>(f32(x[k]), 0.0, 0.0, 0.0);
+        if (p.rows > 1u) {
+            xv.y = f32(x[p.inp + k]);
+        }
+        if (p.rows > 2u) {
+            xv.z = f32(x[2u * p.inp + k]);
+        }
+        if (p.rows > 3u) {
+            xv.w = f32(x[3u * p.inp + k]);
+        }
+        acc = fma(xv, vec4<f32>(f32(w[n * p.inp + k])), acc);
+    }
+    gv_part[t] = acc;
+    workgroupBarrier();
+    for (var stride = GV / 2u; stride > 0u; stride >>= 1u) {
+        if (t < stride) {
+            gv_part[t] += gv_part[t + stride];
+        }
+        workgroupBarrier();
+    }
+    if (t == 0u) {
+        let v = gv_part[0];
+        store1(0u, n, v.x);
+        store1(1u, n, v.y);
+        store1(2u, n, v.z);
+        store1(3u, n, v.w);
+    }
 }

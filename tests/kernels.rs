@@ -173,6 +173,12 @@ fn linear_matches_cpu() {
         (130, 64, 128, Some(1), Activation::Gelu),
         (5, 3, 200, None, Activation::Relu),
         (70, 37, 65, Some(7), Activation::None),
+        // At most four rows: linear.wgsl's `gemv` (one workgroup per column): K below, at and
+        // above its 64 threads, every row count, shared and per-row modulation.
+        (1, 128, 192, Some(1), Activation::Silu),
+        (3, 37, 65, Some(3), Activation::Gelu),
+        (4, 300, 70, Some(1), Activation::None),
+        (2, 64, 5, None, Activation::Relu),
     ] {
         let inputs = vec![
             t(&mut rng, &[rows, inp]),

@@ -135,6 +135,9 @@ fn u(v: usize) -> P {
     P::U(u32::try_from(v).expect("kernel sizes fit in u32; the sampler splits larger batches"))
 }
 
+/// Rows up to which linear.wgsl's `gemv` entry runs a product (its `GEMV_ROWS`).
+const GEMV_ROWS: usize = 4;
+
 /// The kernels' `mod_repeat` parameter for a modulation over a batch of `n` with `channels`
 /// per row: 0 without one, else the samples each of its rows serves
 /// ([`crate::backend::modulation_repeat`]).
@@ -402,6 +405,7 @@ impl GpuBackend {
             ("embedding.wgsl", "main"),
             ("group_norm.wgsl", "main"),
             ("linear.wgsl", "main"),
+            ("linear.wgsl", "gemv"),
             ("upsample.wgsl", "main"),
         ] {
             self.pipeline(shader, entry);
@@ -945,7 +949,13 @@ impl Backend for GpuBackend {
         let (rows, inp, outp) = (x.shape[0], x.shape[1], w.shape[0]);
         let y = self.alloc(&[rows, outp]);
         let tiles_n = outp.div_ceil(64);
-        let total = rows.div_ceil(64) * tiles_n;
+        // A few rows (the conditioning of a batch that shares its times) take linear.wgsl's
+        // `gemv`, one workgroup per output column; the rest its tiled `main`.
+        let (entry, total) = if (1..=GEMV_ROWS).contains(&rows) {
+            ("gemv", outp)
+        } else {
+            ("main", rows.div_ceil(64) * tiles_n)
+        };
         let m = modulation.map(|m| m.buffer()).unwrap_or(&self.dummy);
         let params = [
             u(rows),
@@ -963,7 +973,7 @@ impl Backend for GpuBackend {
             (3, m),
             (4, y.buffer()),
         ];
-        self.dispatch("linear.wgsl", "main", &bufs, &params, total);
+        self.dispatch("linear.wgsl", entry, &bufs, &params, total);
         y
     }
 
