@@ -516,8 +516,12 @@ fn run_bench(
         .any(|e| matches!(e, Engine::Cpu(_)))
         .then(|| {
             let g = flowmap::bench::gemm_gflops(1024, iters);
-            say!("\nCPU GEMM peak (1024³ f32 through the fast ops' GEMM, all threads): {g:.1} GFLOP/s");
-            g
+            say!(
+                "\nCPU GEMM peak (1024³ f32 through the fast ops' GEMM, all threads): {:.1} GFLOP/s (best of {iters}; median {:.1}); shares below are of the best",
+                g.best,
+                g.median
+            );
+            g.best
         });
     for engine in &engines {
         match engine {
