@@ -64,14 +64,30 @@ pub struct Direct {
     lanes: Vec<f32>,
 }
 
-/// Per-thread buffers: the padded band of the input and each tap's offset in it.
+/// Per-thread buffers: the padded band of the input, and the tap offsets of the band
+/// geometries this thread has met.
 #[derive(Debug, Default)]
 pub struct Scratch {
     xpad: Vec<f32>,
-    offsets: Vec<usize>,
+    offsets: Vec<TapOffsets>,
     /// The output gradient on the padded grid ([`weight_grad`]).
     dy: Vec<f32>,
 }
+
+/// Every (channel, tap)'s offset in a band's padded copy, for one geometry: a forward meets the
+/// same few dozen again and again (each layer's bands), and computing C·k² offsets and their
+/// maximum for every band was a twentieth of a small layer's time at batch 1.
+#[derive(Debug)]
+struct TapOffsets {
+    /// (channels, kernel size, stride, plane, padded row width): what the offsets depend on.
+    key: [usize; 5],
+    offsets: Vec<usize>,
+    max: usize,
+}
+
+/// Geometries a thread keeps offsets for; past it the cache starts afresh (the U-Net meets
+/// about 40).
+const MAX_CACHED_GEOMETRIES: usize = 128;
 
 impl Direct {
     /// Packs w [O, C, k, k] for the CPU's widest tiles.
@@ -456,6 +472,8 @@ pub fn weight_grad(g: &ConvGeom, xn: &[f32], dyn_: &[f32], dw: &mut [f32], s: &m
 struct Band<'a> {
     xpad: &'a [f32],
     offsets: &'a [usize],
+    /// The largest of `offsets`.
+    max_off: usize,
     /// Row length of the padded grid (Wp, or ⌈Wp / stride⌉ per phase) and of the output (Wo).
     wq: usize,
     wo: usize,
@@ -489,27 +507,22 @@ impl<'a> Band<'a> {
         let plane = if in_place { g.h * g.w } else { hb * wq };
         let phase = g.c * plane;
         let q_end = (y1 - y0 - 1) * wq + g.wo;
-        // Tap (ky, kx) of channel c is at c·plane + the tap's own offset in its phase: the
-        // divisions once per tap, not per (channel, tap) (at batch 1 they cost a tenth of a
-        // 7×7 layer).
-        let (mut small, mut large) = ([0usize; 49], Vec::new());
-        let taps = if k * k <= small.len() {
-            &mut small[..k * k]
-        } else {
-            large.resize(k * k, 0);
-            &mut large[..]
+        let key = [g.c, k, st, plane, wq];
+        let at = match s.offsets.iter().position(|o| o.key == key) {
+            Some(at) => at,
+            None => {
+                if s.offsets.len() >= MAX_CACHED_GEOMETRIES {
+                    s.offsets.clear();
+                }
+                let offsets = tap_offsets(g.c, k, st, plane, phase, wq);
+                let max = offsets.iter().max().copied().unwrap_or(0);
+                s.offsets.push(TapOffsets { key, offsets, max });
+                s.offsets.len() - 1
+            }
         };
-        for (t, off) in taps.iter_mut().enumerate() {
-            let (ky, kx) = (t / k, t % k);
-            *off = ((ky % st) * st + kx % st) * phase + (ky / st) * wq + kx / st;
-        }
-        s.offsets.clear();
-        for c in 0..g.c {
-            s.offsets.extend(taps.iter().map(|&t| c * plane + t));
-        }
         if !in_place {
             // Every read of the last tile stays inside: the largest offset plus whole tiles.
-            let last = s.offsets.iter().max().copied().unwrap_or(0);
+            let last = s.offsets[at].max;
             s.pad(g, xn, y0, hb, wq, last + q_end.div_ceil(nr) * nr);
         }
         let s: &'a Scratch = s;
@@ -519,7 +532,8 @@ impl<'a> Band<'a> {
             } else {
                 &s.xpad
             },
-            offsets: &s.offsets,
+            offsets: &s.offsets[at].offsets,
+            max_off: s.offsets[at].max,
             wq,
             wo: g.wo,
             plane,
@@ -528,6 +542,20 @@ impl<'a> Band<'a> {
             rows: g.rows(),
         }
     }
+}
+
+/// Tap (ky, kx) of channel c is at c·plane + the tap's own offset in its phase (phases
+/// `phase` apart, rows `wq` apart): the divisions once per tap, not per (channel, tap).
+fn tap_offsets(c: usize, k: usize, st: usize, plane: usize, phase: usize, wq: usize) -> Vec<usize> {
+    let taps: Vec<usize> = (0..k * k)
+        .map(|t| {
+            let (ky, kx) = (t / k, t % k);
+            ((ky % st) * st + kx % st) * phase + (ky / st) * wq + kx / st
+        })
+        .collect();
+    (0..c)
+        .flat_map(|ch| taps.iter().map(move |&t| ch * plane + t))
+        .collect()
 }
 
 impl Scratch {
@@ -776,7 +804,7 @@ fn run<const MR: usize, const NR: usize, const FMA: bool, const FEW: usize>(
     );
     // The contract of `tile`, checked once for every tile of the band: every real position's
     // reads are inside xpad, and tiles starting before `in_place` read whole runs of it.
-    let max_off = b.offsets.iter().max().copied().unwrap_or(0);
+    let max_off = b.max_off;
     assert!(
         max_off + b.q_end <= b.xpad.len()
             && b.offsets.len() == b.rows

@@ -163,7 +163,7 @@ fn check(b: &Band, y: Out) -> usize {
         "direct conv: band writes past its output"
     );
     // Every segment reads [start + off, + L) with start + L ≤ (rows − 1)·wq + wo = q_end.
-    let max_off = b.offsets.iter().max().copied().unwrap_or(0);
+    let max_off = b.max_off;
     assert!(
         max_off + b.q_end <= b.xpad.len() && b.offsets.len() == b.rows,
         "direct conv: band reads past its padded input"
