@@ -255,7 +255,13 @@ impl<B: Backend> Backend for Profiled<'_, B> {
         act: Activation,
     ) -> B::Tensor {
         let ms = m.map(st);
-        self.timed(
+        // Products of a few rows apart: on a GPU they take linear.wgsl's `gemv` entry, and the
+        // report times the two kinds as separate kernels.
+        let label = (x.shape()[0] <= crate::gpu::GEMV_ROWS)
+            .then(|| format!("linear (≤ {} rows)", crate::gpu::GEMV_ROWS));
+        self.labelled(
+            label,
+            None,
             |s| s.linear(&st(x), &st(w), &st(b), ms.as_ref(), act),
             |i| i.linear(x, w, b, m, act),
         )

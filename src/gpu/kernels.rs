@@ -136,7 +136,7 @@ fn u(v: usize) -> P {
 }
 
 /// Rows up to which linear.wgsl's `gemv` entry runs a product (its `GEMV_ROWS`).
-const GEMV_ROWS: usize = 4;
+pub const GEMV_ROWS: usize = 4;
 
 /// The kernels' `mod_repeat` parameter for a modulation over a batch of `n` with `channels`
 /// per row: 0 without one, else the samples each of its rows serves

@@ -9,7 +9,7 @@ mod tiles;
 mod uniforms;
 
 pub use context::{AdapterSummary, GpuContext, WORKGROUP_MEMORY};
-pub use kernels::{bindings_of, shader_source, GpuBackend, GpuTensor, GpuTimes};
+pub use kernels::{bindings_of, shader_source, GpuBackend, GpuTensor, GpuTimes, GEMV_ROWS};
 pub use tiles::{kernel_source, ConvTile, ConvTiles, MIN_NARROW_GRID};
 
 /// Every WGSL source, by file name (for validation tests and pipeline creation).
