@@ -30,6 +30,9 @@ pub fn sum16(v: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     acc.iter().map(|&a| a as f64).sum::<f64>() + rest.iter().map(|&x| f(x) as f64).sum::<f64>()
 }
 
+/// Values below which [`group_norm`] runs as one task.
+const SERIAL_LEN: usize = 4096;
+
 /// The fast path; same arguments and result as [`group_norm_reference`].
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm(
@@ -50,9 +53,13 @@ pub fn group_norm(
     let mut out = super::pool::take(x.len());
     // With fewer samples than cores (batch 1) the blocks are a few µs each: one task per core
     // rather than rayon's finer split (GroupNorm 0.17–0.18 against 0.18–0.20 ms per batch-1
-    // forward, three rounds); at larger batches the finer split balanced better.
+    // forward, three rounds); at larger batches the finer split balanced better. A tensor
+    // below SERIAL_LEN values (the U-Net's 7×7 layers) is one task: the fork cost more than
+    // half its work (batch-1 GroupNorm 0.161–0.170 → 0.152–0.164 ms, four rounds).
     let threads = rayon::current_num_threads();
-    let min = if shape[0] < threads {
+    let min = if x.len() < SERIAL_LEN {
+        shape[0] * groups
+    } else if shape[0] < threads {
         (shape[0] * groups).div_ceil(threads)
     } else {
         1
