@@ -151,15 +151,22 @@ pub fn reduce_angle(a: f32) -> f32 {
 pub fn upsample_nearest2x(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
     let (h2, w2) = (2 * h, 2 * w);
     let mut out = super::pool::take(planes * h2 * w2);
+    if h == 0 || w == 0 {
+        return out;
+    }
+    // Each source row is doubled once into the first of its two output rows (pairs, which
+    // vectorize), and that row copied to the second: an index division per output value had
+    // made this 15 µs for the U-Net's 32 × 14 × 14 at batch 1.
     out.par_chunks_mut(h2 * w2)
-        .enumerate()
-        .for_each(|(p, plane)| {
-            let src = &x[p * h * w..(p + 1) * h * w];
-            for oy in 0..h2 {
-                let row = &src[(oy / 2) * w..(oy / 2 + 1) * w];
-                for (ox, o) in plane[oy * w2..(oy + 1) * w2].iter_mut().enumerate() {
-                    *o = row[ox / 2];
+        .zip(x.par_chunks(h * w))
+        .for_each(|(plane, src)| {
+            for (rows, row) in plane.chunks_exact_mut(2 * w2).zip(src.chunks_exact(w)) {
+                let (first, second) = rows.split_at_mut(w2);
+                for (pair, &v) in first.chunks_exact_mut(2).zip(row) {
+                    pair[0] = v;
+                    pair[1] = v;
                 }
+                second.copy_from_slice(first);
             }
         });
     out
