@@ -9,8 +9,10 @@
 // (`load_channel_major`). This file is the 64 × 64 tile; the host builds a 32 × 128 and a 16 × 256 variant by
 // rewriting the two constants below (src/gpu/kernels.rs, `ConvTile`), so that the U-Net's
 // 16- and 32-channel layers do not compute a 64-channel tile of which half or three quarters
-// is thrown away. Serves 3×3 and 1×1 kernels, any stride and padding. Reference:
-// src/cpu/conv.rs. Analysis and measurements: docs/GPU.md.
+// is thrown away. Serves 3×3 and 1×1 kernels, any stride and padding, and an input read
+// upsampled ×2 by nearest neighbour (`up` = 1: the kernel sees a 2H × 2W grid and gathers
+// (iy >> 1, ix >> 1), so the U-Net's up path stores no upsampled tensor and spends no upsample
+// dispatch). Reference: src/cpu/conv.rs. Analysis and measurements: docs/GPU.md.
 
 // Storage type: f32 here; the f16 build of this file (src/gpu/precision.rs) turns the alias
 // below into f16 behind `enable f16;`. Loads widen to f32 and all arithmetic is f32.
@@ -20,7 +22,7 @@ struct Params {
     batch: u32, c_in: u32, h_in: u32, w_in: u32,
     c_out: u32, h_out: u32, w_out: u32, ksize: u32,
     stride: u32, pad: u32, has_residual: u32, tiles_n: u32,
-    total_tiles: u32, _p0: u32, _p1: u32, _p2: u32,
+    total_tiles: u32, up: u32, _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<S>;
@@ -172,10 +174,12 @@ fn load_tap_major(
             a_tile[ka * ROW_A + m / 4u][m % 4u] = v;
         }
     }
+    // (iy, ix) on the grid the kernel sees: the input, or the input upsampled ×2 when p.up is
+    // 1, read at (iy >> 1, ix >> 1) without being stored.
     let iy = oy + i32(ky);
     let ix = ox + i32(kx);
-    let inside = pix_ok && iy >= 0 && ix >= 0 && iy < i32(p.h_in) && ix < i32(p.w_in);
-    let at = x_img + ci0 * plane + u32(max(iy, 0)) * p.w_in + u32(max(ix, 0));
+    let inside = pix_ok && iy >= 0 && ix >= 0 && iy < i32(p.h_in << p.up) && ix < i32(p.w_in << p.up);
+    let at = x_img + ci0 * plane + (u32(max(iy, 0)) >> p.up) * p.w_in + (u32(max(ix, 0)) >> p.up);
     for (var r = 0u; r < B_LOADS; r++) {
         let kb = kb0 + (256u / BN) * r;
         var xv = 0.0;
@@ -228,8 +232,8 @@ fn load_channel_major(
             }
             let iy = oy + i32(ky);
             let ix = ox + i32(kx);
-            if (iy >= 0 && ix >= 0 && iy < i32(p.h_in) && ix < i32(p.w_in)) {
-                xv = f32(x[x_img + (ci * p.h_in + u32(iy)) * p.w_in + u32(ix)]);
+            if (iy >= 0 && ix >= 0 && iy < i32(p.h_in << p.up) && ix < i32(p.w_in << p.up)) {
+                xv = f32(x[x_img + (ci * p.h_in + (u32(iy) >> p.up)) * p.w_in + (u32(ix) >> p.up)]);
             }
         }
         b_tile[kb * ROW_B + nb / 4u][nb % 4u] = xv;

@@ -11,24 +11,53 @@ use crate::error::Result;
 pub struct Conv2d {
     pub stride: usize,
     pub padding: usize,
+    /// The convolution reads its input upsampled ×2 by nearest neighbour ([N, C, 2H, 2W],
+    /// value (y, x) = input (⌊y/2⌋, ⌊x/2⌋)) without that tensor being stored: the U-Net's up
+    /// path, one op (one GPU dispatch) where an upsample and a convolution were two.
+    pub upsample: bool,
 }
 
 impl Conv2d {
     pub const SAME: Conv2d = Conv2d {
         stride: 1,
         padding: 1,
+        upsample: false,
     };
     pub const POINTWISE: Conv2d = Conv2d {
         stride: 1,
         padding: 0,
+        upsample: false,
     };
     pub const DOWN: Conv2d = Conv2d {
         stride: 2,
         padding: 1,
+        upsample: false,
+    };
+    /// Nearest ×2 upsampling, then a same-size convolution.
+    pub const UP: Conv2d = Conv2d {
+        stride: 1,
+        padding: 1,
+        upsample: true,
     };
 
-    /// Output size along one axis for input size `n` and kernel size `k`.
+    /// A stride and padding, without upsampling.
+    pub const fn new(stride: usize, padding: usize) -> Conv2d {
+        Conv2d {
+            stride,
+            padding,
+            upsample: false,
+        }
+    }
+
+    /// The same geometry on an input already upsampled (`upsample` off).
+    pub const fn plain(self) -> Conv2d {
+        Conv2d::new(self.stride, self.padding)
+    }
+
+    /// Output size along one axis for input size `n` (before any upsampling) and kernel size
+    /// `k`.
     pub fn out_size(&self, n: usize, k: usize) -> usize {
+        let n = if self.upsample { 2 * n } else { n };
         (n + 2 * self.padding - k) / self.stride + 1
     }
 }
@@ -105,7 +134,8 @@ pub trait Backend {
     /// where ops run as they are called.
     fn flush(&self) {}
 
-    /// y = conv(x, w) + bias (+ residual). x: [N, Cin, H, W], w: [Cout, Cin, k, k].
+    /// y = conv(x, w) + bias (+ residual). x: [N, Cin, H, W], w: [Cout, Cin, k, k]; with
+    /// `geom.upsample` the convolution reads x upsampled ×2 ([`Conv2d::upsample`]).
     fn conv2d(
         &self,
         x: &Self::Tensor,

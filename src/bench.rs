@@ -215,13 +215,14 @@ impl<B: Backend> Backend for Profiled<'_, B> {
         let (xs, ws) = (x.shape(), w.shape());
         let k = ws[2];
         let layer = format!(
-            "conv{k}x{k} {}→{} {}×{} s{}{}",
+            "conv{k}x{k} {}→{} {}×{} s{}{}{}",
             ws[1],
             ws[0],
             xs[2],
             xs[3],
             g.stride,
-            if r.is_some() { " +res" } else { "" }
+            if r.is_some() { " +res" } else { "" },
+            if g.upsample { " up" } else { "" }
         );
         self.labelled(
             Some(format!("conv{k}x{k}")),

@@ -111,8 +111,14 @@ fn f16_kernels_match_the_f16_cpu_reference_op_by_op() {
             seen.insert(family);
         }
     }
-    let all: std::collections::BTreeSet<OpFamily> = OpFamily::ALL.into_iter().collect();
-    assert_eq!(seen, all, "every kernel family ran in f16");
+    // Every family the networks use: since the up path's convolutions read their input
+    // upsampled (Conv2d::UP), no network calls the upsample op, whose f16 kernel
+    // `f16_elementwise_and_layout_ops_on_odd_lengths` below checks alone.
+    let all: std::collections::BTreeSet<OpFamily> = OpFamily::ALL
+        .into_iter()
+        .filter(|&f| f != OpFamily::Upsample)
+        .collect();
+    assert_eq!(seen, all, "every kernel family the networks use ran in f16");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

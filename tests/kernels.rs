@@ -59,6 +59,9 @@ fn conv2d_matches_cpu() {
         ([2, 16, 9, 7], 5, 3, Conv2d::SAME, true),
         ([2, 32, 6, 6], 24, 3, Conv2d::DOWN, false),
         ([1, 48, 5, 5], 16, 1, Conv2d::POINTWISE, false),
+        // The input read upsampled ×2 (the U-Net's up path), odd sizes, with the residual.
+        ([2, 16, 7, 5], 16, 3, Conv2d::UP, true),
+        ([1, 3, 4, 6], 5, 3, Conv2d::UP, false),
     ];
     for (xs, cout, k, geom, res) in cases {
         let os = flowmap::backend::conv2d_out_shape(&xs, &[cout, xs[1], k, k], geom);
@@ -104,6 +107,9 @@ fn every_conv_tile_matches_cpu() {
         ([2, 16, 17, 17], 16, 3, Conv2d::SAME, true),
         ([2, 32, 9, 9], 33, 3, Conv2d::DOWN, false),
         ([2, 8, 10, 10], 15, 3, Conv2d::SAME, true),
+        // The input read upsampled ×2: tap-major (16 channels) and channel-major (7).
+        ([2, 16, 9, 9], 17, 3, Conv2d::UP, true),
+        ([1, 7, 12, 12], 31, 3, Conv2d::UP, false),
     ];
     for tile in ConvTile::ALL {
         g.set_conv_tiles(ConvTiles::Fixed(tile));

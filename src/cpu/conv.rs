@@ -55,7 +55,11 @@ pub fn conv2d_packed(
         "conv2d: weight expects {} input channels, got {}",
         ws[1], xs[1]
     );
-    let g = ConvGeom::new(xs, ws, geom.stride, geom.padding);
+    let g = if geom.upsample {
+        ConvGeom::upsampled(xs, ws, geom.stride, geom.padding)
+    } else {
+        ConvGeom::new(xs, ws, geom.stride, geom.padding)
+    };
     let (p, len) = (g.positions(), g.o * g.positions());
     // Every value is written: each tile stores its outputs with the epilogue added.
     let mut out = super::pool::Output::new(g.n * len);
@@ -106,6 +110,12 @@ pub fn conv2d_reference(
     geom: Conv2d,
     residual: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<usize>) {
+    if geom.upsample {
+        // The definition: upsample, then the plain convolution.
+        let up = super::upsample_nearest2x(x, xs[0] * xs[1], xs[2], xs[3]);
+        let us = [xs[0], xs[1], 2 * xs[2], 2 * xs[3]];
+        return conv2d_reference(&up, &us, w, ws, bias, geom.plain(), residual);
+    }
     let (cin, h, wd) = (xs[1], xs[2], xs[3]);
     let (cout, k) = (ws[0], ws[2]);
     assert_eq!(
@@ -169,9 +179,11 @@ pub fn conv2d_reference(
 mod tests {
     use super::*;
 
-    /// The definition, written as plainly as possible, to check the fast loops against.
+    /// The definition, written as plainly as possible, to check the fast loops against. An
+    /// upsampled input is read at (⌊y/2⌋, ⌊x/2⌋) over a 2H × 2W grid.
     fn naive(x: &[f32], xs: &[usize], w: &[f32], ws: &[usize], b: &[f32], g: Conv2d) -> Vec<f32> {
         let os = conv2d_out_shape(xs, ws, g);
+        let u = if g.upsample { 2 } else { 1 };
         let mut out = vec![0.0; os.iter().product()];
         for n in 0..os[0] {
             for co in 0..os[1] {
@@ -185,11 +197,11 @@ mod tests {
                                     let ix = (ox * g.stride + kx) as isize - g.padding as isize;
                                     if iy >= 0
                                         && ix >= 0
-                                        && (iy as usize) < xs[2]
-                                        && (ix as usize) < xs[3]
+                                        && (iy as usize) < u * xs[2]
+                                        && (ix as usize) < u * xs[3]
                                     {
-                                        acc += (x[((n * xs[1] + ci) * xs[2] + iy as usize) * xs[3]
-                                            + ix as usize]
+                                        let (sy, sx) = (iy as usize / u, ix as usize / u);
+                                        acc += (x[((n * xs[1] + ci) * xs[2] + sy) * xs[3] + sx]
                                             * w[((co * ws[1] + ci) * ws[2] + ky) * ws[3] + kx])
                                             as f64;
                                     }
@@ -248,13 +260,8 @@ mod tests {
             (3, Conv2d::SAME),
             (1, Conv2d::POINTWISE),
             (3, Conv2d::DOWN),
-            (
-                3,
-                Conv2d {
-                    stride: 2,
-                    padding: 0,
-                },
-            ),
+            (3, Conv2d::new(2, 0)),
+            (3, Conv2d::UP),
         ] {
             // Batch 1 (GEMM on all cores) and batch 3 (samples in parallel), odd sizes.
             for n in [1, 3] {
@@ -277,6 +284,40 @@ mod tests {
                     for ((a, e), r) in y.iter().zip(&r).zip(&res) {
                         assert!((a - e - r).abs() < 1e-5, "fast={fast} residual {g:?}");
                     }
+                }
+            }
+        }
+    }
+
+    /// An input read upsampled, on the fast path's tile families (the U-Net's up path: 7×7
+    /// and 14×14 inputs, 16 and 32 channels, the channels-in-lanes tiles; three outputs, the
+    /// few-channel tile; an odd size), at batch 1 (split over the cores) and batch 2, with and
+    /// without the residual, against the reference (upsample, then convolve).
+    #[test]
+    fn upsampled_input_matches_the_reference() {
+        let mut rnd = super::super::test_values(5);
+        for (n, c, h, w, o) in [
+            (1, 32, 7, 7, 32),
+            (2, 16, 14, 14, 16),
+            (1, 5, 4, 6, 3),
+            (2, 7, 5, 3, 20),
+        ] {
+            let xs = [n, c, h, w];
+            let ws = [o, c, 3, 3];
+            let x: Vec<f32> = (0..xs.iter().product()).map(|_| rnd()).collect();
+            let wt: Vec<f32> = (0..ws.iter().product()).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..o).map(|_| rnd()).collect();
+            let res: Vec<f32> = (0..n * o * 4 * h * w).map(|_| rnd()).collect();
+            for residual in [None, Some(&res[..])] {
+                let (want, ws_) = conv2d_reference(&x, &xs, &wt, &ws, &b, Conv2d::UP, residual);
+                let (got, gs) = conv2d(&x, &xs, &wt, &ws, &b, Conv2d::UP, residual);
+                assert_eq!((gs, ws_.clone()), (ws_, vec![n, o, 2 * h, 2 * w]));
+                for (a, e) in got.iter().zip(&want) {
+                    assert!(
+                        (a - e).abs() < 1e-4 * (1.0 + e.abs()),
+                        "{xs:?} → {o} upsampled, residual {}: {a} vs {e}",
+                        residual.is_some()
+                    );
                 }
             }
         }

@@ -498,7 +498,7 @@ impl<'a> Band<'a> {
         // Unpadded stride-1 kernels (the 1×1 layers) read the image in place: it is its own
         // padded grid, from row y0 on, so nothing is copied; [`run`] copies only the runs of a
         // last tile that would read past its end.
-        let in_place = pad == 0 && st == 1;
+        let in_place = pad == 0 && st == 1 && !g.up;
         // Phase (py, px) holds padded pixels (st·i + py, st·j + px): rows of wq values.
         let wq = (g.w + 2 * pad).div_ceil(st);
         // Phase rows for output rows y0 .. y1: tap ky reads row (oy − y0) + ky / st.
@@ -544,6 +544,42 @@ impl<'a> Band<'a> {
     }
 }
 
+impl Scratch {
+    /// [`Self::pad`] for an input read upsampled ×2 (`g.up`: g.h × g.w is the upsampled size,
+    /// xn holds C planes of g.h/2 × g.w/2): each padded row is its source row with every value
+    /// doubled, written as pairs (which vectorize), so the upsampled input is never stored.
+    fn pad_upsampled(
+        &mut self,
+        g: &ConvGeom,
+        xn: &[f32],
+        y0: usize,
+        hb: usize,
+        wq: usize,
+        len: usize,
+    ) {
+        let (pad, st) = (g.pad, g.stride);
+        assert!(st == 1, "an upsampled convolution has stride 1");
+        let (hs, ws) = (g.h / 2, g.w / 2);
+        let plane = hb * wq;
+        self.xpad.clear();
+        self.xpad.resize(len.max(g.c * plane), 0.0);
+        for c in 0..g.c {
+            for r in 0..hb {
+                let iy = (y0 + r) as isize - pad as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                let src = &xn[(c * hs + iy as usize / 2) * ws..][..ws];
+                let dst = &mut self.xpad[c * plane + r * wq + pad..][..2 * ws];
+                for (pair, &v) in dst.chunks_exact_mut(2).zip(src) {
+                    pair[0] = v;
+                    pair[1] = v;
+                }
+            }
+        }
+    }
+}
+
 /// Tap (ky, kx) of channel c is at c·plane + the tap's own offset in its phase (phases
 /// `phase` apart, rows `wq` apart): the divisions once per tap, not per (channel, tap).
 fn tap_offsets(c: usize, k: usize, st: usize, plane: usize, phase: usize, wq: usize) -> Vec<usize> {
@@ -566,6 +602,9 @@ impl Scratch {
         let (pad, st) = (g.pad, g.stride);
         let plane = hb * wq;
         let phase = g.c * plane;
+        if g.up {
+            return self.pad_upsampled(g, xn, y0, hb, wq, len);
+        }
         #[cfg(target_arch = "x86_64")]
         if st <= 2 && std::arch::is_x86_feature_detected!("avx512f") {
             // Every value of the st² phases written once: no zero-fill of the whole buffer.
@@ -1040,10 +1079,7 @@ mod tests {
                 let x: Vec<f32> = (0..xs.iter().product()).map(|_| rnd()).collect();
                 let wt: Vec<f32> = (0..ws.iter().product()).map(|_| rnd()).collect();
                 let bias: Vec<f32> = (0..o).map(|_| rnd()).collect();
-                let geom = Conv2d {
-                    stride: st,
-                    padding: pad,
-                };
+                let geom = Conv2d::new(st, pad);
                 let g = ConvGeom::new(&xs, &ws, st, pad);
                 let res: Vec<f32> = (0..o * g.positions()).map(|_| rnd()).collect();
                 // The fused epilogue: the bias, plus the residual in every second case.

@@ -18,6 +18,9 @@ pub struct ConvGeom {
     pub pad: usize,
     pub ho: usize,
     pub wo: usize,
+    /// h and w are the input's size after a nearest ×2 upsampling that is read, not stored:
+    /// the stored input is [C, h/2, w/2] per sample ([`crate::backend::Conv2d::upsample`]).
+    pub up: bool,
 }
 
 impl ConvGeom {
@@ -36,6 +39,16 @@ impl ConvGeom {
             pad,
             ho: (h + 2 * pad - k) / stride + 1,
             wo: (wd + 2 * pad - k) / stride + 1,
+            up: false,
+        }
+    }
+
+    /// [`Self::new`] for an input [N, C, H, W] read upsampled ×2: the geometry of the
+    /// convolution over [N, C, 2H, 2W], with [`Self::in_len`] still the stored C·H·W.
+    pub fn upsampled(x: &[usize], w: &[usize], stride: usize, pad: usize) -> Self {
+        ConvGeom {
+            up: true,
+            ..Self::new(&[x[0], x[1], 2 * x[2], 2 * x[3]], w, stride, pad)
         }
     }
 
@@ -49,14 +62,18 @@ impl ConvGeom {
         self.ho * self.wo
     }
 
-    /// Values of one input sample (C·H·W).
+    /// Values of one stored input sample (C·H·W, or C·H/2·W/2 when it is read upsampled).
     pub fn in_len(&self) -> usize {
-        self.c * self.h * self.w
+        if self.up {
+            self.c * (self.h / 2) * (self.w / 2)
+        } else {
+            self.c * self.h * self.w
+        }
     }
 
     /// A 1×1, stride-1, unpadded convolution: the input already is its im2col matrix.
     pub fn pointwise(&self) -> bool {
-        self.k == 1 && self.stride == 1 && self.pad == 0
+        self.k == 1 && self.stride == 1 && self.pad == 0 && !self.up
     }
 
     /// For each im2col row r = (c, ky, kx) and output row oy whose input row is inside the

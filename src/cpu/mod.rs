@@ -385,10 +385,7 @@ mod tests {
         );
         let w = CpuTensor::new((0..16 * 8 * 9).map(|_| rnd()).collect(), &[16, 8, 3, 3]);
         let b = CpuTensor::new(vec![0.1; 16], &[16]);
-        let geom = Conv2d {
-            stride: 1,
-            padding: 1,
-        };
+        let geom = Conv2d::SAME;
         let f = CpuBackend::FAST;
         let want = f.conv2d(&x, &w, &b, geom, None).data.to_vec();
         let run = || f.conv2d(&x, &w, &b, geom, None).data.to_vec();
@@ -448,10 +445,7 @@ mod tests {
             }
         };
         let (f, r) = (CpuBackend::FAST, CpuBackend::REFERENCE);
-        let geom = Conv2d {
-            stride: 1,
-            padding: 1,
-        };
+        let geom = Conv2d::SAME;
         // Batch 1 (channels split over tasks) and batch 3 (samples in parallel).
         for n in [1, 3] {
             let (x, w, b, res) = (

@@ -887,6 +887,7 @@ impl Backend for GpuBackend {
             u(residual.is_some() as usize),
             u(tiles_n),
             u(total),
+            u(geom.upsample as usize),
         ];
         let bufs = [
             (0, x.buffer()),

@@ -24,7 +24,8 @@ impl<B: Backend> Stage<B> {
 
 struct Level<B: Backend> {
     stages: Vec<Stage<B>>,
-    /// Stride-2 conv (down path) or nearest ×2 then conv (up path).
+    /// Stride-2 conv (down path) or a conv that reads its input upsampled ×2 (up path,
+    /// [`Conv2d::UP`]).
     resample: Option<Conv<B>>,
 }
 
@@ -35,8 +36,6 @@ pub struct Unet<B: Backend> {
     up: Vec<Level<B>>,
     out_norm: Norm<B>,
     out_conv: Conv<B>,
-    /// `conv_in` had stride 2: upsample before `out_conv`.
-    stem: bool,
 }
 
 impl<B: Backend> Unet<B> {
@@ -133,7 +132,7 @@ impl<B: Backend> Unet<B> {
                     ch,
                     ch,
                     3,
-                    Conv2d::SAME,
+                    Conv2d::UP,
                 )?)
             } else {
                 None
@@ -148,8 +147,15 @@ impl<B: Backend> Unet<B> {
             mid,
             up,
             out_norm: Norm::build(src, "out.norm", ch, g, eps)?,
-            out_conv: Conv::build(src, "out.conv", ch, c.in_channels, 3, Conv2d::SAME)?,
-            stem,
+            // After a stride-2 stem, the last conv reads its input upsampled back to full size.
+            out_conv: Conv::build(
+                src,
+                "out.conv",
+                ch,
+                c.in_channels,
+                3,
+                if stem { Conv2d::UP } else { Conv2d::SAME },
+            )?,
         })
     }
 
@@ -175,15 +181,10 @@ impl<B: Backend> Unet<B> {
                 h = st.forward(be, &be.concat_channels(&h, &skip), cond);
             }
             if let Some(u) = &level.resample {
-                h = u.forward(be, &be.upsample_nearest2x(&h), None);
+                h = u.forward(be, &h, None);
             }
         }
         let h = self.out_norm.forward(be, &h, None, true);
-        let h = if self.stem {
-            be.upsample_nearest2x(&h)
-        } else {
-            h
-        };
         self.out_conv.forward(be, &h, None)
     }
 }

@@ -261,6 +261,12 @@ impl Backend for BurnBackend {
         geom: Conv2d,
         residual: Option<&BurnTensor>,
     ) -> BurnTensor {
+        if geom.upsample {
+            // Training keeps the two ops (the upsample's gradient is burn's): the fused read is
+            // the sampler backends' saving.
+            let up = self.upsample_nearest2x(x);
+            return self.conv2d(&up, w, bias, geom.plain(), residual);
+        }
         let start = self.tick();
         let out = conv2d_out_shape(&x.shape, &w.shape, geom);
         let mut y = if self.fast_ops {

@@ -306,10 +306,7 @@ pub(crate) fn backward_x(w: &[f32], dy: &[f32], g: ConvGeom) -> Vec<f32> {
             &wt,
             &[g.c, g.o, k, k],
             &vec![0.0f32; g.c],
-            Conv2d {
-                stride: 1,
-                padding: k - 1 - g.pad,
-            },
+            Conv2d::new(1, k - 1 - g.pad),
             None,
         );
         debug_assert_eq!(shape, [g.n, g.c, g.h, g.w]);
@@ -906,7 +903,7 @@ impl FlexOps for Flex {
             slice(&w),
             &dims4(&w),
             slice(&b),
-            Conv2d { stride, padding },
+            Conv2d::new(stride, padding),
             None,
         );
         flex(y, &shape)
