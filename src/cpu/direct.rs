@@ -238,11 +238,18 @@ impl Direct {
         }
     }
 
+    /// Whether this convolution runs [`tile_few`] (AVX-512, at most [`FEW_MAX`] outputs): the
+    /// one test for both the tile and the padded copy it needs ([`Self::nr`]).
+    #[cfg(target_arch = "x86_64")]
+    fn few(&self) -> bool {
+        self.isa == Isa::Avx512 && self.o <= FEW_MAX
+    }
+
     /// The widest tile's positions, which each band's padded copy is sized for: [`tile_few`]'s
-    /// 128 for a single output channel on AVX-512, else the instruction set's NR.
+    /// 128 where it runs, else the instruction set's NR.
     fn nr(&self) -> usize {
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx512 && self.o <= FEW_MAX {
+        if self.few() {
             return 128;
         }
         self.isa.tile().1
@@ -268,7 +275,7 @@ impl Direct {
                 let slots = |nr: usize| args.q_end.div_ceil(nr) * nr;
                 // SAFETY: the CPU has AVX-512F (asserted), the one feature these are built for.
                 unsafe {
-                    if args.o <= FEW_MAX {
+                    if self.few() {
                         avx512_few(args, packed, y)
                     } else if slots(32) < slots(48) {
                         avx512_narrow(args, packed, y)
@@ -544,6 +551,20 @@ impl<'a> Band<'a> {
     }
 }
 
+/// Tap (ky, kx) of channel c is at c·plane + the tap's own offset in its phase (phases
+/// `phase` apart, rows `wq` apart): the divisions once per tap, not per (channel, tap).
+fn tap_offsets(c: usize, k: usize, st: usize, plane: usize, phase: usize, wq: usize) -> Vec<usize> {
+    let taps: Vec<usize> = (0..k * k)
+        .map(|t| {
+            let (ky, kx) = (t / k, t % k);
+            ((ky % st) * st + kx % st) * phase + (ky / st) * wq + kx / st
+        })
+        .collect();
+    (0..c)
+        .flat_map(|ch| taps.iter().map(move |&t| ch * plane + t))
+        .collect()
+}
+
 impl Scratch {
     /// [`Self::pad`] for an input read upsampled ×2 (`g.up`: g.h × g.w is the upsampled size,
     /// xn holds C planes of g.h/2 × g.w/2): each padded row is its source row with every value
@@ -570,31 +591,14 @@ impl Scratch {
                     continue;
                 }
                 let src = &xn[(c * hs + iy as usize / 2) * ws..][..ws];
-                let dst = &mut self.xpad[c * plane + r * wq + pad..][..2 * ws];
-                for (pair, &v) in dst.chunks_exact_mut(2).zip(src) {
-                    pair[0] = v;
-                    pair[1] = v;
-                }
+                super::elementwise::double_into(
+                    &mut self.xpad[c * plane + r * wq + pad..][..2 * ws],
+                    src,
+                );
             }
         }
     }
-}
 
-/// Tap (ky, kx) of channel c is at c·plane + the tap's own offset in its phase (phases
-/// `phase` apart, rows `wq` apart): the divisions once per tap, not per (channel, tap).
-fn tap_offsets(c: usize, k: usize, st: usize, plane: usize, phase: usize, wq: usize) -> Vec<usize> {
-    let taps: Vec<usize> = (0..k * k)
-        .map(|t| {
-            let (ky, kx) = (t / k, t % k);
-            ((ky % st) * st + kx % st) * phase + (ky / st) * wq + kx / st
-        })
-        .collect();
-    (0..c)
-        .flat_map(|ch| taps.iter().map(move |&t| ch * plane + t))
-        .collect()
-}
-
-impl Scratch {
     /// Fills `xpad` (at least `len` values) with the zero-padded rows of sample xn that the
     /// band from output row y0 reads: hb rows of wq values per channel and phase (see
     /// [`Band`]), channel planes hb · wq apart and phases C of them.

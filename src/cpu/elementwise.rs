@@ -162,14 +162,21 @@ pub fn upsample_nearest2x(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f
         .for_each(|(plane, src)| {
             for (rows, row) in plane.chunks_exact_mut(2 * w2).zip(src.chunks_exact(w)) {
                 let (first, second) = rows.split_at_mut(w2);
-                for (pair, &v) in first.chunks_exact_mut(2).zip(row) {
-                    pair[0] = v;
-                    pair[1] = v;
-                }
+                double_into(first, row);
                 second.copy_from_slice(first);
             }
         });
     out
+}
+
+/// dst[2j] = dst[2j + 1] = src[j]: one row upsampled ×2 along its width, written as pairs
+/// (which vectorize). Also the padding of a convolution that reads its input upsampled
+/// (`direct::Scratch::pad_upsampled`).
+pub(super) fn double_into(dst: &mut [f32], src: &[f32]) {
+    for (pair, &v) in dst.chunks_exact_mut(2).zip(src) {
+        pair[0] = v;
+        pair[1] = v;
+    }
 }
 
 /// Per batch item, `a_len` values of a then `b_len` values of b.

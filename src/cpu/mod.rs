@@ -87,8 +87,8 @@ pub fn in_pool_for<R: Send>(samples: usize, f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// Row r's [scale | shift] of a modulation [M, 2·out] over n rows (samples) (each of its rows serving
-/// n / M of them: [`crate::backend::modulation_repeat`]), or None without one.
+/// Row r's [scale | shift] of a modulation [M, 2·out] over n rows, each of its rows serving n / M
+/// of them ([`crate::backend::modulation_repeat`]); None without a modulation.
 pub(crate) fn modulation_rows<'a>(
     n: usize,
     out: usize,
