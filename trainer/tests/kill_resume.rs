@@ -68,9 +68,14 @@ fn finish(child: Child, what: &str) {
     );
 }
 
+/// The `.tmp` files in `dir`; none when a run was killed before it created `dir`.
 fn temp_files(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .unwrap()
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("reading {}: {e}", dir.display()),
+    };
+    entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
         .collect()
