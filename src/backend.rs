@@ -145,6 +145,25 @@ pub trait Backend {
         residual: Option<&Self::Tensor>,
     ) -> Self::Tensor;
 
+    /// A residual block's second convolution with its 1×1 skip projection:
+    /// conv(x, w) + bias + conv1×1(skip, skip_w) + skip_b, skip [N, Cs, Ho, Wo] at the
+    /// output's size. By default the two convolutions (the skip's output as the residual);
+    /// the CPU's fast path runs them as one pass over both inputs.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_skip(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        bias: &Self::Tensor,
+        geom: Conv2d,
+        skip: &Self::Tensor,
+        skip_w: &Self::Tensor,
+        skip_b: &Self::Tensor,
+    ) -> Self::Tensor {
+        let s = self.conv2d(skip, skip_w, skip_b, Conv2d::POINTWISE, None);
+        self.conv2d(x, w, bias, geom, Some(&s))
+    }
+
     /// GroupNorm over (C/groups, H, W) with affine gamma/beta, then optionally the time
     /// scale-shift y·(1 + scale) + shift with `modulation` [M, 2C] = [scale | shift], then
     /// optionally SiLU. M divides N and each row serves N / M consecutive samples

@@ -231,6 +231,29 @@ impl<B: Backend> Backend for Profiled<'_, B> {
             |i| i.conv2d(x, w, b, g, r),
         )
     }
+    fn conv2d_skip(
+        &self,
+        x: &B::Tensor,
+        w: &B::Tensor,
+        b: &B::Tensor,
+        g: Conv2d,
+        skip: &B::Tensor,
+        sw: &B::Tensor,
+        sb: &B::Tensor,
+    ) -> B::Tensor {
+        let (xs, ws, ss) = (x.shape(), w.shape(), skip.shape());
+        let k = ws[2];
+        let layer = format!(
+            "conv{k}x{k} {}→{} {}×{} s{} +skip1x1 {}→{}",
+            ws[1], ws[0], xs[2], xs[3], g.stride, ss[1], ws[0]
+        );
+        self.labelled(
+            Some(format!("conv{k}x{k}")),
+            Some(layer),
+            |s| s.conv2d_skip(&st(x), &st(w), &st(b), g, &st(skip), &st(sw), &st(sb)),
+            |i| i.conv2d_skip(x, w, b, g, skip, sw, sb),
+        )
+    }
     fn group_norm(
         &self,
         x: &B::Tensor,

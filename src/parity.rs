@@ -115,6 +115,23 @@ impl Backend for OpParity<'_> {
             Ok(s.gpu.conv2d(&s.up(x)?, &s.up(w)?, &s.up(b)?, g, r.as_ref()))
         })
     }
+    fn conv2d_skip(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        b: &CpuTensor,
+        g: Conv2d,
+        skip: &CpuTensor,
+        sw: &CpuTensor,
+        sb: &CpuTensor,
+    ) -> CpuTensor {
+        let want = self.cpu.conv2d_skip(x, w, b, g, skip, sw, sb);
+        self.check(OpFamily::Conv2d, want, |s| {
+            let (x, w, b) = (s.up(x)?, s.up(w)?, s.up(b)?);
+            let (skip, sw, sb) = (s.up(skip)?, s.up(sw)?, s.up(sb)?);
+            Ok(s.gpu.conv2d_skip(&x, &w, &b, g, &skip, &sw, &sb))
+        })
+    }
     fn group_norm(
         &self,
         x: &CpuTensor,

@@ -127,6 +127,42 @@ impl Backend for ShapeBackend {
         self.record(OpFamily::Conv2d, 2.0 * macs, &ops, &[&w.0, &b.0], out)
     }
 
+    /// One op: both convolutions' FLOPs, both inputs read, no residual tensor.
+    fn conv2d_skip(
+        &self,
+        x: &ShapeTensor,
+        w: &ShapeTensor,
+        b: &ShapeTensor,
+        geom: Conv2d,
+        skip: &ShapeTensor,
+        skip_w: &ShapeTensor,
+        skip_b: &ShapeTensor,
+    ) -> ShapeTensor {
+        assert_eq!(
+            (x.0[1], skip.0[1], skip_w.0[2..].to_vec()),
+            (w.0[1], skip_w.0[1], vec![1, 1]),
+            "conv2d skip: {:?} into {:?}, {:?} into {:?}",
+            x.0,
+            w.0,
+            skip.0,
+            skip_w.0
+        );
+        let out = conv2d_out_shape(&x.0, &w.0, geom);
+        assert_eq!(
+            (skip.0[0], &skip.0[2..], skip_w.0[0]),
+            (out[0], &out[2..], out[1]),
+            "conv2d skip input shape"
+        );
+        let macs = numel(&out) * (w.0[1] * w.0[2] * w.0[3] + skip_w.0[1]) as f64;
+        self.record(
+            OpFamily::Conv2d,
+            2.0 * macs,
+            &[&x.0, &skip.0],
+            &[&w.0, &b.0, &skip_w.0, &skip_b.0],
+            out,
+        )
+    }
+
     fn group_norm(
         &self,
         x: &ShapeTensor,

@@ -6,9 +6,11 @@
 //! Fast: Y_n = W · col(x_n) as a direct convolution, an implicit GEMM over the padded image
 //! (split into stride² phases for strided kernels) with our own register-blocked microkernel and
 //! no im2col matrix ([`super::direct`]); the epilogue (bias, residual) is fused: each tile adds
-//! it as it stores its outputs. Samples run in parallel, each on one thread; with fewer samples than cores each
-//! sample is split over the cores (bands of rows for tall images, blocks of output channels for
-//! short ones), so batch 1 uses every core too, for layers with enough work to pay for it.
+//! it as it stores its outputs. A residual block's 1×1 skip projection can be fused into its
+//! second convolution ([`conv2d_skip`]). Samples run in parallel, each on one thread; with
+//! fewer samples than cores each sample is split over the cores (bands of rows for tall
+//! images, blocks of output channels for short ones), so batch 1 uses every core too, for
+//! layers with enough work to pay for it.
 
 use super::direct::{self, Direct, Split};
 use super::im2col::ConvGeom;
@@ -50,16 +52,99 @@ pub fn conv2d_packed(
     geom: Conv2d,
     residual: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<usize>) {
+    run(x, xs, None, direct, ws, bias, geom, residual)
+}
+
+/// A residual block's second convolution with its 1×1 skip projection fused in:
+/// conv(x; W, b) + conv1×1(skip; Ws, bs), one pass over [W | Ws] instead of a second op whose
+/// output the first reads back as its residual. `skip` [N, Cs, Ho, Wo] (shape `ss`) must
+/// have the output's size (a stride-1, same-size convolution, not upsampled). Returns the
+/// output and its shape [N, O, Ho, Wo].
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_skip(
+    x: &[f32],
+    xs: &[usize],
+    w: &[f32],
+    ws: &[usize],
+    bias: &[f32],
+    geom: Conv2d,
+    skip: &[f32],
+    ss: &[usize],
+    skip_w: &[f32],
+    skip_b: &[f32],
+) -> (Vec<f32>, Vec<usize>) {
+    let direct = pack_skip(w, ws, skip_w, ss[1]);
+    let b: Vec<f32> = bias.iter().zip(skip_b).map(|(a, b)| a + b).collect();
+    conv2d_skip_packed(x, xs, &direct, ws, &b, geom, skip, ss)
+}
+
+/// The weights of [`conv2d_skip`] packed for the microkernel: per output channel its C·k·k
+/// rows of w [O, C, k, k], then its Cs values of skip_w [O, Cs, 1, 1].
+pub fn pack_skip(w: &[f32], ws: &[usize], skip_w: &[f32], skip_c: usize) -> Direct {
+    let (o, rows) = (ws[0], ws[1..].iter().product::<usize>());
+    assert!(
+        w.len() >= o * rows && skip_w.len() >= o * skip_c,
+        "conv2d skip: weights smaller than [{o}, {rows}] and [{o}, {skip_c}]"
+    );
+    let joined: Vec<f32> = (0..o)
+        .flat_map(|oc| {
+            w[oc * rows..(oc + 1) * rows]
+                .iter()
+                .chain(&skip_w[oc * skip_c..(oc + 1) * skip_c])
+                .copied()
+        })
+        .collect();
+    Direct::new(&joined, o, rows + skip_c)
+}
+
+/// [`conv2d_skip`] with [`pack_skip`]'s weights and the two biases already summed.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_skip_packed(
+    x: &[f32],
+    xs: &[usize],
+    direct: &Direct,
+    ws: &[usize],
+    bias: &[f32],
+    geom: Conv2d,
+    skip: &[f32],
+    ss: &[usize],
+) -> (Vec<f32>, Vec<usize>) {
+    run(x, xs, Some((skip, ss)), direct, ws, bias, geom, None)
+}
+
+/// The fast path's one body: the convolution, with a fused skip input or not.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    x: &[f32],
+    xs: &[usize],
+    skip: Option<(&[f32], &[usize])>,
+    direct: &Direct,
+    ws: &[usize],
+    bias: &[f32],
+    geom: Conv2d,
+    residual: Option<&[f32]>,
+) -> (Vec<f32>, Vec<usize>) {
     assert_eq!(
         ws[1], xs[1],
         "conv2d: weight expects {} input channels, got {}",
         ws[1], xs[1]
     );
-    let g = if geom.upsample {
+    let mut g = if geom.upsample {
         ConvGeom::upsampled(xs, ws, geom.stride, geom.padding)
     } else {
         ConvGeom::new(xs, ws, geom.stride, geom.padding)
     };
+    if let Some((s, ss)) = skip {
+        g = g.with_skip(ss[1]);
+        assert!(
+            ss == [g.n, g.skip, g.ho, g.wo] && s.len() >= ss.iter().product(),
+            "conv2d skip: input {ss:?} is not [{}, {}, {}, {}]",
+            g.n,
+            g.skip,
+            g.ho,
+            g.wo
+        );
+    }
     let (p, len) = (g.positions(), g.o * g.positions());
     // Every value is written: each tile stores its outputs with the epilogue added.
     let mut out = super::pool::Output::new(g.n * len);
@@ -70,11 +155,12 @@ pub fn conv2d_packed(
         residual: residual.map(|r| &r[i * len..(i + 1) * len]),
     };
     let xn = |i: usize| &x[i * g.in_len()..(i + 1) * g.in_len()];
+    let sn = |i: usize| skip.map_or(&[][..], |(s, _)| &s[i * g.skip * p..(i + 1) * g.skip * p]);
     if g.n >= threads {
         // Samples in parallel, each whole, each worker padding into its own buffers, kept
         // from call to call (a fresh buffer per rayon task cost page faults on every call).
         out.par_chunks_mut(len).enumerate().for_each(|(i, y)| {
-            direct::with_scratch(|s| direct.band(&g, xn(i), 0, g.ho, y, epilogue(i), s));
+            direct::with_scratch(|s| direct.band(&g, xn(i), sn(i), 0, g.ho, y, epilogue(i), s));
         });
     } else {
         // Fewer samples than cores (batch 1 on an edge device): each sample split over the
@@ -94,7 +180,7 @@ pub fn conv2d_packed(
         out.par_chunks_mut(len)
             .enumerate()
             .for_each_init(direct::Scratch::default, |s, (i, y)| {
-                direct.sample_split(&g, xn(i), y, parts, split, epilogue(i), s);
+                direct.sample_split(&g, xn(i), sn(i), y, parts, split, epilogue(i), s);
             });
     }
     (out.into_vec(), vec![g.n, g.o, g.ho, g.wo])
@@ -284,6 +370,43 @@ mod tests {
                     for ((a, e), r) in y.iter().zip(&r).zip(&res) {
                         assert!((a - e - r).abs() < 1e-5, "fast={fast} residual {g:?}");
                     }
+                }
+            }
+        }
+    }
+
+    /// The skip projection fused into the convolution against its definition, the two
+    /// reference convolutions (the 1×1's output as the residual): the channels-in-lanes tiles
+    /// (16 and 32 outputs at 28×28, 14×14, 7×7), the few-channel tile (2 outputs), the
+    /// positions tiles (odd width), a 1×1 main convolution (read padded, not in place), at
+    /// batch 1 (split over the cores) and batch 3.
+    #[test]
+    fn skip_fusion_matches_the_two_convolutions() {
+        let mut rnd = super::super::test_values(7);
+        for (c, o, h, w, k, cs) in [
+            (16, 16, 28, 28, 3, 48),
+            (32, 32, 14, 14, 3, 64),
+            (32, 32, 7, 7, 3, 64),
+            (5, 2, 9, 11, 3, 3),
+            (5, 7, 9, 11, 3, 4),
+            (6, 20, 6, 7, 1, 5),
+        ] {
+            for n in [1, 3] {
+                let (xs, ws, ss) = ([n, c, h, w], [o, c, k, k], [n, cs, h, w]);
+                let geom = Conv2d::new(1, k / 2);
+                let mut v = |len: usize| -> Vec<f32> { (0..len).map(|_| rnd()).collect() };
+                let (x, wt, b) = (v(n * c * h * w), v(o * c * k * k), v(o));
+                let (skip, sw, sb) = (v(n * cs * h * w), v(o * cs), v(o));
+                let sws = [o, cs, 1, 1];
+                let (s, _) = conv2d_reference(&skip, &ss, &sw, &sws, &sb, Conv2d::POINTWISE, None);
+                let (want, wshape) = conv2d_reference(&x, &xs, &wt, &ws, &b, geom, Some(&s));
+                let (got, gshape) = conv2d_skip(&x, &xs, &wt, &ws, &b, geom, &skip, &ss, &sw, &sb);
+                assert_eq!(gshape, wshape);
+                for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - e).abs() < 1e-4 * (1.0 + e.abs()),
+                        "{xs:?} k={k} + skip {cs}, value {i}: {a} vs {e}"
+                    );
                 }
             }
         }

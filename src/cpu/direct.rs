@@ -21,6 +21,11 @@
 //! set: the compiler keeps these accumulators in registers, while e.g. 8 × 32 on AVX-512 fell
 //! to scalar-like speed (1.1 GFLOP/s against 80–90).
 //!
+//! A residual block's 1×1 skip projection can ride along (`ConvGeom::skip`): its weights are
+//! more rows of each output channel, and its input [Cs, H, W], which has the output's size, is
+//! read at each output's own pixel: in place by the channels-in-lanes tiles, as extra planes of
+//! the padded copy by the others.
+//!
 //! Those tiles put positions in the vector lanes and broadcast weights. On AVX-512 a second
 //! family (`lanes`) puts the output channels in the lanes and broadcasts inputs, for output
 //! widths that are multiples of 7 and at least 16 output channels; the first family keeps the
@@ -79,8 +84,9 @@ pub struct Scratch {
 /// maximum for every band was a twentieth of a small layer's time at batch 1.
 #[derive(Debug)]
 struct TapOffsets {
-    /// (channels, kernel size, stride, plane, padded row width): what the offsets depend on.
-    key: [usize; 5],
+    /// (channels, kernel size, stride, plane, padded row width, skip channels): what the
+    /// offsets depend on.
+    key: [usize; 6],
     offsets: Vec<usize>,
     max: usize,
 }
@@ -141,12 +147,14 @@ impl Direct {
     }
 
     /// y [O, (y1 − y0)·Wo] = the convolution's output rows [y0, y1) for sample xn [C, H, W]
-    /// plus the epilogue, whose residual covers the same rows. y's old values are not read.
+    /// (and the fused skip input [g.skip, H, W], empty without one) plus the epilogue, whose
+    /// residual covers the same rows. y's old values are not read.
     #[allow(clippy::too_many_arguments)]
     pub fn band(
         &self,
         g: &ConvGeom,
         xn: &[f32],
+        skip: &[f32],
         y0: usize,
         y1: usize,
         y: &mut [f32],
@@ -160,7 +168,8 @@ impl Direct {
             "direct conv: weight shape"
         );
         assert!(y0 < y1 && y1 <= g.ho && y.len() >= g.o * (y1 - y0) * g.wo);
-        let args = Band::new(g, xn, y0, y1, self.nr(), scratch);
+        let lanes = self.channels_in_lanes(g.wo);
+        let args = Band::new(g, xn, skip, lanes, y0, y1, self.nr(), scratch);
         let span = (y1 - y0) * g.wo;
         self.dispatch(
             &args,
@@ -180,6 +189,7 @@ impl Direct {
         &self,
         g: &ConvGeom,
         xn: &[f32],
+        skip: &[f32],
         y: &mut [f32],
         parts: usize,
         split: Split,
@@ -199,10 +209,10 @@ impl Direct {
         epilogue.check(g.o, pb);
         match split {
             Split::Channels => {
-                let args = Band::new(g, xn, 0, g.ho, nr, scratch);
+                let lanes = self.channels_in_lanes(g.wo);
+                let args = Band::new(g, xn, skip, lanes, 0, g.ho, nr, scratch);
                 // Each task's channels: whole blocks of the tiles that run (a vector's lanes of
                 // channels, else MR), and those blocks' weights.
-                let lanes = self.channels_in_lanes(g.wo);
                 let block = if lanes { 16 } else { mr };
                 let per = g.o.div_ceil(block).div_ceil(parts.max(1)) * block;
                 y.par_chunks_mut(per * pb).enumerate().for_each(|(i, y)| {
@@ -230,7 +240,8 @@ impl Direct {
                         Out::rows(base.at(y0 * g.wo), pb, span, g.o, epilogue, y0 * g.wo)
                     };
                     SCRATCH.with_borrow_mut(|s| {
-                        let args = Band::new(g, xn, y0, y1, nr, s);
+                        let lanes = self.channels_in_lanes(g.wo);
+                        let args = Band::new(g, xn, skip, lanes, y0, y1, nr, s);
                         self.dispatch(&args, &self.packed, &self.lanes, out);
                     });
                 });
@@ -434,7 +445,8 @@ pub fn weight_grad(g: &ConvGeom, xn: &[f32], dyn_: &[f32], dw: &mut [f32], s: &m
     assert!(valid(g), "direct weight gradient: empty geometry {g:?}");
     assert!(dyn_.len() >= g.o * g.positions() && dw.len() >= g.o * g.rows());
     let mut dy = std::mem::take(&mut s.dy);
-    let b = Band::new(g, xn, 0, g.ho, 1, s);
+    assert_eq!(g.skip, 0, "direct weight gradient: a fused skip input");
+    let b = Band::new(g, xn, &[], false, 0, g.ho, 1, s);
     #[cfg(target_arch = "x86_64")]
     if g.k == 3
         && g.stride == 1
@@ -489,23 +501,61 @@ struct Band<'a> {
     /// Positions on the padded grid: [0, q_end).
     q_end: usize,
     o: usize,
+    /// Weight rows per output channel (`offsets`' rows, plus `skip`'s channels).
     rows: usize,
+    /// A fused skip input read in place rather than from the padded copy (the channels-in-lanes
+    /// tiles, whose segments lie inside one output row): its weight rows follow `offsets`'.
+    skip: Option<SkipRows<'a>>,
+}
+
+/// The skip input of a [`Band`], read where it is: channel j's value at band row i, column u
+/// is `x[j · plane + i · Wo + u]` (x starts at the band's first row).
+#[derive(Clone, Copy)]
+struct SkipRows<'a> {
+    x: &'a [f32],
+    plane: usize,
+    c: usize,
 }
 
 impl<'a> Band<'a> {
+    /// The band of output rows [y0, y1) of sample xn (and its skip input): padded, with its
+    /// offsets. `skip_in_place`: the tiles that run read the skip input in place (see
+    /// [`Band::skip`]); otherwise it is padded beside the image and its rows are offsets.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         g: &ConvGeom,
         xn: &'a [f32],
+        skip: &'a [f32],
+        skip_in_place: bool,
         y0: usize,
         y1: usize,
         nr: usize,
         s: &'a mut Scratch,
     ) -> Self {
+        assert!(
+            skip.len() >= g.skip * g.h * g.w,
+            "direct conv: skip input smaller than [{}, {}, {}]",
+            g.skip,
+            g.h,
+            g.w
+        );
+        let rows = g.rows();
+        let in_place_skip = (skip_in_place && g.skip > 0).then(|| SkipRows {
+            x: &skip[y0 * g.w..g.skip * g.h * g.w],
+            plane: g.h * g.w,
+            c: g.skip,
+        });
+        // The image's part: without the skip channels when they are read in place.
+        let gm = ConvGeom {
+            skip: if in_place_skip.is_some() { 0 } else { g.skip },
+            ..*g
+        };
+        let g = &gm;
         let (k, pad, st) = (g.k, g.pad, g.stride);
         // Unpadded stride-1 kernels (the 1×1 layers) read the image in place: it is its own
         // padded grid, from row y0 on, so nothing is copied; [`run`] copies only the runs of a
-        // last tile that would read past its end.
-        let in_place = pad == 0 && st == 1 && !g.up;
+        // last tile that would read past its end. A fused skip input is padded beside it.
+        let in_place = pad == 0 && st == 1 && !g.up && g.skip == 0;
         // Phase (py, px) holds padded pixels (st·i + py, st·j + px): rows of wq values.
         let wq = (g.w + 2 * pad).div_ceil(st);
         // Phase rows for output rows y0 .. y1: tap ky reads row (oy − y0) + ky / st.
@@ -514,14 +564,17 @@ impl<'a> Band<'a> {
         let plane = if in_place { g.h * g.w } else { hb * wq };
         let phase = g.c * plane;
         let q_end = (y1 - y0 - 1) * wq + g.wo;
-        let key = [g.c, k, st, plane, wq];
+        let key = [g.c, k, st, plane, wq, g.skip];
         let at = match s.offsets.iter().position(|o| o.key == key) {
             Some(at) => at,
             None => {
                 if s.offsets.len() >= MAX_CACHED_GEOMETRIES {
                     s.offsets.clear();
                 }
-                let offsets = tap_offsets(g.c, k, st, plane, phase, wq);
+                let mut offsets = tap_offsets(g.c, k, st, plane, phase, wq);
+                // The skip channels' planes follow the C channels' (stride 1: one phase), and
+                // output q reads them at its own pixel, `pad` rows and columns in.
+                offsets.extend((0..g.skip).map(|j| (g.c + j) * plane + pad * wq + pad));
                 let max = offsets.iter().max().copied().unwrap_or(0);
                 s.offsets.push(TapOffsets { key, offsets, max });
                 s.offsets.len() - 1
@@ -530,7 +583,7 @@ impl<'a> Band<'a> {
         if !in_place {
             // Every read of the last tile stays inside: the largest offset plus whole tiles.
             let last = s.offsets[at].max;
-            s.pad(g, xn, y0, hb, wq, last + q_end.div_ceil(nr) * nr);
+            s.pad(g, xn, skip, y0, hb, wq, last + q_end.div_ceil(nr) * nr);
         }
         let s: &'a Scratch = s;
         Band {
@@ -546,7 +599,8 @@ impl<'a> Band<'a> {
             plane,
             q_end,
             o: g.o,
-            rows: g.rows(),
+            rows,
+            skip: in_place_skip,
         }
     }
 }
@@ -601,91 +655,128 @@ impl Scratch {
 
     /// Fills `xpad` (at least `len` values) with the zero-padded rows of sample xn that the
     /// band from output row y0 reads: hb rows of wq values per channel and phase (see
-    /// [`Band`]), channel planes hb · wq apart and phases C of them.
-    fn pad(&mut self, g: &ConvGeom, xn: &[f32], y0: usize, hb: usize, wq: usize, len: usize) {
-        let (pad, st) = (g.pad, g.stride);
-        let plane = hb * wq;
-        let phase = g.c * plane;
+    /// [`Band`]), channel planes hb · wq apart and phases C of them; then, for a fused skip
+    /// input (stride 1), its g.skip channels' planes, padded alike.
+    #[allow(clippy::too_many_arguments)]
+    fn pad(
+        &mut self,
+        g: &ConvGeom,
+        xn: &[f32],
+        skip: &[f32],
+        y0: usize,
+        hb: usize,
+        wq: usize,
+        len: usize,
+    ) {
+        let st = g.stride;
         if g.up {
             return self.pad_upsampled(g, xn, y0, hb, wq, len);
         }
+        // The st² phases of the C channels, then (stride 1) the skip input's channels.
+        let main = st * st * g.c * hb * wq;
+        let all = main + g.skip * hb * wq;
+        let gs = ConvGeom {
+            c: g.skip,
+            skip: 0,
+            ..*g
+        };
         #[cfg(target_arch = "x86_64")]
         if st <= 2 && std::arch::is_x86_feature_detected!("avx512f") {
-            // Every value of the st² phases written once: no zero-fill of the whole buffer.
-            let (all, n) = (st * st * phase, len.max(st * st * phase));
+            // Every value of the planes written once: no zero-fill of the whole buffer.
+            let n = len.max(all);
             self.xpad.truncate(n);
             self.xpad.resize(n, 0.0);
             self.xpad[all..].fill(0.0);
-            // SAFETY: AVX-512F (checked); xpad holds the st² phases of C · hb · wq values.
-            unsafe { pad_avx512(g, xn, y0, hb, wq, &mut self.xpad[..all]) };
+            let (xp, sp) = self.xpad[..all].split_at_mut(main);
+            // SAFETY: AVX-512F (checked); xp holds the st² phases of C · hb · wq values, sp
+            // the skip input's g.skip · hb · wq.
+            unsafe {
+                pad_avx512(g, xn, y0, hb, wq, xp);
+                if g.skip > 0 {
+                    pad_avx512(&gs, skip, y0, hb, wq, sp);
+                }
+            }
             return;
         }
         self.xpad.clear();
-        self.xpad.resize(len.max(st * st * phase), 0.0);
-        if st == 2 {
-            // Each input row once, its values dealt to the two column phases in pairs: a loop
-            // over fixed-size chunks that vectorizes into shuffles, where one strided pass per
-            // phase spent as long on the copy as the tiles spent on the sum.
-            for c in 0..g.c {
-                for r in 0..hb {
-                    for py in 0..2 {
-                        let iy = ((y0 + r) * 2 + py) as isize - pad as isize;
-                        if iy < 0 || iy >= g.h as isize {
-                            continue;
-                        }
-                        let src = &xn[(c * g.h + iy as usize) * g.w..][..g.w];
-                        let row = |px: usize| (py * 2 + px) * phase + c * plane + r * wq;
-                        let (r0, r1) = (row(0), row(1));
-                        // Padded column u = ix + pad goes to phase u % 2, column u / 2 (< wq).
-                        let (xp, rest) = self.xpad.split_at_mut(r1.max(r0));
-                        let (d0, d1) = if r0 < r1 {
-                            (&mut xp[r0..][..wq], &mut rest[..wq])
-                        } else {
-                            (&mut rest[..wq], &mut xp[r1..][..wq])
-                        };
-                        // An odd pad puts input column 0 first in phase 1.
-                        let (src, j0) = if pad % 2 == 1 {
-                            d1[pad / 2] = src[0];
-                            (&src[1..], pad / 2 + 1)
-                        } else {
-                            (src, pad / 2)
-                        };
-                        let pairs = src.chunks_exact(2);
-                        if let [v] = pairs.remainder() {
-                            d0[j0 + src.len() / 2] = *v;
-                        }
-                        for ((a, b), p) in d0[j0..].iter_mut().zip(&mut d1[j0..]).zip(pairs) {
-                            *a = p[0];
-                            *b = p[1];
-                        }
+        self.xpad.resize(len.max(all), 0.0);
+        let (xp, sp) = self.xpad[..all].split_at_mut(main);
+        copy_padded(xp, g, xn, y0, hb, wq);
+        if g.skip > 0 {
+            copy_padded(sp, &gs, skip, y0, hb, wq);
+        }
+    }
+}
+
+/// The portable padding: writes the inside of [`Scratch::pad`]'s planes of sample xn into
+/// xpad, which holds zeros.
+fn copy_padded(xpad: &mut [f32], g: &ConvGeom, xn: &[f32], y0: usize, hb: usize, wq: usize) {
+    let (pad, st) = (g.pad, g.stride);
+    let plane = hb * wq;
+    let phase = g.c * plane;
+    if st == 2 {
+        // Each input row once, its values dealt to the two column phases in pairs: a loop
+        // over fixed-size chunks that vectorizes into shuffles, where one strided pass per
+        // phase spent as long on the copy as the tiles spent on the sum.
+        for c in 0..g.c {
+            for r in 0..hb {
+                for py in 0..2 {
+                    let iy = ((y0 + r) * 2 + py) as isize - pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let src = &xn[(c * g.h + iy as usize) * g.w..][..g.w];
+                    let row = |px: usize| (py * 2 + px) * phase + c * plane + r * wq;
+                    let (r0, r1) = (row(0), row(1));
+                    // Padded column u = ix + pad goes to phase u % 2, column u / 2 (< wq).
+                    let (xp, rest) = xpad.split_at_mut(r1.max(r0));
+                    let (d0, d1) = if r0 < r1 {
+                        (&mut xp[r0..][..wq], &mut rest[..wq])
+                    } else {
+                        (&mut rest[..wq], &mut xp[r1..][..wq])
+                    };
+                    // An odd pad puts input column 0 first in phase 1.
+                    let (src, j0) = if pad % 2 == 1 {
+                        d1[pad / 2] = src[0];
+                        (&src[1..], pad / 2 + 1)
+                    } else {
+                        (src, pad / 2)
+                    };
+                    let pairs = src.chunks_exact(2);
+                    if let [v] = pairs.remainder() {
+                        d0[j0 + src.len() / 2] = *v;
+                    }
+                    for ((a, b), p) in d0[j0..].iter_mut().zip(&mut d1[j0..]).zip(pairs) {
+                        *a = p[0];
+                        *b = p[1];
                     }
                 }
             }
-        } else {
-            for py in 0..st {
-                for px in 0..st {
-                    let ph = py * st + px;
-                    // Phase columns j whose input column st·j + px − pad lies in [0, w).
-                    let j0 = pad.saturating_sub(px).div_ceil(st);
-                    let j1 = (g.w + pad).saturating_sub(px).div_ceil(st).min(wq);
-                    if j0 >= j1 {
-                        continue;
-                    }
-                    let ix0 = j0 * st + px - pad;
-                    for c in 0..g.c {
-                        for r in 0..hb {
-                            let iy = ((y0 + r) * st + py) as isize - pad as isize;
-                            if iy < 0 || iy >= g.h as isize {
-                                continue;
-                            }
-                            let src = &xn[(c * g.h + iy as usize) * g.w + ix0..];
-                            let dst = &mut self.xpad[ph * phase + c * plane + r * wq..][j0..j1];
-                            if st == 1 {
-                                dst.copy_from_slice(&src[..dst.len()]);
-                            } else {
-                                for (d, v) in dst.iter_mut().zip(src.iter().step_by(st)) {
-                                    *d = *v;
-                                }
+        }
+    } else {
+        for py in 0..st {
+            for px in 0..st {
+                let ph = py * st + px;
+                // Phase columns j whose input column st·j + px − pad lies in [0, w).
+                let j0 = pad.saturating_sub(px).div_ceil(st);
+                let j1 = (g.w + pad).saturating_sub(px).div_ceil(st).min(wq);
+                if j0 >= j1 {
+                    continue;
+                }
+                let ix0 = j0 * st + px - pad;
+                for c in 0..g.c {
+                    for r in 0..hb {
+                        let iy = ((y0 + r) * st + py) as isize - pad as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            continue;
+                        }
+                        let src = &xn[(c * g.h + iy as usize) * g.w + ix0..];
+                        let dst = &mut xpad[ph * phase + c * plane + r * wq..][j0..j1];
+                        if st == 1 {
+                            dst.copy_from_slice(&src[..dst.len()]);
+                        } else {
+                            for (d, v) in dst.iter_mut().zip(src.iter().step_by(st)) {
+                                *d = *v;
                             }
                         }
                     }
@@ -851,6 +942,7 @@ fn run<const MR: usize, const NR: usize, const FMA: bool, const FEW: usize>(
     assert!(
         max_off + b.q_end <= b.xpad.len()
             && b.offsets.len() == b.rows
+            && b.skip.is_none()
             && packed.len() == b.o.div_ceil(MR) * b.rows * MR,
         "direct conv: band reads past its padded input"
     );
@@ -1120,7 +1212,7 @@ mod tests {
                                 bias: &bias,
                                 residual: residual.then_some(&band_res[..]),
                             };
-                            d.band(&g, &x, y0, y1, &mut y, epi, &mut s);
+                            d.band(&g, &x, &[], y0, y1, &mut y, epi, &mut s);
                             for oc in 0..o {
                                 let got = &y[oc * pb..][..pb];
                                 let exp = &want[oc * g.positions() + y0 * g.wo..][..pb];
@@ -1145,13 +1237,91 @@ mod tests {
                             bias: &bias,
                             residual: residual.then_some(&res[..]),
                         };
-                        d.sample_split(&g, &x, &mut y, parts, split, epi, &mut s);
+                        d.sample_split(&g, &x, &[], &mut y, parts, split, epi, &mut s);
                         for (i, (a, e)) in y.iter().zip(&want).enumerate() {
                             assert!(
                             (a - e).abs() < 1e-4 * (1.0 + e.abs()),
                             "{isa:?} {tiles} c={c} o={o} {h}×{w} k={k} s={st} p={pad} {parts} parts by {split:?}, value {i}: {a} vs {e}"
                         );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fused skip input (its 1×1 weights after each output channel's rows, its planes after
+    /// the padded image's) on every instruction set and tile family, in bands and in whole
+    /// samples split both ways, against the two reference convolutions.
+    #[test]
+    fn a_fused_skip_input_on_every_isa() {
+        let mut rnd = crate::cpu::test_values(13);
+        for isa in Isa::available() {
+            for (c, o, h, w, k, cs) in [
+                (16, 16, 28, 28, 3, 48),
+                (24, 32, 7, 7, 3, 40),
+                (5, 7, 9, 11, 3, 3),
+                (4, 2, 6, 5, 3, 6),
+                (6, 20, 6, 7, 1, 5),
+            ] {
+                let (xs, ws, ss) = ([1, c, h, w], [o, c, k, k], [1, cs, h, w]);
+                let mut v = |len: usize| -> Vec<f32> { (0..len).map(|_| rnd()).collect() };
+                let (x, wt, b) = (v(c * h * w), v(o * c * k * k), v(o));
+                let (skip, sw, sb) = (v(cs * h * w), v(o * cs), v(o));
+                let (sy, _) = conv2d_reference(
+                    &skip,
+                    &ss,
+                    &sw,
+                    &[o, cs, 1, 1],
+                    &sb,
+                    Conv2d::POINTWISE,
+                    None,
+                );
+                let geom = Conv2d::new(1, k / 2);
+                let (want, _) = conv2d_reference(&x, &xs, &wt, &ws, &b, geom, Some(&sy));
+                let g = ConvGeom::new(&xs, &ws, 1, k / 2).with_skip(cs);
+                let joined: Vec<f32> = (0..o)
+                    .flat_map(|oc| {
+                        wt[oc * c * k * k..][..c * k * k]
+                            .iter()
+                            .chain(&sw[oc * cs..][..cs])
+                            .copied()
+                    })
+                    .collect();
+                let bias: Vec<f32> = b.iter().zip(&sb).map(|(a, b)| a + b).collect();
+                let epi = Epilogue {
+                    bias: &bias,
+                    residual: None,
+                };
+                let lanes = Direct::with_isa(isa, &joined, o, g.rows());
+                for d in [lanes.clone(), lanes.positions_in_lanes()] {
+                    let mut s = Scratch::default();
+                    let check = |y: &[f32], what: &str| {
+                        for (i, (a, e)) in y.iter().zip(&want).enumerate() {
+                            assert!(
+                                (a - e).abs() < 1e-4 * (1.0 + e.abs()),
+                                "{isa:?} {what} c={c} o={o} {h}×{w} k={k} skip {cs}, value {i}: {a} vs {e}"
+                            );
+                        }
+                    };
+                    // Bands of three rows, each into its own output, gathered.
+                    let mut y = vec![f32::NAN; o * g.positions()];
+                    for y0 in (0..g.ho).step_by(3) {
+                        let y1 = (y0 + 3).min(g.ho);
+                        let pb = (y1 - y0) * g.wo;
+                        let mut yb = vec![f32::NAN; o * pb];
+                        d.band(&g, &x, &skip, y0, y1, &mut yb, epi, &mut s);
+                        for oc in 0..o {
+                            y[oc * g.positions() + y0 * g.wo..][..pb]
+                                .copy_from_slice(&yb[oc * pb..][..pb]);
+                        }
+                    }
+                    check(&y, "bands");
+                    for (parts, split) in [(1, Split::Rows), (2, Split::Rows), (2, Split::Channels)]
+                    {
+                        let mut y = vec![f32::NAN; o * g.positions()];
+                        d.sample_split(&g, &x, &skip, &mut y, parts, split, epi, &mut s);
+                        check(&y, &format!("{parts} parts by {split:?}"));
                     }
                 }
             }

@@ -21,6 +21,10 @@ pub struct ConvGeom {
     /// h and w are the input's size after a nearest ×2 upsampling that is read, not stored:
     /// the stored input is [C, h/2, w/2] per sample ([`crate::backend::Conv2d::upsample`]).
     pub up: bool,
+    /// Channels of a second input [skip, H, W] whose 1×1 convolution is added to this one
+    /// (a residual block's skip projection, fused: [`Self::with_skip`]); 0 for none. Only the
+    /// direct convolution's forward reads it.
+    pub skip: usize,
 }
 
 impl ConvGeom {
@@ -40,7 +44,20 @@ impl ConvGeom {
             ho: (h + 2 * pad - k) / stride + 1,
             wo: (wd + 2 * pad - k) / stride + 1,
             up: false,
+            skip: 0,
         }
+    }
+
+    /// This geometry with a fused 1×1 convolution of a second input of `skip` channels, the
+    /// same H × W as the output: its weight rows follow the C·k·k rows of each output channel.
+    /// Stride 1, an input not upsampled, and an output of the input's size (the residual
+    /// block's second convolution); panics otherwise.
+    pub fn with_skip(self, skip: usize) -> Self {
+        assert!(
+            self.stride == 1 && !self.up && self.ho == self.h && self.wo == self.w,
+            "a fused skip convolution needs a stride-1, same-size convolution: {self:?}"
+        );
+        ConvGeom { skip, ..self }
     }
 
     /// [`Self::new`] for an input [N, C, H, W] read upsampled ×2: the geometry of the
@@ -52,9 +69,10 @@ impl ConvGeom {
         }
     }
 
-    /// Rows of the im2col matrix (C·k·k).
+    /// Weight rows per output channel: the im2col matrix's C·k·k, plus the fused skip
+    /// convolution's channels.
     pub fn rows(&self) -> usize {
-        self.c * self.k * self.k
+        self.c * self.k * self.k + self.skip
     }
 
     /// Output positions per sample (Ho·Wo).

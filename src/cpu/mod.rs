@@ -17,7 +17,9 @@ pub mod pool;
 mod simd;
 
 pub use attention::{attention, attention_probs, attention_reference};
-pub use conv::{conv2d, conv2d_packed, conv2d_reference};
+pub use conv::{
+    conv2d, conv2d_packed, conv2d_reference, conv2d_skip, conv2d_skip_packed, pack_skip,
+};
 pub use elementwise::{
     activate, activate_reference, add, concat_channels, embedding_frequencies, exp_fast, flow_step,
     silu_fast, timestep_embedding, upsample_nearest2x,
@@ -107,6 +109,10 @@ pub struct CpuTensor {
     /// The data packed for the direct convolution's microkernel, made the first time the
     /// tensor is a conv weight and shared by its clones (tensors are immutable).
     conv_packed: Arc<OnceLock<Direct>>,
+    /// This weight and a skip weight packed together ([`conv::pack_skip`]), made the first
+    /// time the tensor is [`Backend::conv2d_skip`]'s main weight, with the skip weight's data
+    /// it was made from (kept alive, so a later call can tell whether it pairs with the same).
+    skip_packed: Arc<OnceLock<(Arc<pool::Buffer>, Direct)>>,
 }
 
 impl CpuTensor {
@@ -120,6 +126,7 @@ impl CpuTensor {
             data,
             shape: shape.to_vec(),
             conv_packed: Arc::default(),
+            skip_packed: Arc::default(),
         }
     }
 
@@ -128,6 +135,21 @@ impl CpuTensor {
         self.conv_packed.get_or_init(|| {
             Direct::new(&self.data, self.shape[0], self.shape[1..].iter().product())
         })
+    }
+
+    /// This tensor, a weight [O, C, k, k], and `skip` [O, Cs, 1, 1] packed together for a
+    /// fused skip convolution: kept with this tensor for the first skip weight it meets, made
+    /// afresh (`Cow::Owned`) for any other.
+    fn skip_packed(&self, skip: &CpuTensor) -> std::borrow::Cow<'_, Direct> {
+        let pack = || conv::pack_skip(&self.data, &self.shape, &skip.data, skip.shape[1]);
+        let (with, direct) = self
+            .skip_packed
+            .get_or_init(|| (Arc::clone(&skip.data), pack()));
+        if Arc::ptr_eq(with, &skip.data) {
+            std::borrow::Cow::Borrowed(direct)
+        } else {
+            std::borrow::Cow::Owned(pack())
+        }
     }
 }
 
@@ -237,6 +259,55 @@ impl Backend for CpuBackend {
                 residual.map(|r| r.data.as_slice()),
             )
         };
+        self.out(data, &shape)
+    }
+
+    fn conv2d_skip(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        bias: &CpuTensor,
+        geom: Conv2d,
+        skip: &CpuTensor,
+        skip_w: &CpuTensor,
+        skip_b: &CpuTensor,
+    ) -> CpuTensor {
+        // Fused where the fast path takes it: stored in f32 (f16 storage rounds the skip's
+        // output before the sum, as the GPU's two ops do), a stride-1 same-size convolution,
+        // a 1×1 skip weight.
+        let out = crate::backend::conv2d_out_shape(&x.shape, &w.shape, geom);
+        let fused = self.fast()
+            && self.storage == Precision::F32
+            && geom.stride == 1
+            && !geom.upsample
+            && out[2..] == x.shape[2..]
+            && skip.shape.len() == 4
+            && skip.shape[0] == out[0]
+            && skip.shape[2..] == out[2..]
+            && skip_w.shape.len() == 4
+            && skip_w.shape[0] == out[1]
+            && skip_w.shape[1] == skip.shape[1]
+            && skip_w.shape[2..] == [1, 1];
+        if !fused {
+            let s = self.conv2d(skip, skip_w, skip_b, Conv2d::POINTWISE, None);
+            return self.conv2d(x, w, bias, geom, Some(&s));
+        }
+        let b: Vec<f32> = bias
+            .data
+            .iter()
+            .zip(skip_b.data.iter())
+            .map(|(a, b)| a + b)
+            .collect();
+        let (data, shape) = conv::conv2d_skip_packed(
+            &x.data,
+            &x.shape,
+            &w.skip_packed(skip_w),
+            &w.shape,
+            &b,
+            geom,
+            &skip.data,
+            &skip.shape,
+        );
         self.out(data, &shape)
     }
 
@@ -457,6 +528,17 @@ mod tests {
             poison(n * 16 * 400);
             let got = f.conv2d(&x, &w, &b, geom, Some(&res));
             close("conv2d", got, r.conv2d(&x, &w, &b, geom, Some(&res)));
+            // The skip projection fused in, and the same main weight with a second skip
+            // weight (its packing is kept for the first one only).
+            let (skip, b2) = (t(&[n, 12, 20, 20]), t(&[16]));
+            for sw in [t(&[16, 12, 1, 1]), t(&[16, 12, 1, 1])] {
+                for _ in 0..2 {
+                    poison(n * 16 * 400);
+                    let got = f.conv2d_skip(&x, &w, &b, geom, &skip, &sw, &b2);
+                    let want = r.conv2d_skip(&x, &w, &b, geom, &skip, &sw, &b2);
+                    close("conv2d_skip", got, want);
+                }
+            }
         }
         let (x, gamma, beta, m) = (t(&[2, 32, 16, 16]), t(&[32]), t(&[32]), t(&[2, 64]));
         poison(x.len());

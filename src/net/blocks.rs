@@ -31,6 +31,18 @@ impl<B: Backend> Conv<B> {
     pub fn forward(&self, be: &B, x: &B::Tensor, residual: Option<&B::Tensor>) -> B::Tensor {
         be.conv2d(x, &self.w, &self.b, self.geom, residual)
     }
+
+    /// self(x) + skip(s) for a 1×1 convolution `skip`, as one op ([`Backend::conv2d_skip`]).
+    pub fn forward_with_skip(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        skip: &Conv<B>,
+        s: &B::Tensor,
+    ) -> B::Tensor {
+        debug_assert_eq!(skip.geom, Conv2d::POINTWISE, "a skip convolution is 1×1");
+        be.conv2d_skip(x, &self.w, &self.b, self.geom, s, &skip.w, &skip.b)
+    }
 }
 
 pub struct Norm<B: Backend> {
@@ -123,8 +135,12 @@ impl<B: Backend> ResBlock<B> {
         let h = self.conv1.forward(be, &h, None);
         let m = cond.project(be, &self.emb);
         let h = self.norm2.forward(be, &h, Some(&m), true);
-        let skip = self.skip.as_ref().map(|s| s.forward(be, x, None));
-        self.conv2.forward(be, &h, Some(skip.as_ref().unwrap_or(x)))
+        match &self.skip {
+            // The 1×1 projection fused into the second convolution (one op, no residual
+            // tensor in between).
+            Some(s) => self.conv2.forward_with_skip(be, &h, s, x),
+            None => self.conv2.forward(be, &h, Some(x)),
+        }
     }
 }
 

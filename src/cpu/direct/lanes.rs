@@ -164,10 +164,18 @@ fn check(b: &Band, y: Out) -> usize {
     );
     // Every segment reads [start + off, + L) with start + L ≤ (rows − 1)·wq + wo = q_end.
     let max_off = b.max_off;
+    let skip_c = b.skip.map_or(0, |s| s.c);
     assert!(
-        max_off + b.q_end <= b.xpad.len() && b.offsets.len() == b.rows,
+        max_off + b.q_end <= b.xpad.len() && b.offsets.len() + skip_c == b.rows,
         "direct conv: band reads past its padded input"
     );
+    // A skip input read in place: segment starts (r0 + i)·Wo + ox < rows·Wo in each channel.
+    if let Some(s) = b.skip {
+        assert!(
+            s.c == 0 || (s.c - 1) * s.plane + rows * b.wo <= s.x.len(),
+            "direct conv: band reads past its skip input"
+        );
+    }
     rows
 }
 
@@ -201,8 +209,22 @@ unsafe fn block<X: Lanes, const N: usize, const R: usize, const L: usize, const 
         for ox in (0..b.wo).step_by(L) {
             // Segments past the band's last row repeat it (valid reads) and are not stored.
             let starts: [usize; R] = std::array::from_fn(|i| (r0 + i).min(rows - 1) * b.wq + ox);
-            // SAFETY: by the function's contract.
-            let acc = unsafe { tile::<X, N, R, L, V>(w, b.xpad.as_ptr(), b.offsets, starts) };
+            // SAFETY: by the function's contract (weight rows: the offsets', then the skip's).
+            let acc = unsafe {
+                let zero = [[[X::zero(); V]; L]; R];
+                let acc =
+                    tile::<X, N, R, L, V>(zero, w, b.rows, 0, b.xpad.as_ptr(), b.offsets, starts);
+                match b.skip {
+                    None => acc,
+                    Some(s) => {
+                        // The skip input's rows are Wo apart and never padded.
+                        let starts = std::array::from_fn(|i| (r0 + i).min(rows - 1) * b.wo + ox);
+                        let offsets = (0..s.c).map(|j| j * s.plane);
+                        let first = b.offsets.len();
+                        tile::<X, N, R, L, V>(acc, w, b.rows, first, s.x.as_ptr(), offsets, starts)
+                    }
+                }
+            };
             // Tile position p = i·L + j is segment i's output j. Each N positions × N channels
             // are transposed, so that a channel's outputs of a segment are one masked store.
             for v in 0..V {
@@ -250,29 +272,34 @@ unsafe fn block<X: Lanes, const N: usize, const R: usize, const L: usize, const 
     }
 }
 
-/// The microkernel: acc[i][j][v] (N channels each) = Σ_r w[v][r][..] · xpad[offsets[r] +
-/// starts[i] + j]. No bounds checks inside the loop (see [`super::tile`]).
+/// The microkernel: acc[i][j][v] (N channels each), from `acc`, + Σ_r w[v][first + r][..] ·
+/// x[offsets[r] + starts[i] + j], over weight rows first .. first + offsets.len() of the
+/// `rows` per block. No bounds checks inside the loop (see [`super::tile`]).
 ///
 /// # Safety
-/// The width's instructions; `w.len() ≥ offsets.len() · N·V`; `off + start + L ≤ xpad`'s length
-/// for every offset and start.
+/// The width's instructions; `w.len() ≥ rows · N·V` and first + offsets.len() ≤ rows;
+/// `off + start + L` ≤ x's length for every offset and start.
 #[inline(always)]
 unsafe fn tile<X: Lanes, const N: usize, const R: usize, const L: usize, const V: usize>(
+    mut acc: [[[X::V; V]; L]; R],
     w: &[f32],
-    xpad: *const f32,
-    offsets: &[usize],
+    rows: usize,
+    first: usize,
+    x: *const f32,
+    offsets: impl IntoIterator<Item = impl std::borrow::Borrow<usize>>,
     starts: [usize; R],
 ) -> [[[X::V; V]; L]; R] {
     // SAFETY (every intrinsic below): the width's instructions, reads in bounds by the
     // function's contract.
     unsafe {
-        let mut acc = [[[X::zero(); V]; L]; R];
         // Block v's weights for reduction step r are at v·N·rows + N·r.
-        let (w, block) = (w.as_ptr(), N * offsets.len());
-        for (r, &off) in offsets.iter().enumerate() {
-            let wv: [X::V; V] = std::array::from_fn(|v| X::load(w.add(v * block + N * r)));
+        let (w, block) = (w.as_ptr(), N * rows);
+        for (r, off) in offsets.into_iter().enumerate() {
+            let off = *off.borrow();
+            let wv: [X::V; V] =
+                std::array::from_fn(|v| X::load(w.add(v * block + N * (first + r))));
             for (acc, &start) in acc.iter_mut().zip(&starts) {
-                let x = xpad.wrapping_add(off + start);
+                let x = x.wrapping_add(off + start);
                 for (j, acc) in acc.iter_mut().enumerate() {
                     let xb = X::splat(*x.add(j));
                     for (a, wv) in acc.iter_mut().zip(&wv) {
