@@ -511,6 +511,8 @@ struct Band<'a> {
 /// The skip input of a [`Band`], read where it is: channel j's value at band row i, column u
 /// is `x[j · plane + i · Wo + u]` (x starts at the band's first row).
 #[derive(Clone, Copy)]
+// Read by the channels-in-lanes tiles only, which exist on x86-64 alone.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct SkipRows<'a> {
     x: &'a [f32],
     plane: usize,
