@@ -164,6 +164,12 @@ pub trait Backend {
         self.conv2d(x, w, bias, geom, Some(&s))
     }
 
+    /// Whether [`Self::conv2d_skip`] runs as one op here rather than the default's two
+    /// convolutions (profilers count ops, and a GPU timer counts dispatches).
+    fn fuses_conv2d_skip(&self) -> bool {
+        false
+    }
+
     /// GroupNorm over (C/groups, H, W) with affine gamma/beta, then optionally the time
     /// scale-shift y·(1 + scale) + shift with `modulation` [M, 2C] = [scale | shift], then
     /// optionally SiLU. M divides N and each row serves N / M consecutive samples

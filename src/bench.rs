@@ -231,6 +231,9 @@ impl<B: Backend> Backend for Profiled<'_, B> {
             |i| i.conv2d(x, w, b, g, r),
         )
     }
+    fn fuses_conv2d_skip(&self) -> bool {
+        self.inner.fuses_conv2d_skip()
+    }
     fn conv2d_skip(
         &self,
         x: &B::Tensor,
@@ -241,6 +244,11 @@ impl<B: Backend> Backend for Profiled<'_, B> {
         sw: &B::Tensor,
         sb: &B::Tensor,
     ) -> B::Tensor {
+        if !self.inner.fuses_conv2d_skip() {
+            // Booked as the two convolutions the backend runs.
+            let s = self.conv2d(skip, sw, sb, Conv2d::POINTWISE, None);
+            return self.conv2d(x, w, b, g, Some(&s));
+        }
         let (xs, ws, ss) = (x.shape(), w.shape(), skip.shape());
         let k = ws[2];
         let layer = format!(

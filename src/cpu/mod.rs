@@ -262,6 +262,10 @@ impl Backend for CpuBackend {
         self.out(data, &shape)
     }
 
+    fn fuses_conv2d_skip(&self) -> bool {
+        self.fast() && self.storage == Precision::F32
+    }
+
     fn conv2d_skip(
         &self,
         x: &CpuTensor,
@@ -276,8 +280,7 @@ impl Backend for CpuBackend {
         // output before the sum, as the GPU's two ops do), a stride-1 same-size convolution,
         // a 1×1 skip weight.
         let out = crate::backend::conv2d_out_shape(&x.shape, &w.shape, geom);
-        let fused = self.fast()
-            && self.storage == Precision::F32
+        let fused = self.fuses_conv2d_skip()
             && geom.stride == 1
             && !geom.upsample
             && out[2..] == x.shape[2..]
