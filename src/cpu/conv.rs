@@ -78,23 +78,28 @@ pub fn conv2d_skip(
     conv2d_skip_packed(x, xs, &direct, ws, &b, geom, skip, ss)
 }
 
-/// The weights of [`conv2d_skip`] packed for the microkernel: per output channel its C·k·k
-/// rows of w [O, C, k, k], then its Cs values of skip_w [O, Cs, 1, 1].
+/// The weights of [`conv2d_skip`] packed for the microkernel ([`join_skip`]'s rows).
 pub fn pack_skip(w: &[f32], ws: &[usize], skip_w: &[f32], skip_c: usize) -> Direct {
+    let rows: usize = ws[1..].iter().product();
+    Direct::new(&join_skip(w, ws, skip_w, skip_c), ws[0], rows + skip_c)
+}
+
+/// [W | Ws]: per output channel its C·k·k weights of w [O, C, k, k], then its Cs values of
+/// skip_w [O, Cs, 1, 1] (the row order [`ConvGeom::with_skip`] reads).
+pub(super) fn join_skip(w: &[f32], ws: &[usize], skip_w: &[f32], skip_c: usize) -> Vec<f32> {
     let (o, rows) = (ws[0], ws[1..].iter().product::<usize>());
     assert!(
         w.len() >= o * rows && skip_w.len() >= o * skip_c,
         "conv2d skip: weights smaller than [{o}, {rows}] and [{o}, {skip_c}]"
     );
-    let joined: Vec<f32> = (0..o)
+    (0..o)
         .flat_map(|oc| {
             w[oc * rows..(oc + 1) * rows]
                 .iter()
                 .chain(&skip_w[oc * skip_c..(oc + 1) * skip_c])
                 .copied()
         })
-        .collect();
-    Direct::new(&joined, o, rows + skip_c)
+        .collect()
 }
 
 /// [`conv2d_skip`] with [`pack_skip`]'s weights and the two biases already summed.

@@ -1282,14 +1282,7 @@ mod tests {
                 let geom = Conv2d::new(1, k / 2);
                 let (want, _) = conv2d_reference(&x, &xs, &wt, &ws, &b, geom, Some(&sy));
                 let g = ConvGeom::new(&xs, &ws, 1, k / 2).with_skip(cs);
-                let joined: Vec<f32> = (0..o)
-                    .flat_map(|oc| {
-                        wt[oc * c * k * k..][..c * k * k]
-                            .iter()
-                            .chain(&sw[oc * cs..][..cs])
-                            .copied()
-                    })
-                    .collect();
+                let joined = crate::cpu::conv::join_skip(&wt, &ws, &sw, cs);
                 let bias: Vec<f32> = b.iter().zip(&sb).map(|(a, b)| a + b).collect();
                 let epi = Epilogue {
                     bias: &bias,
