@@ -148,7 +148,7 @@ pub trait Backend {
     /// A residual block's second convolution with its 1×1 skip projection:
     /// conv(x, w) + bias + conv1×1(skip, skip_w) + skip_b, skip [N, Cs, Ho, Wo] at the
     /// output's size. By default the two convolutions (the skip's output as the residual);
-    /// the CPU's fast path runs them as one pass over both inputs.
+    /// the CPU's fast path on AVX-512 runs them as one pass over both inputs.
     #[allow(clippy::too_many_arguments)]
     fn conv2d_skip(
         &self,

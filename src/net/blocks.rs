@@ -136,8 +136,8 @@ impl<B: Backend> ResBlock<B> {
         let m = cond.project(be, &self.emb);
         let h = self.norm2.forward(be, &h, Some(&m), true);
         match &self.skip {
-            // The 1×1 projection fused into the second convolution (one op, no residual
-            // tensor in between).
+            // The 1×1 projection with the second convolution: one op where the backend fuses
+            // them (no residual tensor in between).
             Some(s) => self.conv2.forward_with_skip(be, &h, s, x),
             None => self.conv2.forward(be, &h, Some(x)),
         }
