@@ -160,8 +160,7 @@ pub trait Backend {
         skip_w: &Self::Tensor,
         skip_b: &Self::Tensor,
     ) -> Self::Tensor {
-        let s = self.conv2d(skip, skip_w, skip_b, Conv2d::POINTWISE, None);
-        self.conv2d(x, w, bias, geom, Some(&s))
+        conv2d_skip_unfused(self, x, w, bias, geom, skip, skip_w, skip_b)
     }
 
     /// Whether [`Self::conv2d_skip`] runs as one op here rather than the default's two
@@ -253,6 +252,23 @@ pub fn check_fill(len: usize, shape: &[usize]) -> Result<()> {
 }
 
 /// Shape of a conv2d output.
+/// [`Backend::conv2d_skip`] as its definition, two convolutions: the skip's 1×1 output is the
+/// main convolution's residual. The default, and what a fusing backend falls back to.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_skip_unfused<B: Backend + ?Sized>(
+    be: &B,
+    x: &B::Tensor,
+    w: &B::Tensor,
+    bias: &B::Tensor,
+    geom: Conv2d,
+    skip: &B::Tensor,
+    skip_w: &B::Tensor,
+    skip_b: &B::Tensor,
+) -> B::Tensor {
+    let s = be.conv2d(skip, skip_w, skip_b, Conv2d::POINTWISE, None);
+    be.conv2d(x, w, bias, geom, Some(&s))
+}
+
 pub fn conv2d_out_shape(x: &[usize], w: &[usize], geom: Conv2d) -> Vec<usize> {
     vec![
         x[0],

@@ -246,8 +246,7 @@ impl<B: Backend> Backend for Profiled<'_, B> {
     ) -> B::Tensor {
         if !self.inner.fuses_conv2d_skip() {
             // Booked as the two convolutions the backend runs.
-            let s = self.conv2d(skip, sw, sb, Conv2d::POINTWISE, None);
-            return self.conv2d(x, w, b, g, Some(&s));
+            return crate::backend::conv2d_skip_unfused(self, x, w, b, g, skip, sw, sb);
         }
         let (xs, ws, ss) = (x.shape(), w.shape(), skip.shape());
         let k = ws[2];

@@ -74,8 +74,7 @@ pub fn conv2d_skip(
     skip_b: &[f32],
 ) -> (Vec<f32>, Vec<usize>) {
     let direct = pack_skip(w, ws, skip_w, ss[1]);
-    let b: Vec<f32> = bias.iter().zip(skip_b).map(|(a, b)| a + b).collect();
-    conv2d_skip_packed(x, xs, &direct, ws, &b, geom, skip, ss)
+    conv2d_skip_packed(x, xs, &direct, ws, bias, geom, skip, ss, skip_b)
 }
 
 /// The weights of [`conv2d_skip`] packed for the microkernel ([`join_skip`]'s rows).
@@ -102,7 +101,7 @@ pub(super) fn join_skip(w: &[f32], ws: &[usize], skip_w: &[f32], skip_c: usize) 
         .collect()
 }
 
-/// [`conv2d_skip`] with [`pack_skip`]'s weights and the two biases already summed.
+/// [`conv2d_skip`] with [`pack_skip`]'s weights.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_skip_packed(
     x: &[f32],
@@ -113,8 +112,11 @@ pub fn conv2d_skip_packed(
     geom: Conv2d,
     skip: &[f32],
     ss: &[usize],
+    skip_b: &[f32],
 ) -> (Vec<f32>, Vec<usize>) {
-    run(x, xs, Some((skip, ss)), direct, ws, bias, geom, None)
+    // One bias per output: b + bs.
+    let b: Vec<f32> = bias.iter().zip(skip_b).map(|(a, b)| a + b).collect();
+    run(x, xs, Some((skip, ss)), direct, ws, &b, geom, None)
 }
 
 /// The fast path's one body: the convolution, with a fused skip input or not.

@@ -168,8 +168,7 @@ impl Direct {
             "direct conv: weight shape"
         );
         assert!(y0 < y1 && y1 <= g.ho && y.len() >= g.o * (y1 - y0) * g.wo);
-        let lanes = self.channels_in_lanes(g.wo);
-        let args = Band::new(g, xn, skip, lanes, y0, y1, self.nr(), scratch);
+        let args = self.band_of(g, xn, skip, y0, y1, scratch);
         let span = (y1 - y0) * g.wo;
         self.dispatch(
             &args,
@@ -203,14 +202,14 @@ impl Direct {
             (self.o, self.rows),
             "direct conv: weight shape"
         );
-        let (mr, nr) = (self.isa.tile().0, self.nr());
+        let mr = self.isa.tile().0;
         let pb = g.positions();
         let y = &mut y[..g.o * pb];
         epilogue.check(g.o, pb);
         match split {
             Split::Channels => {
                 let lanes = self.channels_in_lanes(g.wo);
-                let args = Band::new(g, xn, skip, lanes, 0, g.ho, nr, scratch);
+                let args = self.band_of(g, xn, skip, 0, g.ho, scratch);
                 // Each task's channels: whole blocks of the tiles that run (a vector's lanes of
                 // channels, else MR), and those blocks' weights.
                 let block = if lanes { 16 } else { mr };
@@ -240,13 +239,27 @@ impl Direct {
                         Out::rows(base.at(y0 * g.wo), pb, span, g.o, epilogue, y0 * g.wo)
                     };
                     SCRATCH.with_borrow_mut(|s| {
-                        let lanes = self.channels_in_lanes(g.wo);
-                        let args = Band::new(g, xn, skip, lanes, y0, y1, nr, s);
+                        let args = self.band_of(g, xn, skip, y0, y1, s);
                         self.dispatch(&args, &self.packed, &self.lanes, out);
                     });
                 });
             }
         }
+    }
+
+    /// Output rows [y0, y1) of sample xn (and its skip input) prepared for this convolution's
+    /// tiles: padded for the widest of them, the skip input read in place where they can.
+    fn band_of<'a>(
+        &self,
+        g: &ConvGeom,
+        xn: &'a [f32],
+        skip: &'a [f32],
+        y0: usize,
+        y1: usize,
+        s: &'a mut Scratch,
+    ) -> Band<'a> {
+        let lanes = self.channels_in_lanes(g.wo);
+        Band::new(g, xn, skip, lanes, y0, y1, self.nr(), s)
     }
 
     /// Whether this convolution runs [`tile_few`] (AVX-512, at most [`FEW_MAX`] outputs): the

@@ -299,24 +299,20 @@ impl Backend for CpuBackend {
             .then(|| w.skip_packed(skip_w))
             .filter(|d| d.channels_in_lanes(out[3]));
         let Some(direct) = direct else {
-            let s = self.conv2d(skip, skip_w, skip_b, Conv2d::POINTWISE, None);
-            return self.conv2d(x, w, bias, geom, Some(&s));
+            return crate::backend::conv2d_skip_unfused(
+                self, x, w, bias, geom, skip, skip_w, skip_b,
+            );
         };
-        let b: Vec<f32> = bias
-            .data
-            .iter()
-            .zip(skip_b.data.iter())
-            .map(|(a, b)| a + b)
-            .collect();
         let (data, shape) = conv::conv2d_skip_packed(
             &x.data,
             &x.shape,
             &direct,
             &w.shape,
-            &b,
+            &bias.data,
             geom,
             &skip.data,
             &skip.shape,
+            &skip_b.data,
         );
         self.out(data, &shape)
     }

@@ -212,8 +212,9 @@ unsafe fn block<X: Lanes, const N: usize, const R: usize, const L: usize, const 
             // SAFETY: by the function's contract (weight rows: the offsets', then the skip's).
             let acc = unsafe {
                 let zero = [[[X::zero(); V]; L]; R];
+                let offsets = b.offsets.iter().copied();
                 let acc =
-                    tile::<X, N, R, L, V>(zero, w, b.rows, 0, b.xpad.as_ptr(), b.offsets, starts);
+                    tile::<X, N, R, L, V>(zero, w, b.rows, 0, b.xpad.as_ptr(), offsets, starts);
                 match b.skip {
                     None => acc,
                     Some(s) => {
@@ -286,7 +287,7 @@ unsafe fn tile<X: Lanes, const N: usize, const R: usize, const L: usize, const V
     rows: usize,
     first: usize,
     x: *const f32,
-    offsets: impl IntoIterator<Item = impl std::borrow::Borrow<usize>>,
+    offsets: impl IntoIterator<Item = usize>,
     starts: [usize; R],
 ) -> [[[X::V; V]; L]; R] {
     // SAFETY (every intrinsic below): the width's instructions, reads in bounds by the
@@ -295,7 +296,6 @@ unsafe fn tile<X: Lanes, const N: usize, const R: usize, const L: usize, const V
         // Block v's weights for reduction step r are at v·N·rows + N·r.
         let (w, block) = (w.as_ptr(), N * rows);
         for (r, off) in offsets.into_iter().enumerate() {
-            let off = *off.borrow();
             let wv: [X::V; V] =
                 std::array::from_fn(|v| X::load(w.add(v * block + N * (first + r))));
             for (acc, &start) in acc.iter_mut().zip(&starts) {
