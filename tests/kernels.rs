@@ -131,6 +131,68 @@ fn every_conv_tile_matches_cpu() {
     }
 }
 
+/// conv3x3.wgsl (`ConvTiles::Direct` forces it wherever it applies): patches that span one
+/// image or many, rows of 1 to 62 pixels, several workgroups of pixels and of channels, input
+/// channels that fill its 2-channel steps or leave one empty, the input read upsampled ×2, with
+/// and without a residual. Its geometry rule is checked too: a layer it does not apply to runs
+/// conv2d.wgsl under the same setting.
+#[test]
+fn direct_conv3x3_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    g.set_conv_tiles(ConvTiles::Direct);
+    let mut rng = Rng::new(5);
+    // (input shape, c_out, geometry, with residual)
+    let cases = [
+        // The U-Net's shapes, small: 28×28 (a workgroup's 512 pixels inside one image, and
+        // the second image's start), 14×14 and 7×7 (patches across 3 and 11 images).
+        ([2, 16, 28, 28], 16, Conv2d::SAME, true),
+        ([3, 16, 14, 14], 32, Conv2d::SAME, false),
+        ([13, 32, 7, 7], 32, Conv2d::SAME, true),
+        // Odd input channels (the last step's second channel empty), 1, 15, 17 and 33 outputs.
+        ([2, 3, 10, 10], 1, Conv2d::SAME, false),
+        ([2, 5, 9, 11], 15, Conv2d::SAME, true),
+        ([1, 7, 23, 19], 17, Conv2d::SAME, false),
+        ([2, 1, 6, 6], 33, Conv2d::SAME, true),
+        // Rows of 3 pixels (six images in one patch), and of 50 (two rows of loaders per
+        // pass).
+        ([6, 2, 9, 3], 16, Conv2d::SAME, false),
+        ([1, 4, 12, 50], 16, Conv2d::SAME, true),
+        // The input read upsampled ×2: 14×14 → 28×28 and an odd 5×7 → 10×14.
+        ([2, 32, 14, 14], 32, Conv2d::UP, true),
+        ([3, 3, 5, 7], 9, Conv2d::UP, false),
+        // Not for conv3x3.wgsl (stride 2, 1×1): conv2d.wgsl runs them.
+        ([2, 8, 12, 12], 16, Conv2d::DOWN, false),
+    ];
+    for (xs, cout, geom, res) in cases {
+        let k = 3;
+        let os = flowmap::backend::conv2d_out_shape(&xs, &[cout, xs[1], k, k], geom);
+        let inputs = vec![
+            t(&mut rng, &xs),
+            t(&mut rng, &[cout, xs[1], k, k]),
+            t(&mut rng, &[cout]),
+            t(&mut rng, &os),
+        ];
+        parity!(
+            on & g,
+            &format!("conv3x3 direct {xs:?}→{cout} {geom:?} res={res}"),
+            inputs,
+            |b, t| b.conv2d(&t[0], &t[1], &t[2], geom, res.then_some(&t[3]))
+        );
+    }
+    // The cases above that it applies to did run it.
+    use flowmap::gpu::{ConvKernel, ConvTiles as T};
+    let direct = cases
+        .iter()
+        .filter(|(xs, cout, geom, _)| {
+            let os = flowmap::backend::conv2d_out_shape(xs, &[*cout, xs[1], 3, 3], *geom);
+            ConvKernel::for_layer(T::Direct, *cout, 3, *geom, [os[0], os[2], os[3]])
+                == ConvKernel::Direct
+        })
+        .count();
+    assert_eq!(direct, cases.len() - 1);
+    g.set_conv_tiles(ConvTiles::ByLayer);
+}
+
 #[test]
 fn group_norm_matches_cpu() {
     let mut rng = Rng::new(2);

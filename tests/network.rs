@@ -62,8 +62,11 @@ fn parity_at(name: &str, model: flowmap::config::ModelConfig, s: &[f32], t: &[f3
     let Some(g) = gpu() else { return };
     let gnet = w.network(&g).unwrap();
     // Test sizes give every convolution a small grid, so the default keeps the 64 × 64 tile;
-    // each of conv2d.wgsl's tiles runs the whole network too.
-    let tiles = std::iter::once(ConvTiles::ByLayer).chain(ConvTile::ALL.map(ConvTiles::Fixed));
+    // each of conv2d.wgsl's tiles runs the whole network too, and conv3x3.wgsl every layer it
+    // applies to.
+    let tiles = [ConvTiles::ByLayer, ConvTiles::GemmOnly, ConvTiles::Direct]
+        .into_iter()
+        .chain(ConvTile::ALL.map(ConvTiles::Fixed));
     for tiles in tiles {
         g.set_conv_tiles(tiles);
         let got = g

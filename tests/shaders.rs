@@ -134,3 +134,23 @@ fn every_conv_tile_variant_validates() {
         }
     }
 }
+
+/// conv3x3.wgsl's constants are the ones the host sizes its grids and patches by
+/// (`flowmap::gpu::direct`).
+#[test]
+fn conv3x3_constants_match_the_host() {
+    use flowmap::gpu::direct;
+    let src = flowmap::gpu::kernel_source(direct::SHADER).unwrap();
+    for (name, value) in [
+        ("THREADS", direct::THREADS),
+        ("CO", direct::CHANNELS),
+        ("PATCH", direct::PATCH),
+    ] {
+        let line = format!("const {name}: u32 = {value}u;");
+        assert!(src.contains(&line), "conv3x3.wgsl: `{line}`");
+    }
+    assert!(src.contains("const PIXELS: u32 = THREADS * PX;"));
+    assert!(src.contains("const PX: u32 = 4u;"));
+    assert_eq!(direct::PIXELS, 4 * direct::THREADS);
+    assert!(src.contains(&format!("@workgroup_size({}, 1, 1)", direct::THREADS)));
+}

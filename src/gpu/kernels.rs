@@ -3,7 +3,7 @@
 
 use super::context::GpuContext;
 use super::pool::{self, Pool, PooledBuffer};
-use super::tiles::{kernel_source, ConvTile, ConvTiles};
+use super::tiles::{direct, kernel_source, ConvKernel, ConvTile, ConvTiles};
 use super::uniforms::Uniforms;
 use crate::backend::{conv2d_out_shape, Backend, Conv2d, Shaped};
 use crate::config::Activation;
@@ -277,8 +277,9 @@ impl GpuBackend {
         }
     }
 
-    /// How conv2d picks its output tile: by layer (the default, [`ConvTile::for_layer`]) or
-    /// always one; the GPU report times both.
+    /// How conv2d picks its kernel and tile: by layer (the default, [`ConvKernel::for_layer`]),
+    /// conv2d.wgsl alone, conv3x3.wgsl wherever it applies, or always one tile; the GPU report
+    /// times the choices against each other.
     pub fn set_conv_tiles(&self, tiles: ConvTiles) {
         self.conv_tiles.set(tiles);
     }
@@ -399,6 +400,7 @@ impl GpuBackend {
             (ConvTile::C64.shader(), "main"),
             (ConvTile::C32.shader(), "main"),
             (ConvTile::C16.shader(), "main"),
+            (direct::SHADER, "main"),
             ("elementwise.wgsl", "add"),
             ("elementwise.wgsl", "activate"),
             ("elementwise.wgsl", "flow_step"),
@@ -867,11 +869,14 @@ impl Backend for GpuBackend {
         let out_shape = conv2d_out_shape(&x.shape, &w.shape, geom);
         let y = self.alloc(&out_shape);
         let npix = out_shape[0] * out_shape[2] * out_shape[3];
-        let tile = match self.conv_tiles.get() {
-            ConvTiles::ByLayer => ConvTile::for_layer(w.shape[0], npix),
-            ConvTiles::Fixed(t) => t,
-        };
-        let (tiles_n, total) = tile.grid(w.shape[0], npix);
+        let kernel = ConvKernel::for_layer(
+            self.conv_tiles.get(),
+            w.shape[0],
+            w.shape[2],
+            geom,
+            [out_shape[0], out_shape[2], out_shape[3]],
+        );
+        let (tiles_n, total) = kernel.grid(w.shape[0], npix);
         let res = residual.map(|r| r.buffer()).unwrap_or(&self.dummy);
         let params = [
             u(x.shape[0]),
@@ -896,7 +901,7 @@ impl Backend for GpuBackend {
             (3, res),
             (4, y.buffer()),
         ];
-        self.dispatch(tile.shader(), "main", &bufs, &params, total);
+        self.dispatch(kernel.shader(), "main", &bufs, &params, total);
         y
     }
 

@@ -10,7 +10,7 @@ mod uniforms;
 
 pub use context::{AdapterSummary, GpuContext, WORKGROUP_MEMORY};
 pub use kernels::{bindings_of, shader_source, GpuBackend, GpuTensor, GpuTimes, GEMV_ROWS};
-pub use tiles::{kernel_source, ConvTile, ConvTiles, MIN_NARROW_GRID};
+pub use tiles::{direct, kernel_source, ConvKernel, ConvTile, ConvTiles, MIN_NARROW_GRID};
 
 /// Every WGSL source, by file name (for validation tests and pipeline creation).
 pub const SHADERS: &[(&str, &str)] = &[
@@ -20,6 +20,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("concat.wgsl", include_str!("../../shaders/concat.wgsl")),
     ("conv2d.wgsl", include_str!("../../shaders/conv2d.wgsl")),
+    ("conv3x3.wgsl", include_str!("../../shaders/conv3x3.wgsl")),
     (
         "elementwise.wgsl",
         include_str!("../../shaders/elementwise.wgsl"),

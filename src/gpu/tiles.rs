@@ -30,14 +30,114 @@ pub enum ConvTile {
     C16,
 }
 
-/// How the GPU backend picks a convolution's tile.
+/// How the GPU backend picks a convolution's kernel and tile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ConvTiles {
-    /// [`ConvTile::for_layer`] (the default).
+    /// [`ConvKernel::for_layer`] (the default): conv3x3.wgsl where it applies and its grid is
+    /// large enough, else conv2d.wgsl with [`ConvTile::for_layer`]'s tile.
     #[default]
     ByLayer,
-    /// Always this tile (the GPU report's comparison, and the tests of each variant).
+    /// conv2d.wgsl alone, with [`ConvTile::for_layer`]'s tile: the choice before conv3x3.wgsl
+    /// (the GPU report's comparison).
+    GemmOnly,
+    /// conv3x3.wgsl wherever it applies, whatever the grid, else as [`ConvTiles::ByLayer`]
+    /// (the tests, whose layers are small).
+    Direct,
+    /// Always conv2d.wgsl with this tile (the GPU report's comparison, and the tests of each
+    /// variant).
     Fixed(ConvTile),
+}
+
+/// The kernel one convolution runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvKernel {
+    /// conv2d.wgsl, the implicit GEMM, with this tile.
+    Gemm(ConvTile),
+    /// conv3x3.wgsl: 3×3, stride 1, padding 1, from input patches in workgroup memory.
+    Direct,
+}
+
+/// conv3x3.wgsl's constants (tests/shaders.rs holds the file to them): threads a workgroup,
+/// output pixels and channels a workgroup, values a patch channel may hold.
+pub mod direct {
+    pub const THREADS: usize = 128;
+    pub const PIXELS: usize = 512;
+    pub const CHANNELS: usize = 16;
+    pub const PATCH: usize = 800;
+    pub const SHADER: &str = "conv3x3.wgsl";
+
+    /// The most patch rows a workgroup's pixels need on `n` images of `h` × `w` outputs: the
+    /// rows its (at most PIXELS) consecutive pixels span, the zero rows between the images they
+    /// cross, and one row above and below.
+    pub fn patch_rows(n: usize, h: usize, w: usize) -> usize {
+        let hw = (h * w).max(1);
+        let px = PIXELS.min(n * hw).max(1);
+        (w.max(1) - 1 + px - 1) / w.max(1) + (hw - 1 + px - 1) / hw + 3
+    }
+
+    /// Whether conv3x3.wgsl computes this convolution: a 3×3 kernel, stride 1, padding 1 (the
+    /// input read upsampled ×2 or not), onto `[n, _, h, w]` outputs whose patches fit.
+    pub fn applies(ksize: usize, geom: crate::backend::Conv2d, out: [usize; 3]) -> bool {
+        let [n, h, w] = out;
+        let rs = w + 2;
+        ksize == 3
+            && geom.stride == 1
+            && geom.padding == 1
+            && n * h * w > 0
+            && rs <= THREADS
+            && patch_rows(n, h, w) * rs <= PATCH
+    }
+
+    /// (tiles along pixels, tiles in all) for `c_out` channels and `npix` output pixels.
+    pub fn grid(c_out: usize, npix: usize) -> (usize, usize) {
+        let tiles_n = npix.div_ceil(PIXELS);
+        (tiles_n, c_out.div_ceil(CHANNELS) * tiles_n)
+    }
+}
+
+impl ConvKernel {
+    /// The kernel for a convolution of `c_out` × `c_in` × `ksize`² weights with `geom` onto
+    /// `[n, c_out, h, w]`, as `tiles` asks. By default conv3x3.wgsl where it applies and gives
+    /// at least [`MIN_NARROW_GRID`] workgroups; below that a layer is latency-bound and
+    /// conv2d.wgsl's smaller workgroups (256 threads of 16 outputs, against 128 threads of 64)
+    /// spread it over more multiprocessors.
+    pub fn for_layer(
+        tiles: ConvTiles,
+        c_out: usize,
+        ksize: usize,
+        geom: crate::backend::Conv2d,
+        out: [usize; 3],
+    ) -> ConvKernel {
+        let npix = out.iter().product();
+        let fits = direct::applies(ksize, geom, out);
+        match tiles {
+            ConvTiles::Fixed(t) => ConvKernel::Gemm(t),
+            ConvTiles::GemmOnly => ConvKernel::Gemm(ConvTile::for_layer(c_out, npix)),
+            ConvTiles::Direct if fits => ConvKernel::Direct,
+            ConvTiles::ByLayer if fits && direct::grid(c_out, npix).1 >= MIN_NARROW_GRID => {
+                ConvKernel::Direct
+            }
+            ConvTiles::ByLayer | ConvTiles::Direct => {
+                ConvKernel::Gemm(ConvTile::for_layer(c_out, npix))
+            }
+        }
+    }
+
+    /// The pipeline's shader name.
+    pub fn shader(self) -> &'static str {
+        match self {
+            ConvKernel::Gemm(t) => t.shader(),
+            ConvKernel::Direct => direct::SHADER,
+        }
+    }
+
+    /// (tiles along pixels, tiles in all) for `c_out` channels and `npix` output pixels.
+    pub fn grid(self, c_out: usize, npix: usize) -> (usize, usize) {
+        match self {
+            ConvKernel::Gemm(t) => t.grid(c_out, npix),
+            ConvKernel::Direct => direct::grid(c_out, npix),
+        }
+    }
 }
 
 /// The fewest workgroups a narrow tile must give a layer to be used (about one per
@@ -144,6 +244,80 @@ mod tests {
         for t in ConvTile::ALL {
             assert_eq!(t.channels() * t.pixels(), 4096);
             assert_eq!(t.grid(t.channels() + 1, t.pixels() + 1), (2, 4));
+        }
+    }
+
+    #[test]
+    fn the_direct_kernel_takes_the_large_same_size_3x3_layers() {
+        use crate::backend::Conv2d;
+        let by =
+            |c_out, k, geom, out| ConvKernel::for_layer(ConvTiles::ByLayer, c_out, k, geom, out);
+        // The U-Net at batch 256: 28×28 (16 channels: 392 workgroups), 14×14 and the 28×28
+        // upsampling convolution (32 channels), but not 7×7 (50 workgroups), nor stride 2 or 1×1.
+        assert_eq!(by(16, 3, Conv2d::SAME, [256, 28, 28]), ConvKernel::Direct);
+        assert_eq!(by(32, 3, Conv2d::SAME, [256, 14, 14]), ConvKernel::Direct);
+        assert_eq!(by(32, 3, Conv2d::UP, [256, 28, 28]), ConvKernel::Direct);
+        // (7×7: 98 workgroups of the 32 × 128 tile, so the 64 × 64 tile.)
+        assert_eq!(
+            by(32, 3, Conv2d::SAME, [256, 7, 7]),
+            ConvKernel::Gemm(ConvTile::C64)
+        );
+        assert_eq!(
+            by(32, 3, Conv2d::DOWN, [256, 14, 14]),
+            ConvKernel::Gemm(ConvTile::C32)
+        );
+        assert_eq!(
+            by(32, 1, Conv2d::POINTWISE, [256, 28, 28]),
+            ConvKernel::Gemm(ConvTile::C32)
+        );
+        // Batch 1: every grid is small.
+        assert_eq!(
+            by(16, 3, Conv2d::SAME, [1, 28, 28]),
+            ConvKernel::Gemm(ConvTile::C64)
+        );
+        // Forced, it takes every layer it applies to; the other modes never take it.
+        let forced = ConvKernel::for_layer(ConvTiles::Direct, 16, 3, Conv2d::SAME, [1, 7, 7]);
+        assert_eq!(forced, ConvKernel::Direct);
+        for tiles in [ConvTiles::GemmOnly, ConvTiles::Fixed(ConvTile::C16)] {
+            let k = ConvKernel::for_layer(tiles, 16, 3, Conv2d::SAME, [256, 28, 28]);
+            assert_ne!(k, ConvKernel::Direct);
+        }
+        // The patches of 512 pixels: 23 rows of 30 at 28×28, 43 of 16 at 14×14, 87 of 9 at 7×7,
+        // 12 of 66 at 64×64; 80 wide no longer fits, nor 127 (a row over the 128 loaders), nor
+        // many 6×6 images (104 rows of 8), though two of them (72 pixels) do.
+        assert_eq!(direct::patch_rows(256, 28, 28), 23);
+        assert_eq!(direct::patch_rows(256, 14, 14), 43);
+        assert_eq!(direct::patch_rows(256, 7, 7), 87);
+        assert!(direct::applies(3, Conv2d::SAME, [4, 64, 64]));
+        assert!(!direct::applies(3, Conv2d::SAME, [4, 80, 80]));
+        assert!(!direct::applies(3, Conv2d::SAME, [1, 1, 127]));
+        assert!(direct::applies(3, Conv2d::SAME, [1, 1, 1]));
+        assert!(!direct::applies(3, Conv2d::SAME, [64, 6, 6]));
+        assert!(direct::applies(3, Conv2d::SAME, [2, 6, 6]));
+    }
+
+    /// Every patch conv3x3.wgsl reads is within the rows [`direct::patch_rows`] allows: the
+    /// bound against each workgroup's exact span, over image sizes and batches.
+    #[test]
+    fn the_patch_bound_holds_for_every_workgroup() {
+        let tall = |q: usize, h: usize, w: usize| {
+            let n = q / (h * w);
+            n * (h + 1) + (q - n * h * w) / w + 1
+        };
+        for h in 1..40 {
+            for w in 1..40 {
+                for batch in [1, 2, 3, 7] {
+                    let npix = batch * h * w;
+                    let mut p0 = 0;
+                    while p0 < npix {
+                        let last = (p0 + direct::PIXELS).min(npix) - 1;
+                        let rows = tall(last, h, w) + 2 - (tall(p0, h, w) - 1);
+                        let bound = direct::patch_rows(batch, h, w);
+                        assert!(rows <= bound, "{h}x{w} batch {batch}");
+                        p0 += direct::PIXELS;
+                    }
+                }
+            }
         }
     }
 

@@ -393,9 +393,14 @@ fn gpu_forward(
                 calls
                     .into_iter()
                     .zip(times.dispatches)
-                    .map(|(c, (_, secs))| Dispatch {
+                    .map(|(c, (shader, secs))| Dispatch {
+                        // A convolution's layer names the kernel and tile that ran it.
+                        layer: if c.label.starts_with("conv") {
+                            format!("{} [{shader}]", c.layer)
+                        } else {
+                            c.layer
+                        },
                         label: c.label,
-                        layer: c.layer,
                         secs,
                         flops: c.flops,
                         bytes: c.bytes,
@@ -769,19 +774,37 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
                 report
                     .kernels
                     .extend(kernel_rows(name, batch, span, dispatches, peak, ""));
-                // The convolutions again with the 64 × 64 tile alone: what the per-layer tile
-                // choice (flowmap::gpu::ConvTile::for_layer) gains or loses on this adapter.
+                // The convolutions again with conv2d.wgsl alone (the implicit GEMM with
+                // ConvTile::for_layer's tiles: what conv3x3.wgsl gains or loses) and with its
+                // 64 × 64 tile alone (what the per-layer tiles gain or lose), on this adapter.
                 if name == "mnist" {
-                    gpu.set_conv_tiles(ConvTiles::Fixed(ConvTile::C64));
-                    match gpu_forward(&gpu, w, batch, sizes.iters) {
-                        Ok(Some((span, d))) => report.kernels.extend(
-                            kernel_rows(name, batch, span, d, peak, " (64×64 tiles)")
-                                .filter(|k| k.kernel.starts_with("conv")),
-                        ),
-                        Ok(None) => {}
-                        Err(e) => notes.push(format!(
-                            "{name} batch {batch}: timing the 64×64 tiles failed: {e:#}"
-                        )),
+                    for (tiles, suffix) in [
+                        (ConvTiles::GemmOnly, " (conv2d.wgsl only)"),
+                        (ConvTiles::Fixed(ConvTile::C64), " (64×64 tiles)"),
+                    ] {
+                        gpu.set_conv_tiles(tiles);
+                        match gpu_forward(&gpu, w, batch, sizes.iters) {
+                            Ok(Some((span, d))) => {
+                                if batch == big_batch && tiles == ConvTiles::GemmOnly {
+                                    report.layers.extend(
+                                        layer_rows(name, batch, span, d.clone(), peak)
+                                            .into_iter()
+                                            .map(|r| KernelRow {
+                                                kernel: format!("{}{suffix}", r.kernel),
+                                                ..r
+                                            }),
+                                    );
+                                }
+                                report.kernels.extend(
+                                    kernel_rows(name, batch, span, d, peak, suffix)
+                                        .filter(|k| k.kernel.starts_with("conv")),
+                                )
+                            }
+                            Ok(None) => {}
+                            Err(e) => notes.push(format!(
+                                "{name} batch {batch}: timing the convolutions{suffix} failed: {e:#}"
+                            )),
+                        }
                     }
                     gpu.set_conv_tiles(ConvTiles::ByLayer);
                 }
@@ -1021,7 +1044,7 @@ impl Report {
         );
         kernel_table(
             &mut m,
-            "## Convolutions by layer (GPU clock, one forward, slowest first)\n\nEach U-Net convolution by input → output channels, input size and stride (the key of `flowmap bench --layers`); the tile is `ConvTile::for_layer`'s choice (src/gpu/tiles.rs).",
+            "## Convolutions by layer (GPU clock, one forward, slowest first)\n\nEach U-Net convolution by input → output channels, input size and stride (the key of `flowmap bench --layers`); in brackets the shader that ran it (`ConvKernel::for_layer`'s choice, src/gpu/tiles.rs: conv3x3.wgsl for the large same-size 3×3 layers, else conv2d.wgsl or its `#c32`/`#c16` tiles); at the largest batch the same layers again with conv2d.wgsl alone.",
             "layer",
             &self.layers,
         );

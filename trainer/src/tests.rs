@@ -1045,8 +1045,14 @@ fn gpu_report_dry_run_writes_every_section() {
     );
     if j["adapter"]["timestamp_query"] == true {
         let kernels = j["kernels"].as_array().unwrap();
-        // Each convolution family with the per-layer tiles and again with 64 × 64 tiles alone.
-        for kernel in ["conv3x3", "conv3x3 (64×64 tiles)", "conv1x1 (64×64 tiles)"] {
+        // Each convolution family with the per-layer kernels, again with conv2d.wgsl alone and
+        // with its 64 × 64 tiles alone.
+        for kernel in [
+            "conv3x3",
+            "conv3x3 (conv2d.wgsl only)",
+            "conv3x3 (64×64 tiles)",
+            "conv1x1 (64×64 tiles)",
+        ] {
             assert!(
                 kernels.iter().any(|k| k["kernel"] == kernel),
                 "{kernel}: {kernels:?}"
@@ -1057,6 +1063,16 @@ fn gpu_report_dry_run_writes_every_section() {
                 .iter()
                 .any(|k| k["kernel"] == "group_norm (64×64 tiles)"),
             "only the convolutions are timed twice"
+        );
+        // Each layer names the shader that ran it; at these batches every grid is small, so
+        // conv2d.wgsl ran them all.
+        let layers = j["layers"].as_array().unwrap();
+        assert!(!layers.is_empty());
+        assert!(
+            layers.iter().all(|l| l["kernel"]
+                .as_str()
+                .is_some_and(|k| k.contains(" [conv2d.wgsl"))),
+            "{layers:?}"
         );
     }
     std::fs::remove_dir_all(root).unwrap();
