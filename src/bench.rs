@@ -31,6 +31,18 @@ pub struct Call {
     pub layer: String,
     pub flops: f64,
     pub bytes: f64,
+    /// A convolution's operands, to run it again alone (the GPU report's sweep of the
+    /// convolution kernels); `None` for other ops.
+    pub conv: Option<ConvCall>,
+}
+
+/// The operand shapes and geometry of one `conv2d` call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvCall {
+    pub x: Vec<usize>,
+    pub w: Vec<usize>,
+    pub geom: Conv2d,
+    pub residual: bool,
 }
 
 pub struct Profiled<'a, B: Backend> {
@@ -135,6 +147,7 @@ impl<'a, B: Backend> Profiled<'a, B> {
             layer: layer.clone(),
             flops: c.flops,
             bytes: c.bytes,
+            conv: None,
         });
         if !self.sync_each {
             return run(self.inner);
@@ -224,12 +237,21 @@ impl<B: Backend> Backend for Profiled<'_, B> {
             if r.is_some() { " +res" } else { "" },
             if g.upsample { " up" } else { "" }
         );
-        self.labelled(
+        let out = self.labelled(
             Some(format!("conv{k}x{k}")),
             Some(layer),
             |s| s.conv2d(&st(x), &st(w), &st(b), g, rs.as_ref()),
             |i| i.conv2d(x, w, b, g, r),
-        )
+        );
+        if let Some(call) = self.calls.borrow_mut().last_mut() {
+            call.conv = Some(ConvCall {
+                x: xs.to_vec(),
+                w: ws.to_vec(),
+                geom: g,
+                residual: r.is_some(),
+            });
+        }
+        out
     }
     fn fuses_conv2d_skip(&self) -> bool {
         self.inner.fuses_conv2d_skip()

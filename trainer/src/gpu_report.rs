@@ -21,7 +21,7 @@ use burn::tensor::{Device, DeviceKind};
 use flowmap::backend::Backend;
 use flowmap::bench::Profiled;
 use flowmap::cpu::CpuBackend;
-use flowmap::gpu::{ConvTile, ConvTiles, GpuBackend, GpuContext};
+use flowmap::gpu::{ConvKernel, ConvTile, ConvTiles, GpuBackend, GpuContext};
 use flowmap::net::Network;
 use flowmap::output::write_atomic;
 use flowmap::parity::{scaled_error, OpParity};
@@ -187,10 +187,54 @@ pub struct Report {
     /// The U-Net's convolutions per layer shape at batch 1 and the largest batch (`kernel` is
     /// the layer).
     pub layers: Vec<KernelRow>,
+    /// The U-Net's convolutions one at a time, with each kernel choice.
+    pub sweep: Vec<SweepRow>,
     pub sampling: Vec<SampleRow>,
     pub goals: Vec<Goal>,
     pub notes: Vec<String>,
     pub seconds: f64,
+}
+
+/// The convolution sweep: a row per layer and batch, a column per kernel choice (µs per
+/// dispatch, GFLOP/s), the fastest marked; nothing where there are no rows.
+fn sweep_table(m: &mut String, rows: &[SweepRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(m, "\n## Convolutions alone, by kernel (GPU clock)\n\nEach distinct U-Net convolution run alone on random operands of its shapes, back to back; median µs of one dispatch (GFLOP/s). `default` is the backend's choice (`ConvKernel::for_layer`), shader in brackets; `conv3x3.wgsl` where it applies; **bold** the fastest.\n");
+    let mut head = "| layer | batch | GFLOP |".to_string();
+    let mut rule = "|---|---:|---:|".to_string();
+    for (choice, _) in SWEEP_CHOICES {
+        let _ = write!(head, " {choice} |");
+        rule.push_str("---|");
+    }
+    let _ = writeln!(m, "{head}\n{rule}");
+    for r in rows {
+        let best = r.times.iter().map(|t| t.us).fold(f64::INFINITY, f64::min);
+        let _ = write!(m, "| {} | {} | {:.4} |", r.layer, r.batch, r.gflop);
+        for (choice, _) in SWEEP_CHOICES {
+            match r.times.iter().find(|t| t.choice == choice) {
+                Some(t) => {
+                    let cell = format!("{:.1} µs ({})", t.us, rate(t.gflops));
+                    let cell = if t.us == best {
+                        format!("**{cell}**")
+                    } else {
+                        cell
+                    };
+                    let shader = if choice == "default" {
+                        format!(" [{}]", t.shader)
+                    } else {
+                        String::new()
+                    };
+                    let _ = write!(m, " {cell}{shader} |");
+                }
+                None => {
+                    let _ = write!(m, " – |");
+                }
+            }
+        }
+        let _ = writeln!(m);
+    }
 }
 
 /// A table of kernel rows (per family or per layer) under `heading`, unless there are none.
@@ -214,6 +258,106 @@ fn kernel_table(m: &mut String, heading: &str, what: &str, rows: &[KernelRow]) {
             k.pct_of_peak
         );
     }
+}
+
+/// One convolution of the U-Net (a distinct layer shape at one batch) run alone, back to back,
+/// with each kernel choice.
+#[derive(Debug, Serialize)]
+pub struct SweepRow {
+    pub layer: String,
+    pub batch: usize,
+    pub gflop: f64,
+    pub times: Vec<SweepTime>,
+}
+
+/// One kernel choice's time for a [`SweepRow`]'s convolution.
+#[derive(Debug, Serialize)]
+pub struct SweepTime {
+    /// `default` (`ConvKernel::for_layer`), `conv2d.wgsl only`, `64×64` or `conv3x3.wgsl`.
+    pub choice: String,
+    /// The shader that ran.
+    pub shader: String,
+    /// Median GPU time of one dispatch, in microseconds.
+    pub us: f64,
+    pub gflops: f64,
+}
+
+/// The kernel choices the sweep times, by name; conv3x3.wgsl only where it applies.
+const SWEEP_CHOICES: [(&str, ConvTiles); 4] = [
+    ("default", ConvTiles::ByLayer),
+    ("conv2d.wgsl only", ConvTiles::GemmOnly),
+    ("64×64", ConvTiles::Fixed(ConvTile::C64)),
+    ("conv3x3.wgsl", ConvTiles::Direct),
+];
+
+/// Each distinct convolution of `w`'s forward at `batch`, run alone `reps` times back to back
+/// with each kernel choice ([`SWEEP_CHOICES`]) on random operands of its shapes: what each
+/// kernel costs per layer and batch, apart from the forward's other ops and gaps, so the
+/// per-layer choice (`ConvKernel::for_layer`, its thresholds) can be read off. GPU clock only:
+/// empty where the adapter has no timestamps.
+fn conv_sweep(gpu: &GpuBackend, w: &Weights, batch: usize, reps: usize) -> Result<Vec<SweepRow>> {
+    if !gpu.has_timestamps() {
+        return Ok(Vec::new());
+    }
+    let prof = Profiled::recording(gpu);
+    let net = w.network(&prof)?;
+    let (x, shape, s, t) = input(w, batch);
+    let xt = gpu.upload(&x, &shape)?;
+    prof.reset();
+    drop(net.velocity(&prof, &xt, &s, &t)?);
+    gpu.sync()?;
+    let mut layers: Vec<(String, flowmap::bench::ConvCall, f64)> = Vec::new();
+    for c in prof.calls() {
+        if let Some(conv) = c.conv {
+            if !layers.iter().any(|l| l.0 == c.layer) {
+                layers.push((c.layer, conv, c.flops));
+            }
+        }
+    }
+    let mut rng = Rng::new(9);
+    let mut rows = Vec::new();
+    for (layer, c, flops) in layers {
+        let mut up = |shape: &[usize]| gpu.upload(&rng.normals(shape.iter().product(), 1.0), shape);
+        let out = flowmap::backend::conv2d_out_shape(&c.x, &c.w, c.geom);
+        let (xg, wg, bg) = (up(&c.x)?, up(&c.w)?, up(&c.w[..1])?);
+        let rg = if c.residual { Some(up(&out)?) } else { None };
+        let mut times = Vec::new();
+        for (choice, tiles) in SWEEP_CHOICES {
+            let kernel =
+                ConvKernel::for_layer(tiles, c.w[0], c.w[2], c.geom, [out[0], out[2], out[3]]);
+            if tiles == ConvTiles::Direct && kernel != ConvKernel::Direct {
+                continue;
+            }
+            gpu.set_conv_tiles(tiles);
+            let run = || gpu.conv2d(&xg, &wg, &bg, c.geom, rg.as_ref());
+            drop(run());
+            gpu.sync()?;
+            gpu.start_timing();
+            for _ in 0..reps.max(1) {
+                drop(run());
+            }
+            gpu.sync()?;
+            let timed = gpu.finish_timing()?.context("timing window was open")?;
+            gpu.set_conv_tiles(ConvTiles::ByLayer);
+            if timed.dispatches.is_empty() {
+                bail!("{layer}: no dispatch timed");
+            }
+            let us = 1e6 * median(timed.dispatches.iter().map(|d| d.1).collect());
+            times.push(SweepTime {
+                choice: choice.into(),
+                shader: kernel.shader().into(),
+                us,
+                gflops: flops / us / 1e3,
+            });
+        }
+        rows.push(SweepRow {
+            layer,
+            batch,
+            gflop: flops / 1e9,
+            times,
+        });
+    }
+    Ok(rows)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -598,6 +742,7 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
         forward: Vec::new(),
         kernels: Vec::new(),
         layers: Vec::new(),
+        sweep: Vec::new(),
         sampling: Vec::new(),
         goals: Vec::new(),
         notes: std::mem::take(&mut notes),
@@ -807,6 +952,15 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
                         }
                     }
                     gpu.set_conv_tiles(ConvTiles::ByLayer);
+                }
+            }
+            if name == "mnist" {
+                log(&format!("convolutions alone: {name} at batch {batch}"));
+                match conv_sweep(&gpu, w, batch, 2 * sizes.iters) {
+                    Ok(rows) => report.sweep.extend(rows),
+                    Err(e) => notes.push(format!(
+                        "{name} batch {batch}: the convolution sweep failed: {e:#}"
+                    )),
                 }
             }
             // The f16 forward's kernels: its traffic is half the f32 count (every stored value
@@ -1048,6 +1202,7 @@ impl Report {
             "layer",
             &self.layers,
         );
+        sweep_table(&mut m, &self.sweep);
         let _ = writeln!(m, "\n## Sampling (end to end: upload, K jumps, readback; wall clock)\n\n| model | storage | samples | K | ms | samples/s |\n|---|---|---:|---:|---:|---:|");
         for s in &self.sampling {
             let _ = writeln!(

@@ -1064,6 +1064,28 @@ fn gpu_report_dry_run_writes_every_section() {
                 .any(|k| k["kernel"] == "group_norm (64×64 tiles)"),
             "only the convolutions are timed twice"
         );
+        // The convolutions alone: every distinct layer at each batch, each with the default
+        // choice and conv2d.wgsl alone; conv3x3.wgsl forced on the same-size 3×3 layers.
+        let sweep = j["sweep"].as_array().unwrap();
+        assert!(sweep.iter().any(|r| r["layer"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("conv3x3 16→16 28×28 s1"))));
+        for r in sweep {
+            let choices: Vec<&str> = r["times"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["choice"].as_str().unwrap())
+                .collect();
+            assert!(
+                choices.starts_with(&["default", "conv2d.wgsl only", "64×64"]),
+                "{r}"
+            );
+            let same_size = r["layer"].as_str().unwrap().starts_with("conv3x3")
+                && r["layer"].as_str().unwrap().contains(" s1");
+            assert_eq!(choices.contains(&"conv3x3.wgsl"), same_size, "{r}");
+        }
+        assert!(md.contains("## Convolutions alone, by kernel"));
         // Each layer names the shader that ran it; at these batches every grid is small, so
         // conv2d.wgsl ran them all.
         let layers = j["layers"].as_array().unwrap();
