@@ -78,6 +78,24 @@ fn parity_at(name: &str, model: flowmap::config::ModelConfig, s: &[f32], t: &[f3
             .unwrap();
         assert_close(&format!("{name} forward, {tiles:?}"), &got, &expected);
     }
+    // The kernels as wgpu compiles them by default (with loop bounding), as the GPU report
+    // times them beside the default.
+    let ctx = flowmap::gpu::GpuContext::new(true).unwrap();
+    let gw =
+        flowmap::gpu::GpuBackend::new(ctx).with_shader_checks(flowmap::gpu::ShaderChecks::Wgpu);
+    assert_eq!(
+        g.shader_checks(),
+        flowmap::gpu::ShaderChecks::NoLoopBounding
+    );
+    let wnet = w.network(&gw).unwrap();
+    let got = gw
+        .download(
+            &wnet
+                .velocity(&gw, &gw.upload(&x, &shape).unwrap(), s, t)
+                .unwrap(),
+        )
+        .unwrap();
+    assert_close(&format!("{name} forward, wgpu's checks"), &got, &expected);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -154,3 +154,38 @@ fn conv3x3_constants_match_the_host() {
     assert_eq!(direct::PIXELS, 4 * direct::THREADS);
     assert!(src.contains(&format!("@workgroup_size({}, 1, 1)", direct::THREADS)));
 }
+
+/// Every loop of every kernel, counted per file. The GPU backend compiles the kernels without
+/// wgpu's loop bounding (`flowmap::gpu::ShaderChecks::NoLoopBounding`), which is sound only
+/// while every loop is finite: a file whose count changes fails here until its new loop is
+/// read against the SAFETY note in src/gpu/kernels.rs and the count below is updated.
+#[test]
+fn every_loop_is_accounted_for() {
+    let expected = [
+        ("attention.wgsl", 13),
+        ("concat.wgsl", 0),
+        ("conv2d.wgsl", 7),
+        ("conv3x3.wgsl", 8),
+        ("elementwise.wgsl", 0),
+        ("embedding.wgsl", 0),
+        ("group_norm.wgsl", 4),
+        ("linear.wgsl", 5),
+        ("upsample.wgsl", 0),
+    ];
+    let mut seen = Vec::new();
+    for (name, src) in flowmap::gpu::SHADERS {
+        let loops: usize = src
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .map(|code| {
+                ["for (", "while (", "while(", "loop {", "loop{"]
+                    .iter()
+                    .map(|k| code.matches(k).count())
+                    .sum::<usize>()
+            })
+            .sum();
+        seen.push((*name, loops));
+    }
+    seen.sort();
+    assert_eq!(seen, expected);
+}

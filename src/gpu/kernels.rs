@@ -180,6 +180,26 @@ pub struct GpuBackend {
     dispatches: std::cell::Cell<u64>,
     /// How conv2d picks its tile ([`Self::set_conv_tiles`]).
     conv_tiles: std::cell::Cell<ConvTiles>,
+    /// What wgpu checks at run time in the kernels ([`Self::with_shader_checks`]).
+    checks: ShaderChecks,
+}
+
+/// What wgpu adds to the kernels to check them at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ShaderChecks {
+    /// wgpu's default (`ShaderRuntimeChecks::checked`): bounds checks, integer-division
+    /// checks, and a 64-bit counter in every loop that breaks out after 2^64 iterations
+    /// ("loop bounding"), so that a driver may not treat an infinite loop as unreachable.
+    /// The counter is an exit the driver's compiler cannot see through, which can keep it from
+    /// unrolling constant-trip loops (gfx-rs/wgpu#7698 reports 0.1 → 10 ms for a compute
+    /// pipeline): the FMA loops of the convolutions, the matmul and attention are such loops.
+    Wgpu,
+    /// Bounds and integer-division checks, no loop counter: every loop of these shaders is
+    /// finite (see the SAFETY note where modules are made). The default; the GPU report times
+    /// the forward with [`ShaderChecks::Wgpu`] beside it. Browsers compile WGSL themselves and
+    /// ignore both.
+    #[default]
+    NoLoopBounding,
 }
 
 /// The most dispatches one timing window records (two timestamps each; wgpu caps a query set at
@@ -274,7 +294,21 @@ impl GpuBackend {
             timer: RefCell::default(),
             dispatches: std::cell::Cell::new(0),
             conv_tiles: std::cell::Cell::default(),
+            checks: ShaderChecks::default(),
         }
+    }
+
+    /// This backend with `checks` in its kernels (made on first use, so before any op runs).
+    pub fn with_shader_checks(mut self, checks: ShaderChecks) -> Self {
+        self.checks = checks;
+        self.modules.get_mut().clear();
+        self.pipelines.get_mut().clear();
+        self
+    }
+
+    /// What wgpu checks at run time in this backend's kernels.
+    pub fn shader_checks(&self) -> ShaderChecks {
+        self.checks
     }
 
     /// How conv2d picks its kernel and tile: by layer (the default, [`ConvKernel::for_layer`]),
@@ -422,14 +456,31 @@ impl GpuBackend {
         let source = kernel_source(shader).expect("shader is listed in SHADERS");
         let mut modules = self.modules.borrow_mut();
         let module = modules.entry(shader).or_insert_with(|| {
-            self.ctx
-                .device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(shader),
-                    source: wgpu::ShaderSource::Wgsl(Cow::Owned(
-                        shader_source(&source, self.precision).into_owned(),
-                    )),
-                })
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some(shader),
+                source: wgpu::ShaderSource::Wgsl(Cow::Owned(
+                    shader_source(&source, self.precision).into_owned(),
+                )),
+            };
+            match self.checks {
+                ShaderChecks::Wgpu => self.ctx.device.create_shader_module(desc),
+                ShaderChecks::NoLoopBounding => {
+                    let checks = wgpu::ShaderRuntimeChecks {
+                        force_loop_bounding: false,
+                        ..wgpu::ShaderRuntimeChecks::checked()
+                    };
+                    // SAFETY: wgpu's one requirement for turning loop bounding off is that no
+                    // loop of these shaders runs forever. Every loop in shaders/ either has a
+                    // constant trip count or steps a counter by a positive amount towards a
+                    // bound below 2^31 (buffer bindings are under 2^31 bytes, so no counter
+                    // wraps): `k0 += BK`, `i += WG`, conv3x3.wgsl's `r += rpp` (entered only
+                    // when rpp ≥ 1) and its `while (yy > hp) { yy -= hp + 1u; }`, which lowers
+                    // yy by at least 1 each time. Bounds and integer-division checks stay on.
+                    // tests/shaders.rs lists every loop of every file, so a new one is read
+                    // against this before it lands.
+                    unsafe { self.ctx.device.create_shader_module_trusted(desc, checks) }
+                }
+            }
         });
         let mut layouts = self.layouts.borrow_mut();
         let (layout, pipeline_layout, storage) = layouts.entry(shader).or_insert_with(|| {

@@ -9,7 +9,9 @@ mod tiles;
 mod uniforms;
 
 pub use context::{AdapterSummary, GpuContext, WORKGROUP_MEMORY};
-pub use kernels::{bindings_of, shader_source, GpuBackend, GpuTensor, GpuTimes, GEMV_ROWS};
+pub use kernels::{
+    bindings_of, shader_source, GpuBackend, GpuTensor, GpuTimes, ShaderChecks, GEMV_ROWS,
+};
 pub use tiles::{direct, kernel_source, ConvKernel, ConvTile, ConvTiles, MIN_NARROW_GRID};
 
 /// Every WGSL source, by file name (for validation tests and pipeline creation).

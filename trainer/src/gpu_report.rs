@@ -21,7 +21,7 @@ use burn::tensor::{Device, DeviceKind};
 use flowmap::backend::Backend;
 use flowmap::bench::Profiled;
 use flowmap::cpu::CpuBackend;
-use flowmap::gpu::{ConvKernel, ConvTile, ConvTiles, GpuBackend, GpuContext};
+use flowmap::gpu::{ConvKernel, ConvTile, ConvTiles, GpuBackend, GpuContext, ShaderChecks};
 use flowmap::net::Network;
 use flowmap::output::write_atomic;
 use flowmap::parity::{scaled_error, OpParity};
@@ -136,6 +136,10 @@ pub struct ForwardRow {
     /// the f32 figure the ratio uses (GPU clock where there is one).
     pub wgsl_f16_ms: Option<f64>,
     pub f16_over_f32: Option<f64>,
+    /// flowmap WGSL compiled with wgpu's loop bounding (`ShaderChecks::Wgpu`, the kernels as
+    /// they ran before the sixteenth session), on the same clock as the default.
+    pub wgsl_bounded_ms: Option<f64>,
+    pub bounded_over_default: Option<f64>,
     pub wgsl_gflops: f64,
     pub pct_of_peak: f64,
     pub wgsl_over_burn: Option<f64>,
@@ -721,6 +725,20 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
         None
     };
     let gpus: Vec<&GpuBackend> = std::iter::once(&gpu).chain(gpu16.as_ref()).collect();
+    // The kernels as wgpu compiles them by default, with a loop counter in every loop
+    // (flowmap::gpu::ShaderChecks): what turning that off gains, timed on a third device.
+    let bounded = GpuContext::new(true)
+        .map(|c| GpuBackend::new(c).with_shader_checks(ShaderChecks::Wgpu))
+        .and_then(|g| g.warm_up().map(|_| g));
+    let bounded = match bounded {
+        Ok(g) => Some(g),
+        Err(e) => {
+            notes.push(format!(
+                "the backend with wgpu's loop bounding failed to open: {e}"
+            ));
+            None
+        }
+    };
     if adapter.software {
         notes.push(
             "software adapter: the numbers below check the code paths, not kernel quality".into(),
@@ -815,6 +833,17 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
         }),
         Err(e) => notes.push(format!("flowmap matmul failed: {e:#}")),
     }
+    if let Some(b) = &bounded {
+        match wgsl_matmul(b, n, sizes.iters) {
+            Ok(secs) => peaks.push(PeakRow {
+                what: format!("flowmap linear.wgsl with wgpu's loop bounding ({clock})"),
+                n,
+                ms: secs * 1e3,
+                gflops: flop / secs / 1e9,
+            }),
+            Err(e) => notes.push(format!("flowmap matmul with loop bounding failed: {e:#}")),
+        }
+    }
     let peak = peaks.iter().map(|p| p.gflops).fold(0.0, f64::max).max(1e-9);
     report.peaks = peaks;
     report.notes.append(&mut notes);
@@ -872,6 +901,23 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
             };
             let gpu_secs = timed.as_ref().map(|t| t.0);
             let secs = gpu_secs.unwrap_or(wall);
+            // The same forward with wgpu's loop bounding, on the same clock as `secs`.
+            let bounded_secs = bounded.as_ref().and_then(|b| {
+                let t = if gpu_secs.is_some() {
+                    gpu_forward(b, w, batch, sizes.iters).map(|t| t.map(|t| t.0))
+                } else {
+                    w.network(b)
+                        .map_err(Into::into)
+                        .and_then(|n| wall_forward(b, &n, w, batch, sizes.iters))
+                        .map(Some)
+                };
+                t.unwrap_or_else(|e| {
+                    notes.push(format!(
+                        "{name} batch {batch}: forward with loop bounding failed: {e:#}"
+                    ));
+                    None
+                })
+            });
             // f16 storage: the same forward on the f16 backend, on the same clock as `secs`,
             // with its dispatches where the GPU clock timed them.
             let mut f16_timed: Option<(f64, Dispatches)> = None;
@@ -905,6 +951,8 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
                 wgsl_wall_ms: wall * 1e3,
                 burn_wall_ms: burn.map(|s| s * 1e3),
                 wgsl_f16_ms: f16_secs.map(|s| s * 1e3),
+                wgsl_bounded_ms: bounded_secs.map(|s| s * 1e3),
+                bounded_over_default: bounded_secs.map(|s| s / secs),
                 f16_over_f32: f16_secs.map(|s| s / secs),
                 wgsl_gflops: gflop / secs,
                 pct_of_peak: 100.0 * gflop / secs / peak,
@@ -1189,6 +1237,20 @@ impl Report {
                 opt(f.wgsl_f16_ms, 3),
                 opt(f.f16_over_f32, 2)
             );
+        }
+        if self.forward.iter().any(|f| f.wgsl_bounded_ms.is_some()) {
+            let _ = writeln!(m, "\n## Loop bounding (wgpu's runtime checks)\n\nThe same WGSL forward compiled as wgpu does by default, with a 64-bit counter in every loop (`ShaderChecks::Wgpu`, how the kernels ran until the sixteenth session), against the default without it (`ShaderChecks::NoLoopBounding`); bounds and division checks stay in both. Same clock as the forward table. The matmul's two rows are in \"Reachable peak\".\n\n| model | batch | default ms | with loop bounding ms | bounded ÷ default |\n|---|---:|---:|---:|---:|");
+            for f in &self.forward {
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {:.3} | {} | {} |",
+                    f.model,
+                    f.batch,
+                    f.wgsl_gpu_ms.unwrap_or(f.wgsl_wall_ms),
+                    opt(f.wgsl_bounded_ms, 3),
+                    opt(f.bounded_over_default, 2)
+                );
+            }
         }
         kernel_table(
             &mut m,
