@@ -1027,7 +1027,15 @@ fn gpu_report_dry_run_writes_every_section() {
         "burn-wgpu timed beside every WGSL forward: {forward:?}; notes {}",
         j["notes"]
     );
-    assert_eq!(j["peaks"].as_array().unwrap().len(), 2, "{}", j["notes"]);
+    // burn-wgpu's matmul, linear.wgsl's, and linear.wgsl's with wgpu's loop bounding.
+    assert_eq!(j["peaks"].as_array().unwrap().len(), 3, "{}", j["notes"]);
+    assert!(
+        forward
+            .iter()
+            .all(|f| f["wgsl_bounded_ms"].as_f64().is_some()),
+        "every forward timed with wgpu's loop bounding too: {forward:?}"
+    );
+    assert!(md.contains("## Loop bounding"));
     // With SHADER_F16 (lavapipe has it) every section has its f16 rows too.
     let f16 = j["adapter"]["shader_f16"] == true;
     let precisions = if f16 { 2 } else { 1 };
