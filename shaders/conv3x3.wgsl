@@ -27,9 +27,9 @@
 // below into f16 behind `enable f16;`. Loads widen to f32 and all arithmetic is f32.
 alias S = f32;
 
-// conv2d.wgsl's parameter block (the host fills both alike); `ksize`, `stride` and `pad` are
-// 3, 1 and 1 here. `tiles_n`: pixel tiles (of PIXELS); `total_tiles`: those times the channel
-// groups (of CO).
+// conv2d.wgsl's parameter block and bindings (the host fills both alike; tests/shaders.rs
+// holds the two declarations equal); `ksize`, `stride` and `pad` are 3, 1 and 1 here.
+// `tiles_n`: pixel tiles (of PIXELS); `total_tiles`: those times the channel groups (of CO).
 struct Params {
     batch: u32, c_in: u32, h_in: u32, w_in: u32,
     c_out: u32, h_out: u32, w_out: u32, ksize: u32,
@@ -87,6 +87,16 @@ fn store4(q: u32, gm: u32, hw: u32, v: vec4<f32>) {
             }
             y[idx] = S(o);
         }
+    }
+}
+
+// Output pixel q's 16 channels tile_m.. (four of them in each of a0..a3), if q is in the batch.
+fn store16(q: u32, npix: u32, tile_m: u32, hw: u32, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>) {
+    if (q < npix) {
+        store4(q, tile_m, hw, a0);
+        store4(q, tile_m + 4u, hw, a1);
+        store4(q, tile_m + 8u, hw, a2);
+        store4(q, tile_m + 12u, hw, a3);
     }
 }
 
@@ -202,20 +212,8 @@ fn main(
     }
 
     // Stores: for each channel, consecutive threads write consecutive pixels.
-    if (q0 < npix) {
-        store4(q0, tile_m, hw, a00); store4(q0, tile_m + 4u, hw, a01);
-        store4(q0, tile_m + 8u, hw, a02); store4(q0, tile_m + 12u, hw, a03);
-    }
-    if (q1 < npix) {
-        store4(q1, tile_m, hw, a10); store4(q1, tile_m + 4u, hw, a11);
-        store4(q1, tile_m + 8u, hw, a12); store4(q1, tile_m + 12u, hw, a13);
-    }
-    if (q2 < npix) {
-        store4(q2, tile_m, hw, a20); store4(q2, tile_m + 4u, hw, a21);
-        store4(q2, tile_m + 8u, hw, a22); store4(q2, tile_m + 12u, hw, a23);
-    }
-    if (q3 < npix) {
-        store4(q3, tile_m, hw, a30); store4(q3, tile_m + 4u, hw, a31);
-        store4(q3, tile_m + 8u, hw, a32); store4(q3, tile_m + 12u, hw, a33);
-    }
+    store16(q0, npix, tile_m, hw, a00, a01, a02, a03);
+    store16(q1, npix, tile_m, hw, a10, a11, a12, a13);
+    store16(q2, npix, tile_m, hw, a20, a21, a22, a23);
+    store16(q3, npix, tile_m, hw, a30, a31, a32, a33);
 }

@@ -85,6 +85,28 @@ fn conv2d_matches_cpu() {
     }
 }
 
+/// A convolution case: input shape, output channels, kernel size, geometry, with a residual.
+type ConvCase = ([usize; 4], usize, usize, Conv2d, bool);
+
+/// Each case on `g` (with whatever conv kernel it is set to) against the CPU, random operands.
+fn convs_match_cpu(g: &flowmap::gpu::GpuBackend, what: &str, rng: &mut Rng, cases: &[ConvCase]) {
+    for &(xs, cout, k, geom, res) in cases {
+        let os = flowmap::backend::conv2d_out_shape(&xs, &[cout, xs[1], k, k], geom);
+        let inputs = vec![
+            t(rng, &xs),
+            t(rng, &[cout, xs[1], k, k]),
+            t(rng, &[cout]),
+            t(rng, &os),
+        ];
+        parity!(
+            on g,
+            &format!("{what} {xs:?}→{cout} k{k} {geom:?} res={res}"),
+            inputs,
+            |b, t| b.conv2d(&t[0], &t[1], &t[2], geom, res.then_some(&t[3]))
+        );
+    }
+}
+
 /// Each of conv2d.wgsl's tiles (64 × 64, 32 × 128, 16 × 256) on channel counts around its
 /// height and pixel counts around its width, forced whatever the layer's size
 /// (`GpuBackend::set_conv_tiles`).
@@ -113,26 +135,12 @@ fn every_conv_tile_matches_cpu() {
     ];
     for tile in ConvTile::ALL {
         g.set_conv_tiles(ConvTiles::Fixed(tile));
-        for (xs, cout, k, geom, res) in cases {
-            let os = flowmap::backend::conv2d_out_shape(&xs, &[cout, xs[1], k, k], geom);
-            let inputs = vec![
-                t(&mut rng, &xs),
-                t(&mut rng, &[cout, xs[1], k, k]),
-                t(&mut rng, &[cout]),
-                t(&mut rng, &os),
-            ];
-            parity!(
-                on & g,
-                &format!("conv2d {tile:?} {xs:?}→{cout} k{k} {geom:?} res={res}"),
-                inputs,
-                |b, t| b.conv2d(&t[0], &t[1], &t[2], geom, res.then_some(&t[3]))
-            );
-        }
+        convs_match_cpu(&g, &format!("conv2d {tile:?}"), &mut rng, &cases);
     }
 }
 
 /// conv3x3.wgsl (`ConvTiles::Direct` forces it wherever it applies): patches that span one
-/// image or many, rows of 1 to 62 pixels, several workgroups of pixels and of channels, input
+/// image or many, rows of 3 to 50 pixels, several workgroups of pixels and of channels, input
 /// channels that fill its 2-channel steps or leave one empty, the input read upsampled ×2, with
 /// and without a residual. Its geometry rule is checked too: a layer it does not apply to runs
 /// conv2d.wgsl under the same setting.
@@ -141,49 +149,33 @@ fn direct_conv3x3_matches_cpu() {
     let Some(g) = gpu() else { return };
     g.set_conv_tiles(ConvTiles::Direct);
     let mut rng = Rng::new(5);
-    // (input shape, c_out, geometry, with residual)
-    let cases = [
+    let cases: &[ConvCase] = &[
         // The U-Net's shapes, small: 28×28 (a workgroup's 512 pixels inside one image, and
         // the second image's start), 14×14 and 7×7 (patches across 3 and 11 images).
-        ([2, 16, 28, 28], 16, Conv2d::SAME, true),
-        ([3, 16, 14, 14], 32, Conv2d::SAME, false),
-        ([13, 32, 7, 7], 32, Conv2d::SAME, true),
+        ([2, 16, 28, 28], 16, 3, Conv2d::SAME, true),
+        ([3, 16, 14, 14], 32, 3, Conv2d::SAME, false),
+        ([13, 32, 7, 7], 32, 3, Conv2d::SAME, true),
         // Odd input channels (the last step's second channel empty), 1, 15, 17 and 33 outputs.
-        ([2, 3, 10, 10], 1, Conv2d::SAME, false),
-        ([2, 5, 9, 11], 15, Conv2d::SAME, true),
-        ([1, 7, 23, 19], 17, Conv2d::SAME, false),
-        ([2, 1, 6, 6], 33, Conv2d::SAME, true),
+        ([2, 3, 10, 10], 1, 3, Conv2d::SAME, false),
+        ([2, 5, 9, 11], 15, 3, Conv2d::SAME, true),
+        ([1, 7, 23, 19], 17, 3, Conv2d::SAME, false),
+        ([2, 1, 6, 6], 33, 3, Conv2d::SAME, true),
         // Rows of 3 pixels (six images in one patch), and of 50 (two rows of loaders per
         // pass).
-        ([6, 2, 9, 3], 16, Conv2d::SAME, false),
-        ([1, 4, 12, 50], 16, Conv2d::SAME, true),
+        ([6, 2, 9, 3], 16, 3, Conv2d::SAME, false),
+        ([1, 4, 12, 50], 16, 3, Conv2d::SAME, true),
         // The input read upsampled ×2: 14×14 → 28×28 and an odd 5×7 → 10×14.
-        ([2, 32, 14, 14], 32, Conv2d::UP, true),
-        ([3, 3, 5, 7], 9, Conv2d::UP, false),
+        ([2, 32, 14, 14], 32, 3, Conv2d::UP, true),
+        ([3, 3, 5, 7], 9, 3, Conv2d::UP, false),
         // Not for conv3x3.wgsl (stride 2, 1×1): conv2d.wgsl runs them.
-        ([2, 8, 12, 12], 16, Conv2d::DOWN, false),
+        ([2, 8, 12, 12], 16, 3, Conv2d::DOWN, false),
     ];
-    for (xs, cout, geom, res) in cases {
-        let k = 3;
-        let os = flowmap::backend::conv2d_out_shape(&xs, &[cout, xs[1], k, k], geom);
-        let inputs = vec![
-            t(&mut rng, &xs),
-            t(&mut rng, &[cout, xs[1], k, k]),
-            t(&mut rng, &[cout]),
-            t(&mut rng, &os),
-        ];
-        parity!(
-            on & g,
-            &format!("conv3x3 direct {xs:?}→{cout} {geom:?} res={res}"),
-            inputs,
-            |b, t| b.conv2d(&t[0], &t[1], &t[2], geom, res.then_some(&t[3]))
-        );
-    }
+    convs_match_cpu(&g, "conv3x3 direct", &mut rng, cases);
     // The cases above that it applies to did run it.
     use flowmap::gpu::{ConvKernel, ConvTiles as T};
     let direct = cases
         .iter()
-        .filter(|(xs, cout, geom, _)| {
+        .filter(|(xs, cout, _, geom, _)| {
             let os = flowmap::backend::conv2d_out_shape(xs, &[*cout, xs[1], 3, 3], *geom);
             ConvKernel::for_layer(T::Direct, *cout, 3, *geom, [os[0], os[2], os[3]])
                 == ConvKernel::Direct

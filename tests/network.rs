@@ -60,7 +60,11 @@ fn parity_at(name: &str, model: flowmap::config::ModelConfig, s: &[f32], t: &[f3
     );
 
     let Some(g) = gpu() else { return };
-    let gnet = w.network(&g).unwrap();
+    let forward = |g: &flowmap::gpu::GpuBackend| {
+        let net = w.network(g).unwrap();
+        let x = g.upload(&x, &shape).unwrap();
+        g.download(&net.velocity(g, &x, s, t).unwrap()).unwrap()
+    };
     // Test sizes give every convolution a small grid, so the default keeps the 64 × 64 tile;
     // each of conv2d.wgsl's tiles runs the whole network too, and conv3x3.wgsl every layer it
     // applies to.
@@ -69,33 +73,22 @@ fn parity_at(name: &str, model: flowmap::config::ModelConfig, s: &[f32], t: &[f3
         .chain(ConvTile::ALL.map(ConvTiles::Fixed));
     for tiles in tiles {
         g.set_conv_tiles(tiles);
-        let got = g
-            .download(
-                &gnet
-                    .velocity(&g, &g.upload(&x, &shape).unwrap(), s, t)
-                    .unwrap(),
-            )
-            .unwrap();
-        assert_close(&format!("{name} forward, {tiles:?}"), &got, &expected);
+        assert_close(
+            &format!("{name} forward, {tiles:?}"),
+            &forward(&g),
+            &expected,
+        );
     }
     // The kernels as wgpu compiles them by default (with loop bounding), as the GPU report
     // times them beside the default.
-    let ctx = flowmap::gpu::GpuContext::new(true).unwrap();
-    let gw =
-        flowmap::gpu::GpuBackend::new(ctx).with_shader_checks(flowmap::gpu::ShaderChecks::Wgpu);
-    assert_eq!(
-        g.shader_checks(),
-        flowmap::gpu::ShaderChecks::NoLoopBounding
+    use flowmap::gpu::{GpuBackend, GpuContext, ShaderChecks};
+    assert_eq!(g.shader_checks(), ShaderChecks::NoLoopBounding);
+    let gw = GpuBackend::new(GpuContext::new(true).unwrap()).with_shader_checks(ShaderChecks::Wgpu);
+    assert_close(
+        &format!("{name} forward, wgpu's checks"),
+        &forward(&gw),
+        &expected,
     );
-    let wnet = w.network(&gw).unwrap();
-    let got = gw
-        .download(
-            &wnet
-                .velocity(&gw, &gw.upload(&x, &shape).unwrap(), s, t)
-                .unwrap(),
-        )
-        .unwrap();
-    assert_close(&format!("{name} forward, wgpu's checks"), &got, &expected);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

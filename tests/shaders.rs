@@ -189,3 +189,17 @@ fn every_loop_is_accounted_for() {
     seen.sort();
     assert_eq!(seen, expected);
 }
+
+/// conv2d.wgsl and conv3x3.wgsl take the same parameter block and bindings, filled by one host
+/// function (`GpuBackend::conv2d`): WGSL has no includes, so the two declarations are held equal
+/// here.
+#[test]
+fn both_convolution_kernels_declare_the_same_interface() {
+    let interface = |name: &str| {
+        let src = flowmap::gpu::kernel_source(name).unwrap();
+        let start = src.find("struct Params {").unwrap();
+        let end = src.find("var<uniform> p: Params;").unwrap();
+        src[start..end].to_string()
+    };
+    assert_eq!(interface("conv2d.wgsl"), interface("conv3x3.wgsl"));
+}
