@@ -1,5 +1,8 @@
-//! conv2d.wgsl's output tiles, and the choice of one per layer (issue 10 §5: "tiles sized to the
-//! channel count").
+//! The convolution kernels and tiles, and the choice of one per layer: conv2d.wgsl's output
+//! tiles (issue 10 §5: "tiles sized to the channel count", below) and conv3x3.wgsl, the direct
+//! kernel for same-size 3×3 layers ([`ConvKernel`], [`direct`]; docs/GPU.md has the analysis of
+//! both). The GPU report times every choice per layer and batch ("Convolutions alone, by
+//! kernel"), and those numbers are what [`ConvKernel::for_layer`] is to be set from.
 //!
 //! Every variant has 256 threads, each computing a 4 × 4 block, so a tile holds 4,096 outputs:
 //! 64 channels × 64 pixels as written in the file, or 32 × 128 and 16 × 256 built from it by
