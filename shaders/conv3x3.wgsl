@@ -11,17 +11,18 @@
 // docs/GPU.md). Here a workgroup loads the padded input rows its 512 output pixels need once per
 // input channel (about 1.35 values per output pixel for 28×28 images), and every thread computes
 // 4 pixels × 16 output channels from them: per tap, 4 scalar workgroup-memory loads (consecutive
-// pixels across the warp: no bank conflicts) and 4 broadcast vec4 weight loads feed 64 FMAs,
-// 8 FMAs per load against conv2d.wgsl's 8 per load and its gather on top. The analysis is in
-// docs/GPU.md ("A direct 3×3 kernel").
+// pixels across the warp: no bank conflicts) and 4 broadcast vec4 weight loads feed 64 FMAs:
+// the 8 FMAs per load of conv2d.wgsl's 4 × 4 blocks, without its gather, and a barrier pair
+// every 1,152 FMAs a thread instead of every 128–256. The analysis is in docs/GPU.md
+// ("conv3x3.wgsl: a direct 3×3 kernel").
 //
 // Layout of the patch. The batch is read as one tall image: image n's rows y = 0..H−1 are tall
 // rows n·(H + 1) + y + 1, and tall row n·(H + 1) is a zero row between image n − 1 and n (and
 // above image 0), so the rows above and below every image are zeros without a check per tap.
-// Columns are padded by one zero on each side (RS = W + 2 values a row). A workgroup's pixels
-// p0..p0+511 (flattened over n, y, x) span tall rows tall(p0)..tall(p_last); its patch holds
-// those and one more above and below, for CI_B input channels at a time. The host uses this
-// kernel only where that fits in PATCH values per channel (`ConvKernel::direct_fits`).
+// Columns are padded by one zero on each side (RS = W + 2 values a row). A workgroup's PIXELS
+// consecutive pixels (flattened over n, y, x) span tall rows tall(p0)..tall(p_last); its patch
+// holds those and one more above and below, for CI_B input channels at a time. The host uses
+// this kernel only where that fits in PATCH values per channel (`direct::applies`).
 
 // Storage type: f32 here; the f16 build of this file (src/gpu/precision.rs) turns the alias
 // below into f16 behind `enable f16;`. Loads widen to f32 and all arithmetic is f32.
@@ -44,11 +45,18 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<S>;
 @group(0) @binding(5) var<uniform> p: Params;
 
-// Threads per workgroup, each with PX pixels × CO channels.
+// Threads per workgroup, output channels per workgroup, and per thread PX pixels × CO_T
+// channels. As written, CO_T = CO: each thread has all 16 channels, 512 pixels a workgroup. The
+// host's small-grid variant (`DirectTile::Small`, src/gpu/tiles.rs) rewrites CO_T to 4: four
+// groups of 32 threads, one per 4 channels, 128 pixels a workgroup, so a small batch gets four
+// times the workgroups, each thread a quarter of the chain.
 const THREADS: u32 = 128u;
 const PX: u32 = 4u;
 const CO: u32 = 16u;
-const PIXELS: u32 = THREADS * PX;
+const CO_T: u32 = 16u;
+// Threads per channel group, and the pixels of a workgroup.
+const TP: u32 = THREADS * CO_T / CO;
+const PIXELS: u32 = TP * PX;
 // Input channels per step, and the patch values each channel may take (rows × RS).
 const CI_B: u32 = 2u;
 const PATCH: u32 = 800u;
@@ -90,13 +98,15 @@ fn store4(q: u32, gm: u32, hw: u32, v: vec4<f32>) {
     }
 }
 
-// Output pixel q's 16 channels tile_m.. (four of them in each of a0..a3), if q is in the batch.
-fn store16(q: u32, npix: u32, tile_m: u32, hw: u32, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>) {
+// Output pixel q's CO_T channels gm.. (four of them in each of a0..a3), if q is in the batch.
+fn store16(q: u32, npix: u32, gm: u32, hw: u32, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>) {
     if (q < npix) {
-        store4(q, tile_m, hw, a0);
-        store4(q, tile_m + 4u, hw, a1);
-        store4(q, tile_m + 8u, hw, a2);
-        store4(q, tile_m + 12u, hw, a3);
+        store4(q, gm, hw, a0);
+        if (CO_T == 16u) {
+            store4(q, gm + 4u, hw, a1);
+            store4(q, gm + 8u, hw, a2);
+            store4(q, gm + 12u, hw, a3);
+        }
     }
 }
 
@@ -123,13 +133,16 @@ fn main(
     let t0 = tall_row(p0, hp, wp) - 1u;
     let rows = tall_row(p_last, hp, wp) + 2u - t0;
 
-    // This thread's pixels q_j = p0 + j · THREADS + tid (consecutive threads, consecutive
-    // pixels) and the patch index of each one's top-left tap (named values, not a private
-    // array the driver might place in local memory).
-    let q0 = p0 + tid;
-    let q1 = q0 + THREADS;
-    let q2 = q1 + THREADS;
-    let q3 = q2 + THREADS;
+    // This thread's channel group (its channels gm..gm+CO_T), its pixels q_j = p0 + j · TP +
+    // lane (consecutive threads, consecutive pixels) and the patch index of each one's top-left
+    // tap (named values, not a private array the driver might place in local memory).
+    let group = tid / TP;
+    let lane = tid % TP;
+    let gm = tile_m + group * CO_T;
+    let q0 = p0 + lane;
+    let q1 = q0 + TP;
+    let q2 = q1 + TP;
+    let q3 = q2 + TP;
     let b0 = patch_at(q0, npix, t0, hp, wp);
     let b1 = patch_at(q1, npix, t0, hp, wp);
     let b2 = patch_at(q2, npix, t0, hp, wp);
@@ -148,7 +161,8 @@ fn main(
     let n0 = g0 / (hp + 1u);
     let y0 = g0 - n0 * (hp + 1u);
 
-    // 16 accumulators: pixel j, output channels 4g..4g+3.
+    // 16 accumulators: pixel j, output channels gm + 4g..gm + 4g + 3 (only g = 0, a_j0, when
+    // CO_T is 4).
     var a00 = vec4<f32>(0.0); var a01 = vec4<f32>(0.0); var a02 = vec4<f32>(0.0); var a03 = vec4<f32>(0.0);
     var a10 = vec4<f32>(0.0); var a11 = vec4<f32>(0.0); var a12 = vec4<f32>(0.0); var a13 = vec4<f32>(0.0);
     var a20 = vec4<f32>(0.0); var a21 = vec4<f32>(0.0); var a22 = vec4<f32>(0.0); var a23 = vec4<f32>(0.0);
@@ -197,23 +211,31 @@ fn main(
                 let v1 = vec4<f32>(rows_in[b1 + off]);
                 let v2 = vec4<f32>(rows_in[b2 + off]);
                 let v3 = vec4<f32>(rows_in[b3 + off]);
-                let wi = (c * 9u + t) * 4u;
+                // The tap's weights for this thread's channels (one vec4 per 4 channels; every
+                // thread of a warp reads the same address).
+                let wi = (c * 9u + t) * (CO / 4u) + group * (CO_T / 4u);
                 let w0 = wts[wi];
-                let w1 = wts[wi + 1u];
-                let w2 = wts[wi + 2u];
-                let w3 = wts[wi + 3u];
-                a00 = fma(v0, w0, a00); a01 = fma(v0, w1, a01); a02 = fma(v0, w2, a02); a03 = fma(v0, w3, a03);
-                a10 = fma(v1, w0, a10); a11 = fma(v1, w1, a11); a12 = fma(v1, w2, a12); a13 = fma(v1, w3, a13);
-                a20 = fma(v2, w0, a20); a21 = fma(v2, w1, a21); a22 = fma(v2, w2, a22); a23 = fma(v2, w3, a23);
-                a30 = fma(v3, w0, a30); a31 = fma(v3, w1, a31); a32 = fma(v3, w2, a32); a33 = fma(v3, w3, a33);
+                a00 = fma(v0, w0, a00);
+                a10 = fma(v1, w0, a10);
+                a20 = fma(v2, w0, a20);
+                a30 = fma(v3, w0, a30);
+                if (CO_T == 16u) {
+                    let w1 = wts[wi + 1u];
+                    let w2 = wts[wi + 2u];
+                    let w3 = wts[wi + 3u];
+                    a01 = fma(v0, w1, a01); a02 = fma(v0, w2, a02); a03 = fma(v0, w3, a03);
+                    a11 = fma(v1, w1, a11); a12 = fma(v1, w2, a12); a13 = fma(v1, w3, a13);
+                    a21 = fma(v2, w1, a21); a22 = fma(v2, w2, a22); a23 = fma(v2, w3, a23);
+                    a31 = fma(v3, w1, a31); a32 = fma(v3, w2, a32); a33 = fma(v3, w3, a33);
+                }
             }
         }
         workgroupBarrier();
     }
 
     // Stores: for each channel, consecutive threads write consecutive pixels.
-    store16(q0, npix, tile_m, hw, a00, a01, a02, a03);
-    store16(q1, npix, tile_m, hw, a10, a11, a12, a13);
-    store16(q2, npix, tile_m, hw, a20, a21, a22, a23);
-    store16(q3, npix, tile_m, hw, a30, a31, a32, a33);
+    store16(q0, npix, gm, hw, a00, a01, a02, a03);
+    store16(q1, npix, gm, hw, a10, a11, a12, a13);
+    store16(q2, npix, gm, hw, a20, a21, a22, a23);
+    store16(q3, npix, gm, hw, a30, a31, a32, a33);
 }

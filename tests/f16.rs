@@ -69,8 +69,10 @@ fn f16_kernels_match_the_f16_cpu_reference_op_by_op() {
     let mut seen = std::collections::BTreeSet::new();
     for (name, model) in [
         ("unet", tiny_unet()),
-        // conv3x3.wgsl on every layer it applies to (the tiny sizes never choose it).
+        // conv3x3.wgsl's two tiles on every layer they apply to (the tiny sizes never choose
+        // them).
         ("unet-direct", tiny_unet()),
+        ("unet-direct-small", tiny_unet()),
         ("mlp", tiny_mlp()),
         ("raw-mlp", {
             let mut m = tiny_mlp();
@@ -80,10 +82,10 @@ fn f16_kernels_match_the_f16_cpu_reference_op_by_op() {
             m
         }),
     ] {
-        g.set_conv_tiles(if name == "unet-direct" {
-            flowmap::gpu::ConvTiles::Direct
-        } else {
-            flowmap::gpu::ConvTiles::ByLayer
+        g.set_conv_tiles(match name {
+            "unet-direct" => flowmap::gpu::ConvTiles::Direct(flowmap::gpu::DirectTile::Wide),
+            "unet-direct-small" => flowmap::gpu::ConvTiles::Direct(flowmap::gpu::DirectTile::Small),
+            _ => flowmap::gpu::ConvTiles::ByLayer,
         });
         let path = write_random_model(&dir, &format!("{name}.safetensors"), model, 7);
         let w = Weights::read(&path).unwrap();

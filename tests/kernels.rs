@@ -139,7 +139,7 @@ fn every_conv_tile_matches_cpu() {
     }
 }
 
-/// conv3x3.wgsl (`ConvTiles::Direct` forces it wherever it applies): patches that span one
+/// conv3x3.wgsl, both tiles (`ConvTiles::Direct` forces one wherever it applies): patches that span one
 /// image or many, rows of 3 to 50 pixels, several workgroups of pixels and of channels, input
 /// channels that fill its 2-channel steps or leave one empty, the input read upsampled ×2, with
 /// and without a residual. Its geometry rule is checked too: a layer it does not apply to runs
@@ -147,7 +147,6 @@ fn every_conv_tile_matches_cpu() {
 #[test]
 fn direct_conv3x3_matches_cpu() {
     let Some(g) = gpu() else { return };
-    g.set_conv_tiles(ConvTiles::Direct);
     let mut rng = Rng::new(5);
     let cases: &[ConvCase] = &[
         // The U-Net's shapes, small: 28×28 (a workgroup's 512 pixels inside one image, and
@@ -170,18 +169,22 @@ fn direct_conv3x3_matches_cpu() {
         // Not for conv3x3.wgsl (stride 2, 1×1): conv2d.wgsl runs them.
         ([2, 8, 12, 12], 16, 3, Conv2d::DOWN, false),
     ];
-    convs_match_cpu(&g, "conv3x3 direct", &mut rng, cases);
-    // The cases above that it applies to did run it.
-    use flowmap::gpu::{ConvKernel, ConvTiles as T};
-    let direct = cases
-        .iter()
-        .filter(|(xs, cout, _, geom, _)| {
-            let os = flowmap::backend::conv2d_out_shape(xs, &[*cout, xs[1], 3, 3], *geom);
-            ConvKernel::for_layer(T::Direct, *cout, 3, *geom, [os[0], os[2], os[3]])
-                == ConvKernel::Direct
-        })
-        .count();
-    assert_eq!(direct, cases.len() - 1);
+    use flowmap::gpu::{ConvKernel, DirectTile};
+    for tile in DirectTile::ALL {
+        g.set_conv_tiles(ConvTiles::Direct(tile));
+        convs_match_cpu(&g, &format!("conv3x3 direct {tile:?}"), &mut rng, cases);
+        // The cases above that it applies to did run it.
+        let direct = cases
+            .iter()
+            .filter(|(xs, cout, _, geom, _)| {
+                let os = flowmap::backend::conv2d_out_shape(xs, &[*cout, xs[1], 3, 3], *geom);
+                let out = [os[0], os[2], os[3]];
+                ConvKernel::for_layer(ConvTiles::Direct(tile), *cout, 3, *geom, out)
+                    == ConvKernel::Direct(tile)
+            })
+            .count();
+        assert_eq!(direct, cases.len() - 1, "{tile:?}");
+    }
     g.set_conv_tiles(ConvTiles::ByLayer);
 }
 

@@ -66,10 +66,12 @@ fn parity_at(name: &str, model: flowmap::config::ModelConfig, s: &[f32], t: &[f3
         g.download(&net.velocity(g, &x, s, t).unwrap()).unwrap()
     };
     // Test sizes give every convolution a small grid, so the default keeps the 64 × 64 tile;
-    // each of conv2d.wgsl's tiles runs the whole network too, and conv3x3.wgsl every layer it
-    // applies to.
-    let tiles = [ConvTiles::ByLayer, ConvTiles::GemmOnly, ConvTiles::Direct]
+    // each of conv2d.wgsl's tiles runs the whole network too, and each of conv3x3.wgsl's every
+    // layer it applies to.
+    use flowmap::gpu::DirectTile;
+    let tiles = [ConvTiles::ByLayer, ConvTiles::GemmOnly]
         .into_iter()
+        .chain(DirectTile::ALL.map(ConvTiles::Direct))
         .chain(ConvTile::ALL.map(ConvTiles::Fixed));
     for tiles in tiles {
         g.set_conv_tiles(tiles);

@@ -135,24 +135,49 @@ fn every_conv_tile_variant_validates() {
     }
 }
 
-/// conv3x3.wgsl's constants are the ones the host sizes its grids and patches by
-/// (`flowmap::gpu::direct`).
+/// conv3x3.wgsl's constants, in both tiles, are the ones the host sizes its grids and patches
+/// by (`flowmap::gpu::direct`, `DirectTile`); each tile validates in both precisions within
+/// the device's workgroup memory, and differs from the file in its `CO_T` line alone.
 #[test]
 fn conv3x3_constants_match_the_host() {
-    use flowmap::gpu::direct;
-    let src = flowmap::gpu::kernel_source(direct::SHADER).unwrap();
-    for (name, value) in [
-        ("THREADS", direct::THREADS),
-        ("CO", direct::CHANNELS),
-        ("PATCH", direct::PATCH),
-    ] {
-        let line = format!("const {name}: u32 = {value}u;");
-        assert!(src.contains(&line), "conv3x3.wgsl: `{line}`");
+    use flowmap::gpu::{direct, DirectTile};
+    use flowmap::precision::Precision;
+    let file = flowmap::gpu::kernel_source(direct::SHADER).unwrap();
+    for tile in DirectTile::ALL {
+        let src = flowmap::gpu::kernel_source(tile.shader()).unwrap();
+        for (name, value) in [
+            ("THREADS", direct::THREADS),
+            ("CO", direct::CHANNELS),
+            ("CO_T", tile.channels_per_thread()),
+            ("PATCH", direct::PATCH),
+            ("PX", 4),
+        ] {
+            let line = format!("const {name}: u32 = {value}u;");
+            assert!(src.contains(&line), "{}: `{line}`", tile.shader());
+        }
+        assert!(src.contains("const TP: u32 = THREADS * CO_T / CO;"));
+        assert!(src.contains("const PIXELS: u32 = TP * PX;"));
+        let tp = direct::THREADS * tile.channels_per_thread() / direct::CHANNELS;
+        assert_eq!(tile.pixels(), tp * 4);
+        assert!(src.contains(&format!("@workgroup_size({}, 1, 1)", direct::THREADS)));
+        let changed = file
+            .lines()
+            .zip(src.lines())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(changed, usize::from(tile != DirectTile::Wide), "{tile:?}");
+        for (p, caps) in [
+            (Precision::F32, naga::valid::Capabilities::default()),
+            (Precision::F16, naga::valid::Capabilities::SHADER_FLOAT16),
+        ] {
+            let src = flowmap::gpu::shader_source(&src, p);
+            let module = naga::front::wgsl::parse_str(&src).unwrap();
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{tile:?} ({p:?}): {}", e.emit_to_string(&src)));
+            assert!(workgroup_bytes(&module) <= flowmap::gpu::WORKGROUP_MEMORY);
+        }
     }
-    assert!(src.contains("const PIXELS: u32 = THREADS * PX;"));
-    assert!(src.contains("const PX: u32 = 4u;"));
-    assert_eq!(direct::PIXELS, 4 * direct::THREADS);
-    assert!(src.contains(&format!("@workgroup_size({}, 1, 1)", direct::THREADS)));
 }
 
 /// Every loop of every kernel, counted per file. The GPU backend compiles the kernels without

@@ -63,15 +63,19 @@ async fn every_kernel_matches_the_cpu_on_webgpu() {
     );
     // conv3x3.wgsl, forced (the page's batches give it grids too small to be chosen), with the
     // input read upsampled ×2 and a residual.
-    g.set_conv_tiles(flowmap::gpu::ConvTiles::Direct);
     let (rg, rc) = both(&[2, 67, 18, 14]);
-    let dg = g.conv2d(&xg, &wg, &bg, Conv2d::UP, Some(&rg));
-    close(
-        "conv3x3 direct",
-        &read(&g, &dg).await,
-        &c.download(&c.conv2d(&xc, &wc, &bc, Conv2d::UP, Some(&rc)))
-            .unwrap(),
-    );
+    let want = c
+        .download(&c.conv2d(&xc, &wc, &bc, Conv2d::UP, Some(&rc)))
+        .unwrap();
+    for tile in flowmap::gpu::DirectTile::ALL {
+        g.set_conv_tiles(flowmap::gpu::ConvTiles::Direct(tile));
+        let dg = g.conv2d(&xg, &wg, &bg, Conv2d::UP, Some(&rg));
+        close(
+            &format!("conv3x3 direct {tile:?}"),
+            &read(&g, &dg).await,
+            &want,
+        );
+    }
     g.set_conv_tiles(flowmap::gpu::ConvTiles::ByLayer);
 
     let (gag, gac) = both(&[5]);

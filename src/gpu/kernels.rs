@@ -3,7 +3,7 @@
 
 use super::context::GpuContext;
 use super::pool::{self, Pool, PooledBuffer};
-use super::tiles::{direct, kernel_source, ConvKernel, ConvTile, ConvTiles};
+use super::tiles::{kernel_source, ConvKernel, ConvTile, ConvTiles, DirectTile};
 use super::uniforms::Uniforms;
 use crate::backend::{conv2d_out_shape, Backend, Conv2d, Shaped};
 use crate::config::Activation;
@@ -434,7 +434,8 @@ impl GpuBackend {
             (ConvTile::C64.shader(), "main"),
             (ConvTile::C32.shader(), "main"),
             (ConvTile::C16.shader(), "main"),
-            (direct::SHADER, "main"),
+            (DirectTile::Wide.shader(), "main"),
+            (DirectTile::Small.shader(), "main"),
             ("elementwise.wgsl", "add"),
             ("elementwise.wgsl", "activate"),
             ("elementwise.wgsl", "flow_step"),

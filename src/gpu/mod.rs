@@ -12,7 +12,9 @@ pub use context::{AdapterSummary, GpuContext, WORKGROUP_MEMORY};
 pub use kernels::{
     bindings_of, shader_source, GpuBackend, GpuTensor, GpuTimes, ShaderChecks, GEMV_ROWS,
 };
-pub use tiles::{direct, kernel_source, ConvKernel, ConvTile, ConvTiles, MIN_NARROW_GRID};
+pub use tiles::{
+    direct, kernel_source, ConvKernel, ConvTile, ConvTiles, DirectTile, MIN_NARROW_GRID,
+};
 
 /// Every WGSL source, by file name (for validation tests and pipeline creation).
 pub const SHADERS: &[(&str, &str)] = &[

@@ -43,9 +43,9 @@ pub enum ConvTiles {
     /// conv2d.wgsl alone, with [`ConvTile::for_layer`]'s tile: the choice before conv3x3.wgsl
     /// (the GPU report's comparison).
     GemmOnly,
-    /// conv3x3.wgsl wherever it applies, whatever the grid, else as [`ConvTiles::ByLayer`]
-    /// (the tests, whose layers are small).
-    Direct,
+    /// conv3x3.wgsl with this tile wherever it applies, whatever the grid, else as
+    /// [`ConvTiles::ByLayer`] (the tests, whose layers are small, and the GPU report's sweep).
+    Direct(DirectTile),
     /// Always conv2d.wgsl with this tile (the GPU report's comparison, and the tests of each
     /// variant).
     Fixed(ConvTile),
@@ -56,31 +56,91 @@ pub enum ConvTiles {
 pub enum ConvKernel {
     /// conv2d.wgsl, the implicit GEMM, with this tile.
     Gemm(ConvTile),
-    /// conv3x3.wgsl: 3×3, stride 1, padding 1, from input patches in workgroup memory.
-    Direct,
+    /// conv3x3.wgsl with this tile: 3×3, stride 1, padding 1, from input patches in workgroup
+    /// memory.
+    Direct(DirectTile),
+}
+
+/// conv3x3.wgsl's two tiles. Both have 128 threads of 4 pixels, 16 output channels a workgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DirectTile {
+    /// Each thread all 16 channels: 512 pixels a workgroup, 64 FMAs per 8 workgroup-memory
+    /// loads (the file as written). For large grids.
+    Wide,
+    /// Each thread 4 of the 16 channels (four groups of 32 threads): 128 pixels a workgroup, so
+    /// four times the workgroups and a quarter of each thread's chain, at 16 FMAs per 5 loads.
+    /// For small grids, where a layer is latency-bound (not chosen by default until a GPU run
+    /// times it: the report's sweep does).
+    Small,
+}
+
+impl DirectTile {
+    pub const ALL: [DirectTile; 2] = [DirectTile::Wide, DirectTile::Small];
+
+    /// Output channels per thread (`CO_T` in the file).
+    pub fn channels_per_thread(self) -> usize {
+        match self {
+            DirectTile::Wide => 16,
+            DirectTile::Small => 4,
+        }
+    }
+
+    /// Output pixels per workgroup.
+    pub fn pixels(self) -> usize {
+        direct::THREADS * 4 * self.channels_per_thread() / direct::CHANNELS
+    }
+
+    /// The pipeline's shader name: the file's own for the wide tile.
+    pub fn shader(self) -> &'static str {
+        match self {
+            DirectTile::Wide => direct::SHADER,
+            DirectTile::Small => "conv3x3.wgsl#small",
+        }
+    }
+
+    /// conv3x3.wgsl's source rewritten for this tile.
+    pub fn source(self, conv3x3: &str) -> Cow<'_, str> {
+        const CO_T: &str = "const CO_T: u32 = 16u;";
+        debug_assert!(conv3x3.matches(CO_T).count() == 1);
+        match self {
+            DirectTile::Wide => Cow::Borrowed(conv3x3),
+            DirectTile::Small => Cow::Owned(conv3x3.replacen(
+                CO_T,
+                &format!("const CO_T: u32 = {}u;", self.channels_per_thread()),
+                1,
+            )),
+        }
+    }
 }
 
 /// conv3x3.wgsl's constants (tests/shaders.rs holds the file to them): threads a workgroup,
-/// output pixels and channels a workgroup, values a patch channel may hold.
+/// output channels a workgroup, values a patch channel may hold; and its geometry rules.
 pub mod direct {
+    use super::DirectTile;
+
     pub const THREADS: usize = 128;
-    pub const PIXELS: usize = 512;
     pub const CHANNELS: usize = 16;
     pub const PATCH: usize = 800;
     pub const SHADER: &str = "conv3x3.wgsl";
 
-    /// The most patch rows a workgroup's pixels need on `n` images of `h` × `w` outputs: the
-    /// rows its (at most PIXELS) consecutive pixels span, the zero rows between the images they
-    /// cross, and one row above and below.
-    pub fn patch_rows(n: usize, h: usize, w: usize) -> usize {
+    /// The most patch rows a workgroup of `tile` needs on `n` images of `h` × `w` outputs: the
+    /// rows its (at most `tile.pixels()`) consecutive pixels span, the zero rows between the
+    /// images they cross, and one row above and below.
+    pub fn patch_rows(tile: DirectTile, n: usize, h: usize, w: usize) -> usize {
         let hw = (h * w).max(1);
-        let px = PIXELS.min(n * hw).max(1);
+        let px = tile.pixels().min(n * hw).max(1);
         (w.max(1) - 1 + px - 1) / w.max(1) + (hw - 1 + px - 1) / hw + 3
     }
 
-    /// Whether conv3x3.wgsl computes this convolution: a 3×3 kernel, stride 1, padding 1 (the
-    /// input read upsampled ×2 or not), onto `[n, _, h, w]` outputs whose patches fit.
-    pub fn applies(ksize: usize, geom: crate::backend::Conv2d, out: [usize; 3]) -> bool {
+    /// Whether conv3x3.wgsl's `tile` computes this convolution: a 3×3 kernel, stride 1,
+    /// padding 1 (the input read upsampled ×2 or not), onto `[n, _, h, w]` outputs whose
+    /// patches fit.
+    pub fn applies(
+        tile: DirectTile,
+        ksize: usize,
+        geom: crate::backend::Conv2d,
+        out: [usize; 3],
+    ) -> bool {
         let [n, h, w] = out;
         let rs = w + 2;
         ksize == 3
@@ -88,12 +148,12 @@ pub mod direct {
             && geom.padding == 1
             && n * h * w > 0
             && rs <= THREADS
-            && patch_rows(n, h, w) * rs <= PATCH
+            && patch_rows(tile, n, h, w) * rs <= PATCH
     }
 
     /// (tiles along pixels, tiles in all) for `c_out` channels and `npix` output pixels.
-    pub fn grid(c_out: usize, npix: usize) -> (usize, usize) {
-        let tiles_n = npix.div_ceil(PIXELS);
+    pub fn grid(tile: DirectTile, c_out: usize, npix: usize) -> (usize, usize) {
+        let tiles_n = npix.div_ceil(tile.pixels());
         (tiles_n, c_out.div_ceil(CHANNELS) * tiles_n)
     }
 }
@@ -112,15 +172,18 @@ impl ConvKernel {
         out: [usize; 3],
     ) -> ConvKernel {
         let npix = out.iter().product();
-        let fits = direct::applies(ksize, geom, out);
+        let fits = |t| direct::applies(t, ksize, geom, out);
+        let wide = DirectTile::Wide;
         match tiles {
             ConvTiles::Fixed(t) => ConvKernel::Gemm(t),
             ConvTiles::GemmOnly => ConvKernel::Gemm(ConvTile::for_layer(c_out, npix)),
-            ConvTiles::Direct if fits => ConvKernel::Direct,
-            ConvTiles::ByLayer if fits && direct::grid(c_out, npix).1 >= MIN_NARROW_GRID => {
-                ConvKernel::Direct
+            ConvTiles::Direct(t) if fits(t) => ConvKernel::Direct(t),
+            ConvTiles::ByLayer
+                if fits(wide) && direct::grid(wide, c_out, npix).1 >= MIN_NARROW_GRID =>
+            {
+                ConvKernel::Direct(wide)
             }
-            ConvTiles::ByLayer | ConvTiles::Direct => {
+            ConvTiles::ByLayer | ConvTiles::Direct(_) => {
                 ConvKernel::Gemm(ConvTile::for_layer(c_out, npix))
             }
         }
@@ -130,7 +193,7 @@ impl ConvKernel {
     pub fn shader(self) -> &'static str {
         match self {
             ConvKernel::Gemm(t) => t.shader(),
-            ConvKernel::Direct => direct::SHADER,
+            ConvKernel::Direct(t) => t.shader(),
         }
     }
 
@@ -138,7 +201,7 @@ impl ConvKernel {
     pub fn grid(self, c_out: usize, npix: usize) -> (usize, usize) {
         match self {
             ConvKernel::Gemm(t) => t.grid(c_out, npix),
-            ConvKernel::Direct => direct::grid(c_out, npix),
+            ConvKernel::Direct(t) => direct::grid(t, c_out, npix),
         }
     }
 }
@@ -225,8 +288,11 @@ pub fn kernel_source(shader: &str) -> Option<Cow<'static, str>> {
     if let Some(src) = file(shader) {
         return Some(Cow::Borrowed(src));
     }
-    let tile = ConvTile::ALL.into_iter().find(|t| t.shader() == shader)?;
-    Some(tile.source(file("conv2d.wgsl")?))
+    if let Some(tile) = ConvTile::ALL.into_iter().find(|t| t.shader() == shader) {
+        return Some(tile.source(file("conv2d.wgsl")?));
+    }
+    let tile = DirectTile::ALL.into_iter().find(|t| t.shader() == shader)?;
+    Some(tile.source(file(direct::SHADER)?))
 }
 
 #[cfg(test)]
@@ -255,11 +321,12 @@ mod tests {
         use crate::backend::Conv2d;
         let by =
             |c_out, k, geom, out| ConvKernel::for_layer(ConvTiles::ByLayer, c_out, k, geom, out);
+        const DIRECT: ConvKernel = ConvKernel::Direct(DirectTile::Wide);
         // The U-Net at batch 256: 28×28 (16 channels: 392 workgroups), 14×14 and the 28×28
         // upsampling convolution (32 channels), but not 7×7 (50 workgroups), nor stride 2 or 1×1.
-        assert_eq!(by(16, 3, Conv2d::SAME, [256, 28, 28]), ConvKernel::Direct);
-        assert_eq!(by(32, 3, Conv2d::SAME, [256, 14, 14]), ConvKernel::Direct);
-        assert_eq!(by(32, 3, Conv2d::UP, [256, 28, 28]), ConvKernel::Direct);
+        assert_eq!(by(16, 3, Conv2d::SAME, [256, 28, 28]), DIRECT);
+        assert_eq!(by(32, 3, Conv2d::SAME, [256, 14, 14]), DIRECT);
+        assert_eq!(by(32, 3, Conv2d::UP, [256, 28, 28]), DIRECT);
         // (7×7: 98 workgroups of the 32 × 128 tile, so the 64 × 64 tile.)
         assert_eq!(
             by(32, 3, Conv2d::SAME, [256, 7, 7]),
@@ -278,25 +345,41 @@ mod tests {
             by(16, 3, Conv2d::SAME, [1, 28, 28]),
             ConvKernel::Gemm(ConvTile::C64)
         );
-        // Forced, it takes every layer it applies to; the other modes never take it.
-        let forced = ConvKernel::for_layer(ConvTiles::Direct, 16, 3, Conv2d::SAME, [1, 7, 7]);
-        assert_eq!(forced, ConvKernel::Direct);
-        for tiles in [ConvTiles::GemmOnly, ConvTiles::Fixed(ConvTile::C16)] {
-            let k = ConvKernel::for_layer(tiles, 16, 3, Conv2d::SAME, [256, 28, 28]);
-            assert_ne!(k, ConvKernel::Direct);
+        // Forced, either tile takes every layer it applies to; the other modes never take it,
+        // and the default never takes the small tile.
+        for t in DirectTile::ALL {
+            let forced =
+                ConvKernel::for_layer(ConvTiles::Direct(t), 16, 3, Conv2d::SAME, [1, 7, 7]);
+            assert_eq!(forced, ConvKernel::Direct(t));
+            for tiles in [
+                ConvTiles::GemmOnly,
+                ConvTiles::Fixed(ConvTile::C16),
+                ConvTiles::ByLayer,
+            ] {
+                let k = ConvKernel::for_layer(tiles, 16, 3, Conv2d::SAME, [1, 28, 28]);
+                assert_ne!(k, ConvKernel::Direct(t));
+            }
         }
-        // The patches of 512 pixels: 23 rows of 30 at 28×28, 43 of 16 at 14×14, 87 of 9 at 7×7,
-        // 12 of 66 at 64×64; 80 wide no longer fits, nor 127 (a row over the 128 loaders), nor
-        // many 6×6 images (104 rows of 8), though two of them (72 pixels) do.
-        assert_eq!(direct::patch_rows(256, 28, 28), 23);
-        assert_eq!(direct::patch_rows(256, 14, 14), 43);
-        assert_eq!(direct::patch_rows(256, 7, 7), 87);
-        assert!(direct::applies(3, Conv2d::SAME, [4, 64, 64]));
-        assert!(!direct::applies(3, Conv2d::SAME, [4, 80, 80]));
-        assert!(!direct::applies(3, Conv2d::SAME, [1, 1, 127]));
-        assert!(direct::applies(3, Conv2d::SAME, [1, 1, 1]));
-        assert!(!direct::applies(3, Conv2d::SAME, [64, 6, 6]));
-        assert!(direct::applies(3, Conv2d::SAME, [2, 6, 6]));
+        // The wide tile's patches of 512 pixels: 23 rows of 30 at 28×28, 43 of 16 at 14×14,
+        // 87 of 9 at 7×7, 12 of 66 at 64×64; 80 wide no longer fits, nor 127 (a row over the
+        // 128 loaders), nor many 6×6 images (104 rows of 8), though two of them (72 pixels)
+        // do. The small tile's 128 pixels: 9 rows at 28×28, 25 at 7×7; 6×6 images fit.
+        let wide = DirectTile::Wide;
+        let small = DirectTile::Small;
+        assert_eq!((wide.pixels(), small.pixels()), (512, 128));
+        assert_eq!(direct::patch_rows(wide, 256, 28, 28), 23);
+        assert_eq!(direct::patch_rows(wide, 256, 14, 14), 43);
+        assert_eq!(direct::patch_rows(wide, 256, 7, 7), 87);
+        assert_eq!(direct::patch_rows(small, 256, 28, 28), 9);
+        assert_eq!(direct::patch_rows(small, 256, 7, 7), 25);
+        let same = Conv2d::SAME;
+        assert!(direct::applies(wide, 3, same, [4, 64, 64]));
+        assert!(!direct::applies(wide, 3, same, [4, 80, 80]));
+        assert!(!direct::applies(wide, 3, same, [1, 1, 127]));
+        assert!(direct::applies(wide, 3, same, [1, 1, 1]));
+        assert!(!direct::applies(wide, 3, same, [64, 6, 6]));
+        assert!(direct::applies(wide, 3, same, [2, 6, 6]));
+        assert!(direct::applies(small, 3, same, [64, 6, 6]));
     }
 
     /// Every patch conv3x3.wgsl reads is within the rows [`direct::patch_rows`] allows: the
@@ -309,15 +392,18 @@ mod tests {
         };
         for h in 1..40 {
             for w in 1..40 {
-                for batch in [1, 2, 3, 7] {
+                for (batch, tile) in [1, 2, 3, 7]
+                    .into_iter()
+                    .flat_map(|b| DirectTile::ALL.map(|t| (b, t)))
+                {
                     let npix = batch * h * w;
                     let mut p0 = 0;
                     while p0 < npix {
-                        let last = (p0 + direct::PIXELS).min(npix) - 1;
+                        let last = (p0 + tile.pixels()).min(npix) - 1;
                         let rows = tall(last, h, w) + 2 - (tall(p0, h, w) - 1);
-                        let bound = direct::patch_rows(batch, h, w);
-                        assert!(rows <= bound, "{h}x{w} batch {batch}");
-                        p0 += direct::PIXELS;
+                        let bound = direct::patch_rows(tile, batch, h, w);
+                        assert!(rows <= bound, "{h}x{w} batch {batch} {tile:?}");
+                        p0 += tile.pixels();
                     }
                 }
             }

@@ -21,7 +21,9 @@ use burn::tensor::{Device, DeviceKind};
 use flowmap::backend::Backend;
 use flowmap::bench::Profiled;
 use flowmap::cpu::CpuBackend;
-use flowmap::gpu::{ConvKernel, ConvTile, ConvTiles, GpuBackend, GpuContext, ShaderChecks};
+use flowmap::gpu::{
+    ConvKernel, ConvTile, ConvTiles, DirectTile, GpuBackend, GpuContext, ShaderChecks,
+};
 use flowmap::net::Network;
 use flowmap::output::write_atomic;
 use flowmap::parity::{scaled_error, OpParity};
@@ -205,7 +207,7 @@ fn sweep_table(m: &mut String, rows: &[SweepRow]) {
     if rows.is_empty() {
         return;
     }
-    let _ = writeln!(m, "\n## Convolutions alone, by kernel (GPU clock)\n\nEach distinct U-Net convolution run alone on random operands of its shapes, back to back; median µs of one dispatch (GFLOP/s). `default` is the backend's choice (`ConvKernel::for_layer`), shader in brackets; `conv3x3.wgsl` where it applies; **bold** the fastest.\n");
+    let _ = writeln!(m, "\n## Convolutions alone, by kernel (GPU clock)\n\nEach distinct U-Net convolution run alone on random operands of its shapes, back to back; median µs of one dispatch (GFLOP/s). `default` is the backend's choice (`ConvKernel::for_layer`), shader in brackets; `conv3x3.wgsl` (512 pixels × 16 channels a workgroup, 4 × 16 a thread) and `conv3x3.wgsl small` (128 × 16, 4 × 4 a thread) where they apply; **bold** the fastest.\n");
     let mut head = "| layer | batch | GFLOP |".to_string();
     let mut rule = "|---|---:|---:|".to_string();
     for (choice, _) in SWEEP_CHOICES {
@@ -277,7 +279,8 @@ pub struct SweepRow {
 /// One kernel choice's time for a [`SweepRow`]'s convolution.
 #[derive(Debug, Serialize)]
 pub struct SweepTime {
-    /// `default` (`ConvKernel::for_layer`), `conv2d.wgsl only`, `64×64` or `conv3x3.wgsl`.
+    /// `default` (`ConvKernel::for_layer`), `conv2d.wgsl only`, `64×64`, `conv3x3.wgsl` or
+    /// `conv3x3.wgsl small` (its 128-pixel tile).
     pub choice: String,
     /// The shader that ran.
     pub shader: String,
@@ -286,12 +289,13 @@ pub struct SweepTime {
     pub gflops: f64,
 }
 
-/// The kernel choices the sweep times, by name; conv3x3.wgsl only where it applies.
-const SWEEP_CHOICES: [(&str, ConvTiles); 4] = [
+/// The kernel choices the sweep times, by name; conv3x3.wgsl's tiles only where they apply.
+const SWEEP_CHOICES: [(&str, ConvTiles); 5] = [
     ("default", ConvTiles::ByLayer),
     ("conv2d.wgsl only", ConvTiles::GemmOnly),
     ("64×64", ConvTiles::Fixed(ConvTile::C64)),
-    ("conv3x3.wgsl", ConvTiles::Direct),
+    ("conv3x3.wgsl", ConvTiles::Direct(DirectTile::Wide)),
+    ("conv3x3.wgsl small", ConvTiles::Direct(DirectTile::Small)),
 ];
 
 /// Each distinct convolution of `w`'s forward at `batch`, run alone `reps` times back to back
@@ -329,8 +333,10 @@ fn conv_sweep(gpu: &GpuBackend, w: &Weights, batch: usize, reps: usize) -> Resul
         for (choice, tiles) in SWEEP_CHOICES {
             let kernel =
                 ConvKernel::for_layer(tiles, c.w[0], c.w[2], c.geom, [out[0], out[2], out[3]]);
-            if tiles == ConvTiles::Direct && kernel != ConvKernel::Direct {
-                continue;
+            if let ConvTiles::Direct(t) = tiles {
+                if kernel != ConvKernel::Direct(t) {
+                    continue;
+                }
             }
             gpu.set_conv_tiles(tiles);
             let run = || gpu.conv2d(&xg, &wg, &bg, c.geom, rg.as_ref());

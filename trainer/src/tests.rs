@@ -1092,6 +1092,7 @@ fn gpu_report_dry_run_writes_every_section() {
             let same_size = r["layer"].as_str().unwrap().starts_with("conv3x3")
                 && r["layer"].as_str().unwrap().contains(" s1");
             assert_eq!(choices.contains(&"conv3x3.wgsl"), same_size, "{r}");
+            assert_eq!(choices.contains(&"conv3x3.wgsl small"), same_size, "{r}");
         }
         assert!(md.contains("## Convolutions alone, by kernel"));
         // Each layer names the shader that ran it; at these batches every grid is small, so
