@@ -139,11 +139,11 @@ fn every_conv_tile_matches_cpu() {
     }
 }
 
-/// conv3x3.wgsl, both tiles (`ConvTiles::Direct` forces one wherever it applies): patches that span one
-/// image or many, rows of 3 to 50 pixels, several workgroups of pixels and of channels, input
-/// channels that fill its 2-channel steps or leave one empty, the input read upsampled ×2, with
-/// and without a residual. Its geometry rule is checked too: a layer it does not apply to runs
-/// conv2d.wgsl under the same setting.
+/// conv3x3.wgsl's two tiles (`ConvTiles::Direct` forces one wherever it applies): patches that
+/// span one image or many, rows of 3 to 50 pixels, several workgroups of pixels and of
+/// channels, input channels that fill its 2-channel steps or leave one empty, the input read
+/// upsampled ×2, with and without a residual. Its geometry rule is checked too: a layer it does
+/// not apply to runs conv2d.wgsl under the same setting.
 #[test]
 fn direct_conv3x3_matches_cpu() {
     let Some(g) = gpu() else { return };
