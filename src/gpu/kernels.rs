@@ -472,9 +472,9 @@ impl GpuBackend {
                     };
                     // SAFETY: wgpu's one requirement for turning loop bounding off is that no
                     // loop of these shaders runs forever. Every loop in shaders/ either has a
-                    // constant trip count or steps a counter by a positive amount towards a
-                    // bound below 2^31 (buffer bindings are under 2^31 bytes, so no counter
-                    // wraps): `k0 += BK`, `i += WG`, conv3x3.wgsl's `r += rpp` (entered only
+                    // constant trip count or steps a counter by at most 256 towards a bound
+                    // that counts elements of one binding (under 2^30: bindings are under 2^32
+                    // bytes), so no counter wraps: `k0 += BK`, `i += WG`, conv3x3.wgsl's `r += rpp` (entered only
                     // when rpp ≥ 1) and its `while (yy > hp) { yy -= hp + 1u; }`, which lowers
                     // yy by at least 1 each time. Bounds and integer-division checks stay on.
                     // tests/shaders.rs lists every loop of every file, so a new one is read

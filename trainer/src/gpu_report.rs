@@ -338,17 +338,21 @@ fn conv_sweep(gpu: &GpuBackend, w: &Weights, batch: usize, reps: usize) -> Resul
                     continue;
                 }
             }
+            // Set for this choice alone: the default is back before any error returns.
             gpu.set_conv_tiles(tiles);
-            let run = || gpu.conv2d(&xg, &wg, &bg, c.geom, rg.as_ref());
-            drop(run());
-            gpu.sync()?;
-            gpu.start_timing();
-            for _ in 0..reps.max(1) {
+            let timed = (|| {
+                let run = || gpu.conv2d(&xg, &wg, &bg, c.geom, rg.as_ref());
                 drop(run());
-            }
-            gpu.sync()?;
-            let timed = gpu.finish_timing()?.context("timing window was open")?;
+                gpu.sync()?;
+                gpu.start_timing();
+                for _ in 0..reps.max(1) {
+                    drop(run());
+                }
+                gpu.sync()?;
+                gpu.finish_timing()?.context("timing window was open")
+            })();
             gpu.set_conv_tiles(ConvTiles::ByLayer);
+            let timed = timed?;
             if timed.dispatches.is_empty() {
                 bail!("{layer}: no dispatch timed");
             }
