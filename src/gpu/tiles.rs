@@ -340,6 +340,13 @@ mod tests {
             by(32, 1, Conv2d::POINTWISE, [256, 28, 28]),
             ConvKernel::Gemm(ConvTile::C32)
         );
+        // Batch 64: only the 28×28 upsampling convolution (196 workgroups); the 16-channel
+        // 28×28 layers have 98 and keep the 16 × 256 tile (196 of those).
+        assert_eq!(by(32, 3, Conv2d::UP, [64, 28, 28]), DIRECT);
+        assert_eq!(
+            by(16, 3, Conv2d::SAME, [64, 28, 28]),
+            ConvKernel::Gemm(ConvTile::C16)
+        );
         // Batch 1: every grid is small.
         assert_eq!(
             by(16, 3, Conv2d::SAME, [1, 28, 28]),
