@@ -570,6 +570,22 @@ fn gpu_forward(
     Ok(Some((median(spans), best.unwrap_or_default())))
 }
 
+/// `g`'s forward of `w` at `batch` on the clock a forward row uses: the GPU clock, with the
+/// dispatches, where `gpu_clock` (`None` without timestamps), else the wall clock.
+fn forward_on_clock(
+    g: &GpuBackend,
+    w: &Weights,
+    batch: usize,
+    iters: usize,
+    gpu_clock: bool,
+) -> Result<Option<(f64, Option<Dispatches>)>> {
+    if gpu_clock {
+        return Ok(gpu_forward(g, w, batch, iters)?.map(|(span, d)| (span, Some(d))));
+    }
+    let net = w.network(g)?;
+    Ok(Some((wall_forward(g, &net, w, batch, iters)?, None)))
+}
+
 /// One forward's timed dispatches summed per op family, as report rows; `suffix` is appended
 /// to each family's name.
 fn kernel_rows<'a>(
@@ -911,48 +927,22 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
             };
             let gpu_secs = timed.as_ref().map(|t| t.0);
             let secs = gpu_secs.unwrap_or(wall);
-            // The same forward with wgpu's loop bounding, on the same clock as `secs`.
-            let bounded_secs = bounded.as_ref().and_then(|b| {
-                let t = if gpu_secs.is_some() {
-                    gpu_forward(b, w, batch, sizes.iters).map(|t| t.map(|t| t.0))
-                } else {
-                    w.network(b)
-                        .map_err(Into::into)
-                        .and_then(|n| wall_forward(b, &n, w, batch, sizes.iters))
-                        .map(Some)
-                };
-                t.unwrap_or_else(|e| {
-                    notes.push(format!(
-                        "{name} batch {batch}: forward with loop bounding failed: {e:#}"
-                    ));
+            // The same forward with wgpu's loop bounding, and with f16 storage (with its
+            // dispatches where the GPU clock timed them), each on the same clock as `secs`.
+            let gpu_clock = gpu_secs.is_some();
+            let mut also = |g: &GpuBackend, what: &str| {
+                forward_on_clock(g, w, batch, sizes.iters, gpu_clock).unwrap_or_else(|e| {
+                    notes.push(format!("{name} batch {batch}: {what} failed: {e:#}"));
                     None
                 })
-            });
-            // f16 storage: the same forward on the f16 backend, on the same clock as `secs`,
-            // with its dispatches where the GPU clock timed them.
-            let mut f16_timed: Option<(f64, Dispatches)> = None;
-            let f16_secs = gpu16.as_ref().and_then(|g16| {
-                let timed16 = if gpu_secs.is_some() {
-                    gpu_forward(g16, w, batch, sizes.iters).map(|t| {
-                        t.map(|(span, d)| {
-                            f16_timed = Some((span, d));
-                            span
-                        })
-                    })
-                } else {
-                    w.network(g16)
-                        .map_err(Into::into)
-                        .and_then(|n| wall_forward(g16, &n, w, batch, sizes.iters))
-                        .map(Some)
-                };
-                match timed16 {
-                    Ok(t) => t,
-                    Err(e) => {
-                        notes.push(format!("{name} batch {batch}: f16 forward failed: {e:#}"));
-                        None
-                    }
-                }
-            });
+            };
+            let bounded_secs = bounded
+                .as_ref()
+                .and_then(|b| also(b, "forward with loop bounding"))
+                .map(|t| t.0);
+            let f16_run = gpu16.as_ref().and_then(|g16| also(g16, "f16 forward"));
+            let f16_secs = f16_run.as_ref().map(|t| t.0);
+            let f16_timed = f16_run.and_then(|(span, d)| d.map(|d| (span, d)));
             report.forward.push(ForwardRow {
                 model: name.into(),
                 batch,
