@@ -100,17 +100,21 @@ impl DirectTile {
 
     /// conv3x3.wgsl's source rewritten for this tile.
     pub fn source(self, conv3x3: &str) -> Cow<'_, str> {
-        const CO_T: &str = "const CO_T: u32 = 16u;";
-        debug_assert!(conv3x3.matches(CO_T).count() == 1);
         match self {
             DirectTile::Wide => Cow::Borrowed(conv3x3),
-            DirectTile::Small => Cow::Owned(conv3x3.replacen(
-                CO_T,
-                &format!("const CO_T: u32 = {}u;", self.channels_per_thread()),
-                1,
-            )),
+            DirectTile::Small => {
+                Cow::Owned(set_const(conv3x3, "CO_T", 16, self.channels_per_thread()))
+            }
         }
     }
+}
+
+/// `src` with the line `const {name}: u32 = {from}u;`, which it must hold once, set to `to`:
+/// how the host builds a kernel's variants from its file.
+fn set_const(src: &str, name: &str, from: usize, to: usize) -> String {
+    let line = format!("const {name}: u32 = {from}u;");
+    debug_assert!(src.matches(&line).count() == 1, "{name}");
+    src.replacen(&line, &format!("const {name}: u32 = {to}u;"), 1)
 }
 
 /// conv3x3.wgsl's constants (tests/shaders.rs holds the file to them): threads a workgroup,
@@ -270,14 +274,8 @@ impl ConvTile {
         if self == ConvTile::C64 {
             return Cow::Borrowed(conv2d);
         }
-        const BM: &str = "const BM: u32 = 64u;";
-        const BK: &str = "const BK: u32 = 16u;";
-        debug_assert!(conv2d.matches(BM).count() == 1 && conv2d.matches(BK).count() == 1);
-        Cow::Owned(
-            conv2d
-                .replacen(BM, &format!("const BM: u32 = {}u;", self.channels()), 1)
-                .replacen(BK, &format!("const BK: u32 = {}u;", self.k_step()), 1),
-        )
+        let src = set_const(conv2d, "BM", 64, self.channels());
+        Cow::Owned(set_const(&src, "BK", 16, self.k_step()))
     }
 }
 
