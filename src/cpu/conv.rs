@@ -114,9 +114,42 @@ pub fn conv2d_skip_packed(
     ss: &[usize],
     skip_b: &[f32],
 ) -> (Vec<f32>, Vec<usize>) {
-    // One bias per output: b + bs.
-    let b: Vec<f32> = bias.iter().zip(skip_b).map(|(a, b)| a + b).collect();
-    run(x, xs, Some((skip, ss)), direct, ws, &b, geom, None)
+    run(
+        x,
+        xs,
+        Some((skip, ss)),
+        direct,
+        ws,
+        &skip_bias(bias, skip_b),
+        geom,
+        None,
+    )
+}
+
+/// The fused convolution's one bias per output: b + bs.
+pub(super) fn skip_bias(bias: &[f32], skip_b: &[f32]) -> Vec<f32> {
+    bias.iter().zip(skip_b).map(|(a, b)| a + b).collect()
+}
+
+/// [`conv2d_skip`]'s definition, the fused tests' expectation: the 1×1 skip projection by
+/// [`conv2d_reference`], then the convolution with it as the residual.
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv2d_skip_reference(
+    x: &[f32],
+    xs: &[usize],
+    w: &[f32],
+    ws: &[usize],
+    bias: &[f32],
+    geom: Conv2d,
+    skip: &[f32],
+    ss: &[usize],
+    skip_w: &[f32],
+    skip_b: &[f32],
+) -> Vec<f32> {
+    let sws = [ws[0], ss[1], 1, 1];
+    let (s, _) = conv2d_reference(skip, ss, skip_w, &sws, skip_b, Conv2d::POINTWISE, None);
+    conv2d_reference(x, xs, w, ws, bias, geom, Some(&s)).0
 }
 
 /// The fast path's one body: the convolution, with a fused skip input or not.
@@ -404,11 +437,9 @@ mod tests {
                 let mut v = |len: usize| -> Vec<f32> { (0..len).map(|_| rnd()).collect() };
                 let (x, wt, b) = (v(n * c * h * w), v(o * c * k * k), v(o));
                 let (skip, sw, sb) = (v(n * cs * h * w), v(o * cs), v(o));
-                let sws = [o, cs, 1, 1];
-                let (s, _) = conv2d_reference(&skip, &ss, &sw, &sws, &sb, Conv2d::POINTWISE, None);
-                let (want, wshape) = conv2d_reference(&x, &xs, &wt, &ws, &b, geom, Some(&s));
+                let want = conv2d_skip_reference(&x, &xs, &wt, &ws, &b, geom, &skip, &ss, &sw, &sb);
                 let (got, gshape) = conv2d_skip(&x, &xs, &wt, &ws, &b, geom, &skip, &ss, &sw, &sb);
-                assert_eq!(gshape, wshape);
+                assert_eq!(gshape, [n, o, h, w]);
                 for (i, (a, e)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (a - e).abs() < 1e-4 * (1.0 + e.abs()),

@@ -1283,20 +1283,13 @@ mod tests {
                 let mut v = |len: usize| -> Vec<f32> { (0..len).map(|_| rnd()).collect() };
                 let (x, wt, b) = (v(c * h * w), v(o * c * k * k), v(o));
                 let (skip, sw, sb) = (v(cs * h * w), v(o * cs), v(o));
-                let (sy, _) = conv2d_reference(
-                    &skip,
-                    &ss,
-                    &sw,
-                    &[o, cs, 1, 1],
-                    &sb,
-                    Conv2d::POINTWISE,
-                    None,
-                );
                 let geom = Conv2d::new(1, k / 2);
-                let (want, _) = conv2d_reference(&x, &xs, &wt, &ws, &b, geom, Some(&sy));
+                let want = crate::cpu::conv::conv2d_skip_reference(
+                    &x, &xs, &wt, &ws, &b, geom, &skip, &ss, &sw, &sb,
+                );
                 let g = ConvGeom::new(&xs, &ws, 1, k / 2).with_skip(cs);
                 let joined = crate::cpu::conv::join_skip(&wt, &ws, &sw, cs);
-                let bias: Vec<f32> = b.iter().zip(&sb).map(|(a, b)| a + b).collect();
+                let bias = crate::cpu::conv::skip_bias(&b, &sb);
                 let epi = Epilogue {
                     bias: &bias,
                     residual: None,
