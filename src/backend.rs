@@ -7,7 +7,7 @@ use crate::config::Activation;
 use crate::error::Result;
 
 /// 2-D convolution geometry (square kernels).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Conv2d {
     pub stride: usize,
     pub padding: usize,

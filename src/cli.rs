@@ -7,7 +7,7 @@ use flowmap::bench::{FamilyStats, Profiled};
 use flowmap::config::{DataSpec, ModelConfig, ModelMeta};
 use flowmap::cpu::CpuBackend;
 use flowmap::device::{self, DeviceChoice, Engine};
-use flowmap::gpu::GpuBackend;
+use flowmap::gpu::{GpuBackend, Tuning};
 use flowmap::models;
 use flowmap::net::{forward_costs, param_specs, Network};
 use flowmap::output::{encode, write_atomic, OutputFormat};
@@ -83,6 +83,37 @@ enum Command {
         /// records a step while the device runs the previous one).
         #[arg(long)]
         step_times: bool,
+        /// A kernel tuning file written by `flowmap tune` on this GPU: its convolutions run the
+        /// kernels measured fastest instead of the built-in rule.
+        #[arg(long)]
+        tuning: Option<PathBuf>,
+    },
+    /// Time every convolution kernel on this GPU for a model's layers and write the fastest
+    /// per layer to a tuning file (for `sample --tuning` and `bench --tuning`).
+    #[command(after_help = "Examples:
+  flowmap tune --out tuning.json                              # the shipped MNIST model at batch 64
+  flowmap tune --batch 1,64,256 --precision f32 --out tuning.json
+  flowmap sample --tuning tuning.json --steps 4 --out samples.png")]
+    Tune {
+        /// A shipped model compiled into this binary: mnist (the default) or checkerboard.
+        #[arg(long, conflicts_with = "weights")]
+        model: Option<String>,
+        /// A flowmap weights file (.safetensors) instead of a shipped model.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Batches to tune, comma-separated: a sampling pass has min(--n, the GPU's largest
+        /// pass) samples.
+        #[arg(long, default_value = "64")]
+        batch: String,
+        /// Tensor storage to tune in: auto, f32 or f16 (as `sample --precision`).
+        #[arg(long, default_value = "auto")]
+        precision: String,
+        /// Dispatches timed per kernel and convolution.
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+        /// The tuning file to write (JSON).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Print a weights file's config, parameter count, FLOPs per forward and provenance.
     #[command(after_help = "Examples:
@@ -128,6 +159,9 @@ enum Command {
         /// and stride), slowest first.
         #[arg(long)]
         layers: bool,
+        /// A kernel tuning file (`flowmap tune`) for the GPU backend at its precision.
+        #[arg(long)]
+        tuning: Option<PathBuf>,
     },
 }
 
@@ -147,6 +181,7 @@ pub fn main() -> ExitCode {
             grid,
             integrator,
             step_times,
+            tuning,
         } => run_sample(
             model.as_deref(),
             weights.as_deref(),
@@ -159,6 +194,22 @@ pub fn main() -> ExitCode {
             grid.as_deref(),
             &integrator,
             step_times,
+            tuning.as_deref(),
+        ),
+        Command::Tune {
+            model,
+            weights,
+            batch,
+            precision,
+            reps,
+            out,
+        } => run_tune(
+            model.as_deref(),
+            weights.as_deref(),
+            &batch,
+            &precision,
+            reps,
+            &out,
         ),
         Command::Info { file, tensors } => run_info(&file, tensors),
         Command::Bench {
@@ -170,6 +221,7 @@ pub fn main() -> ExitCode {
             iters,
             reference,
             layers,
+            tuning,
         } => run_bench(
             weights.as_deref(),
             &preset,
@@ -179,6 +231,7 @@ pub fn main() -> ExitCode {
             iters,
             reference,
             layers,
+            tuning.as_deref(),
         ),
     };
     match result {
@@ -222,6 +275,7 @@ fn run_sample(
     grid: Option<&str>,
     integrator: &str,
     step_times: bool,
+    tuning: Option<&Path>,
 ) -> Result<()> {
     // Check every argument before any work, so that bad input costs nothing.
     if n == 0 {
@@ -236,6 +290,8 @@ fn run_sample(
     let choice = DeviceChoice::parse(device)?;
     let precision = PrecisionChoice::parse(precision)?;
     check_writable(out)?;
+    let tuning_path = tuning;
+    let tuning = tuning.map(Tuning::read).transpose()?;
     let (w, label) = choose(model, weights)?;
     let meta = &w.meta;
     check_memory(meta, n)?;
@@ -260,6 +316,11 @@ fn run_sample(
     };
     let (samples, report) = match &engine {
         Engine::Cpu(b) => {
+            if tuning.is_some() {
+                eprintln!(
+                    "notice: --tuning is for the GPU backend; sampling on the CPU ignores it"
+                );
+            }
             let net = w.network(b)?;
             let chunk = sampler::max_batch(meta, 1 << 28)?;
             // Fewer samples than cores: every op is latency-bound, so the idle cores poll.
@@ -271,6 +332,9 @@ fn run_sample(
             b.warm_up()?;
             let net = w.network(b.as_ref())?;
             let chunk = b.max_batch(meta)?;
+            if let (Some(t), Some(path)) = (&tuning, tuning_path) {
+                apply_tuning(b, t, path, n.min(chunk))?;
+            }
             let run = |chunk| {
                 sampler::sample_paced(b.as_ref(), &net, &noise, &grid, integrator, chunk, pace)
             };
@@ -322,6 +386,119 @@ fn run_sample(
     let data: Vec<f32> = samples.iter().map(|&v| meta.data.to_data(v)).collect();
     let bytes = encode(&data, n, &meta.data, format)?;
     write_atomic(out, &bytes)?;
+    say!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Installs `t` (read from `path`) on the GPU backend and says what it covers; a notice when
+/// the run's passes of `pass` samples are not among the batches it was measured at.
+fn apply_tuning(b: &GpuBackend, t: &Tuning, path: &Path, pass: usize) -> Result<()> {
+    let n = b
+        .use_tuning(t)
+        .with_context(|| format!("--tuning {}", path.display()))?;
+    let batches = t.batches();
+    say!(
+        "kernels: tuned for {n} convolution shapes at batch {} ({})",
+        join(&batches),
+        path.display()
+    );
+    if !batches.contains(&pass) {
+        eprintln!(
+            "notice: {} was tuned at batch {}, but this run's passes have {pass} samples, so the built-in rule picks their kernels (tune with --batch {pass})",
+            path.display(),
+            join(&batches)
+        );
+    }
+    Ok(())
+}
+
+fn join(v: &[usize]) -> String {
+    v.iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `--batch 1,64,256`: positive, distinct, in the order given.
+fn parse_batches(s: &str) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let b: usize = part
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&b| b > 0)
+            .with_context(|| format!("--batch: {part:?} is not a positive integer"))?;
+        if !out.contains(&b) {
+            out.push(b);
+        }
+    }
+    Ok(out)
+}
+
+fn run_tune(
+    model: Option<&str>,
+    weights: Option<&Path>,
+    batch: &str,
+    precision: &str,
+    reps: usize,
+    out: &Path,
+) -> Result<()> {
+    let batches = parse_batches(batch)?;
+    if reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let precision = PrecisionChoice::parse(precision)?;
+    check_writable(out)?;
+    let (w, label) = choose(model, weights)?;
+    let (engine, _) = device::open(DeviceChoice::Gpu, precision)?;
+    let Engine::Gpu(b) = &engine else {
+        bail!("tuning needs a GPU adapter");
+    };
+    say!("model: {label}");
+    say!("device: {}", engine.describe());
+    let most = b.max_batch(&w.meta)?;
+    if let Some(&big) = batches.iter().find(|&&b| b > most) {
+        bail!("--batch {big} is more than one pass holds on this GPU ({most} samples)");
+    }
+    say!(
+        "clock: {}; {reps} dispatches per kernel and convolution, median",
+        if b.has_timestamps() {
+            "the GPU's (timestamp queries)"
+        } else {
+            "the host's (this adapter has no timestamp queries)"
+        }
+    );
+    let t = Tuning::measure(b, &w, &batches, reps, |c| {
+        let times: Vec<String> = c.us.iter().map(|(k, us)| format!("{k} {us:.1}")).collect();
+        let (tuned, rule) = c.times();
+        say!(
+            "  batch {:>4}  {:<34} ×{}  {}  → {}{}",
+            c.batch,
+            c.layer,
+            c.count,
+            times.join(", "),
+            c.kernel,
+            if c.kernel == c.rule {
+                " (the rule's)".to_string()
+            } else {
+                format!(" ({:.2}× the rule's {})", rule / tuned, c.rule)
+            }
+        );
+    })?;
+    if t.convs.is_empty() {
+        bail!("{label} runs no convolution, so there is nothing to tune");
+    }
+    for batch in t.batches() {
+        let (rule, tuned) = t.forward_us(batch);
+        say!(
+            "batch {batch}: the forward's convolutions take {:.3} ms with the rule's kernels, {:.3} ms tuned ({:.2}×)",
+            rule / 1e3,
+            tuned / 1e3,
+            rule / tuned
+        );
+    }
+    write_atomic(out, t.to_json().as_bytes())?;
     say!("wrote {}", out.display());
     Ok(())
 }
@@ -457,10 +634,14 @@ fn run_bench(
     iters: usize,
     reference: bool,
     layers: bool,
+    tuning: Option<&Path>,
 ) -> Result<()> {
     if batch == 0 || iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }
+    let tuning = tuning
+        .map(|p| Ok::<_, Error>((Tuning::read(p)?, p)))
+        .transpose()?;
     let precisions = match precision {
         "both" => vec![PrecisionChoice::F32, PrecisionChoice::F16],
         p => vec![PrecisionChoice::parse(p).context("--precision: auto, f32, f16 or both")?],
@@ -540,6 +721,17 @@ fn run_bench(
             Engine::Gpu(b) => {
                 say!("\n== {} ==", engine.describe());
                 b.warm_up()?;
+                if let Some((t, path)) = &tuning {
+                    if t.precision == engine.precision().name() {
+                        apply_tuning(b, t, path, batch)?;
+                    } else {
+                        say!(
+                            "kernels: the rule's ({} was tuned in {})",
+                            path.display(),
+                            t.precision
+                        );
+                    }
+                }
                 bench_backend(
                     b.as_ref(),
                     &w,

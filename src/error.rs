@@ -54,6 +54,9 @@ pub enum Error {
     Unsupported(String),
     #[error("the GPU ran out of memory ({0})")]
     GpuOutOfMemory(String),
+    /// A kernel tuning file (`flowmap tune`) that cannot be used here.
+    #[error("kernel tuning: {0}")]
+    Tuning(String),
     #[error("output error: {0}")]
     Output(String),
 }

@@ -507,3 +507,89 @@ fn bench_layers_lists_every_convolution_by_its_geometry() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `tune` writes a tuning file for the adapter at hand and `sample --tuning` runs with it; a
+/// tuning from another adapter, a file that is not one, and bad `tune` arguments are named
+/// errors that leave no output file.
+#[test]
+fn tune_writes_a_tuning_that_sample_uses() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let dir = temp_dir("cli-tune");
+    let w = write_random_model(&dir, "unet.safetensors", tiny_unet(), 3);
+    let ws = w.to_str().unwrap();
+    let t = dir.join("tuning.json");
+    let ts = t.to_str().unwrap();
+    let f32_gpu = ["--device", "gpu", "--precision", "f32", "--n", "2"];
+    let (ok, out, err) = flowmap(&[
+        "tune",
+        "--weights",
+        ws,
+        "--batch",
+        "2",
+        "--reps",
+        "1",
+        "--precision",
+        "f32",
+        "--out",
+        ts,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("batch 2: the forward's convolutions take"),
+        "{out}"
+    );
+    let tuning = flowmap::gpu::Tuning::read(&t).unwrap();
+    assert!(tuning.convs.iter().all(|c| c.batch == 2) && !tuning.convs.is_empty());
+
+    let png = dir.join("s.png");
+    let mut args = vec!["sample", "--weights", ws, "--tuning", ts, "--out"];
+    args.push(png.to_str().unwrap());
+    args.extend(f32_gpu);
+    let (ok, out, err) = flowmap(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("kernels: tuned for"), "{out}");
+    assert!(png.exists());
+
+    let mut other = tuning.clone();
+    other.adapter = "Another GPU".into();
+    let other_path = dir.join("other.json");
+    std::fs::write(&other_path, other.to_json()).unwrap();
+    let garbage = dir.join("garbage.json");
+    std::fs::write(&garbage, "{\"flowmap_tuning\": 1}").unwrap();
+    let missing = dir.join("missing.json");
+    let no_png = dir.join("none.png");
+    for (file, needle) in [
+        (&other_path, "measured on Another GPU"),
+        (&garbage, "not a tuning file"),
+        (&missing, "cannot read"),
+    ] {
+        let mut extra = vec!["--tuning", file.to_str().unwrap()];
+        extra.extend(f32_gpu);
+        expect_failure(&w, &extra, &no_png, needle);
+    }
+
+    let t2 = dir.join("t2.json");
+    for (batch, needle) in [
+        ("0", "--batch"),
+        ("2,x", "--batch"),
+        ("1000000", "more than one pass"),
+    ] {
+        let (ok, _, err) = flowmap(&[
+            "tune",
+            "--weights",
+            ws,
+            "--batch",
+            batch,
+            "--out",
+            t2.to_str().unwrap(),
+        ]);
+        assert!(
+            !ok && err.contains(needle) && !err.contains("panicked"),
+            "{batch}: {err}"
+        );
+        assert!(!t2.exists());
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -3,7 +3,7 @@
 
 use super::context::GpuContext;
 use super::pool::{self, Pool, PooledBuffer};
-use super::tiles::{kernel_source, ConvKernel, ConvTile, ConvTiles, DirectTile};
+use super::tiles::{kernel_source, ConvKernel, ConvShape, ConvTile, ConvTiles, DirectTile};
 use super::uniforms::Uniforms;
 use crate::backend::{conv2d_out_shape, Backend, Conv2d, Shaped};
 use crate::config::Activation;
@@ -180,6 +180,9 @@ pub struct GpuBackend {
     dispatches: std::cell::Cell<u64>,
     /// How conv2d picks its tile ([`Self::set_conv_tiles`]).
     conv_tiles: std::cell::Cell<ConvTiles>,
+    /// Kernels measured fastest on this adapter, by convolution ([`Self::use_tuning`]);
+    /// consulted before [`ConvKernel::for_layer`]'s rule when `conv_tiles` is `ByLayer`.
+    pub(super) tuned: RefCell<HashMap<ConvShape, ConvKernel>>,
     /// What wgpu checks at run time in the kernels ([`Self::with_shader_checks`]).
     checks: ShaderChecks,
 }
@@ -294,6 +297,7 @@ impl GpuBackend {
             timer: RefCell::default(),
             dispatches: std::cell::Cell::new(0),
             conv_tiles: std::cell::Cell::default(),
+            tuned: RefCell::default(),
             checks: ShaderChecks::default(),
         }
     }
@@ -316,6 +320,50 @@ impl GpuBackend {
     /// times the choices against each other.
     pub fn set_conv_tiles(&self, tiles: ConvTiles) {
         self.conv_tiles.set(tiles);
+    }
+
+    /// [`Backend::conv2d`] with `kernel`, whatever the rule or a tuning would pick: how a tuner
+    /// times each candidate ([`super::tune`]). `kernel` must apply ([`ConvKernel::applies`]).
+    pub fn conv2d_with(
+        &self,
+        kernel: ConvKernel,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        bias: &GpuTensor,
+        geom: Conv2d,
+        residual: Option<&GpuTensor>,
+    ) -> GpuTensor {
+        let out_shape = conv2d_out_shape(&x.shape, &w.shape, geom);
+        debug_assert!(kernel.applies(w.shape[2], geom, [out_shape[0], out_shape[2], out_shape[3]]));
+        let y = self.alloc(&out_shape);
+        let npix = out_shape[0] * out_shape[2] * out_shape[3];
+        let (tiles_n, total) = kernel.grid(w.shape[0], npix);
+        let res = residual.map(|r| r.buffer()).unwrap_or(&self.dummy);
+        let params = [
+            u(x.shape[0]),
+            u(x.shape[1]),
+            u(x.shape[2]),
+            u(x.shape[3]),
+            u(w.shape[0]),
+            u(out_shape[2]),
+            u(out_shape[3]),
+            u(w.shape[2]),
+            u(geom.stride),
+            u(geom.padding),
+            u(residual.is_some() as usize),
+            u(tiles_n),
+            u(total),
+            u(geom.upsample as usize),
+        ];
+        let bufs = [
+            (0, x.buffer()),
+            (1, w.buffer()),
+            (2, bias.buffer()),
+            (3, res),
+            (4, y.buffer()),
+        ];
+        self.dispatch(kernel.shader(), "main", &bufs, &params, total);
+        y
     }
 
     /// Bytes of free buffers the pool holds for reuse.
@@ -918,43 +966,19 @@ impl Backend for GpuBackend {
         geom: Conv2d,
         residual: Option<&GpuTensor>,
     ) -> GpuTensor {
-        let out_shape = conv2d_out_shape(&x.shape, &w.shape, geom);
-        let y = self.alloc(&out_shape);
-        let npix = out_shape[0] * out_shape[2] * out_shape[3];
-        let kernel = ConvKernel::for_layer(
-            self.conv_tiles.get(),
-            w.shape[0],
-            w.shape[2],
-            geom,
-            [out_shape[0], out_shape[2], out_shape[3]],
-        );
-        let (tiles_n, total) = kernel.grid(w.shape[0], npix);
-        let res = residual.map(|r| r.buffer()).unwrap_or(&self.dummy);
-        let params = [
-            u(x.shape[0]),
-            u(x.shape[1]),
-            u(x.shape[2]),
-            u(x.shape[3]),
-            u(w.shape[0]),
-            u(out_shape[2]),
-            u(out_shape[3]),
-            u(w.shape[2]),
-            u(geom.stride),
-            u(geom.padding),
-            u(residual.is_some() as usize),
-            u(tiles_n),
-            u(total),
-            u(geom.upsample as usize),
-        ];
-        let bufs = [
-            (0, x.buffer()),
-            (1, w.buffer()),
-            (2, bias.buffer()),
-            (3, res),
-            (4, y.buffer()),
-        ];
-        self.dispatch(kernel.shader(), "main", &bufs, &params, total);
-        y
+        let tiles = self.conv_tiles.get();
+        let tuned = match (
+            tiles,
+            ConvShape::new(&x.shape, &w.shape, geom, residual.is_some()),
+        ) {
+            (ConvTiles::ByLayer, Some(key)) => self.tuned.borrow().get(&key).copied(),
+            _ => None,
+        };
+        let kernel = tuned.unwrap_or_else(|| {
+            let o = conv2d_out_shape(&x.shape, &w.shape, geom);
+            ConvKernel::for_layer(tiles, w.shape[0], w.shape[2], geom, [o[0], o[2], o[3]])
+        });
+        self.conv2d_with(kernel, x, w, bias, geom, residual)
     }
 
     fn group_norm(

@@ -6,6 +6,7 @@ mod context;
 mod kernels;
 mod pool;
 mod tiles;
+pub mod tune;
 mod uniforms;
 
 pub use context::{AdapterSummary, GpuContext, WORKGROUP_MEMORY};
@@ -13,8 +14,9 @@ pub use kernels::{
     bindings_of, shader_source, GpuBackend, GpuTensor, GpuTimes, ShaderChecks, GEMV_ROWS,
 };
 pub use tiles::{
-    direct, kernel_source, ConvKernel, ConvTile, ConvTiles, DirectTile, MIN_NARROW_GRID,
+    direct, kernel_source, ConvKernel, ConvShape, ConvTile, ConvTiles, DirectTile, MIN_NARROW_GRID,
 };
+pub use tune::Tuning;
 
 /// Every WGSL source, by file name (for validation tests and pipeline creation).
 pub const SHADERS: &[(&str, &str)] = &[

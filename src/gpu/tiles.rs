@@ -193,6 +193,30 @@ impl ConvKernel {
         }
     }
 
+    /// Every kernel and tile, in the order a tuner tries them.
+    pub const ALL: [ConvKernel; 5] = [
+        ConvKernel::Gemm(ConvTile::C64),
+        ConvKernel::Gemm(ConvTile::C32),
+        ConvKernel::Gemm(ConvTile::C16),
+        ConvKernel::Direct(DirectTile::Wide),
+        ConvKernel::Direct(DirectTile::Small),
+    ];
+
+    /// The kernel behind a pipeline's shader name ([`Self::shader`]).
+    pub fn from_shader(name: &str) -> Option<ConvKernel> {
+        Self::ALL.into_iter().find(|k| k.shader() == name)
+    }
+
+    /// Whether this kernel computes a convolution of a `ksize`² kernel with `geom` onto
+    /// `[n, _, h, w]` outputs: conv2d.wgsl's tiles every one, conv3x3.wgsl's where
+    /// [`direct::applies`].
+    pub fn applies(self, ksize: usize, geom: crate::backend::Conv2d, out: [usize; 3]) -> bool {
+        match self {
+            ConvKernel::Gemm(_) => true,
+            ConvKernel::Direct(t) => direct::applies(t, ksize, geom, out),
+        }
+    }
+
     /// The pipeline's shader name.
     pub fn shader(self) -> &'static str {
         match self {
@@ -207,6 +231,59 @@ impl ConvKernel {
             ConvKernel::Gemm(t) => t.grid(c_out, npix),
             ConvKernel::Direct(t) => direct::grid(t, c_out, npix),
         }
+    }
+}
+
+/// One convolution's operands as a kernel choice depends on them: the input `[n, c, h, w]`, the
+/// weights `[c_out, c_in, k, k]`, the geometry and whether a residual is added. The key of a
+/// tuning ([`super::tune::Tuning`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvShape {
+    pub x: [usize; 4],
+    pub w: [usize; 4],
+    pub geom: crate::backend::Conv2d,
+    pub residual: bool,
+}
+
+impl ConvShape {
+    /// `None` unless both shapes have four dimensions.
+    pub fn new(
+        x: &[usize],
+        w: &[usize],
+        geom: crate::backend::Conv2d,
+        residual: bool,
+    ) -> Option<Self> {
+        Some(ConvShape {
+            x: x.try_into().ok()?,
+            w: w.try_into().ok()?,
+            geom,
+            residual,
+        })
+    }
+
+    /// The output's `[n, h, w]`.
+    pub fn out(&self) -> [usize; 3] {
+        let o = crate::backend::conv2d_out_shape(&self.x, &self.w, self.geom);
+        [o[0], o[2], o[3]]
+    }
+
+    /// Multiply-adds × 2.
+    pub fn flops(&self) -> f64 {
+        let [n, h, w] = self.out();
+        2.0 * (n * h * w * self.w.iter().product::<usize>()) as f64
+    }
+
+    /// The kernels that compute it, in [`ConvKernel::ALL`]'s order.
+    pub fn candidates(&self) -> Vec<ConvKernel> {
+        ConvKernel::ALL
+            .into_iter()
+            .filter(|k| k.applies(self.w[2], self.geom, self.out()))
+            .collect()
+    }
+
+    /// What [`ConvKernel::for_layer`] picks for it with `tiles`.
+    pub fn rule(&self, tiles: ConvTiles) -> ConvKernel {
+        ConvKernel::for_layer(tiles, self.w[0], self.w[2], self.geom, self.out())
     }
 }
 
