@@ -21,9 +21,8 @@ use burn::tensor::{Device, DeviceKind};
 use flowmap::backend::Backend;
 use flowmap::bench::Profiled;
 use flowmap::cpu::CpuBackend;
-use flowmap::gpu::{
-    ConvKernel, ConvTile, ConvTiles, DirectTile, GpuBackend, GpuContext, ShaderChecks,
-};
+use flowmap::gpu::tune::TunedConv;
+use flowmap::gpu::{ConvKernel, ConvTile, ConvTiles, GpuBackend, GpuContext, ShaderChecks, Tuning};
 use flowmap::net::Network;
 use flowmap::output::write_atomic;
 use flowmap::parity::{scaled_error, OpParity};
@@ -142,6 +141,10 @@ pub struct ForwardRow {
     /// they ran before the sixteenth session), on the same clock as the default.
     pub wgsl_bounded_ms: Option<f64>,
     pub bounded_over_default: Option<f64>,
+    /// flowmap WGSL with the fastest kernel per convolution as measured in this run (the
+    /// sweep; `flowmap tune`), on the same clock as the default (the rule's kernels).
+    pub wgsl_tuned_ms: Option<f64>,
+    pub tuned_over_default: Option<f64>,
     pub wgsl_gflops: f64,
     pub pct_of_peak: f64,
     pub wgsl_over_burn: Option<f64>,
@@ -193,53 +196,59 @@ pub struct Report {
     /// The U-Net's convolutions per layer shape at batch 1 and the largest batch (`kernel` is
     /// the layer).
     pub layers: Vec<KernelRow>,
-    /// The U-Net's convolutions one at a time, with each kernel choice.
+    /// The U-Net's convolutions one at a time, with each kernel that computes them.
     pub sweep: Vec<SweepRow>,
+    /// The sweep as a tuning file for this adapter (written beside the report as tuning.json).
+    #[serde(skip)]
+    pub tuning: Option<Tuning>,
     pub sampling: Vec<SampleRow>,
     pub goals: Vec<Goal>,
     pub notes: Vec<String>,
     pub seconds: f64,
 }
 
-/// The convolution sweep: a row per layer and batch, a column per kernel choice (µs per
-/// dispatch, GFLOP/s), the fastest marked; nothing where there are no rows.
-fn sweep_table(m: &mut String, rows: &[SweepRow]) {
+/// The convolution sweep: a row per layer and batch, a column per kernel (µs per dispatch,
+/// GFLOP/s), the fastest in bold and the rule's marked; nothing where there are no rows.
+fn sweep_table(m: &mut String, rows: &[SweepRow], clock: &str) {
     if rows.is_empty() {
         return;
     }
-    let _ = writeln!(m, "\n## Convolutions alone, by kernel (GPU clock)\n\nEach distinct U-Net convolution run alone on random operands of its shapes, back to back; median µs of one dispatch (GFLOP/s). `default` is the backend's choice (`ConvKernel::for_layer`), shader in brackets; `conv3x3.wgsl` (512 pixels × 16 channels a workgroup, 4 × 16 a thread) and `conv3x3.wgsl small` (128 × 16, 4 × 4 a thread) where they apply; **bold** the fastest.\n");
-    let mut head = "| layer | batch | GFLOP |".to_string();
-    let mut rule = "|---|---:|---:|".to_string();
-    for (choice, _) in SWEEP_CHOICES {
-        let _ = write!(head, " {choice} |");
-        rule.push_str("---|");
+    let _ = writeln!(m, "\n## Convolutions alone, by kernel ({clock})\n\nEach distinct U-Net convolution run alone on random operands of its shapes, back to back, with every kernel that computes it (`flowmap tune`'s measurement, src/gpu/tune.rs): median µs of one dispatch (GFLOP/s). conv2d.wgsl is the implicit GEMM with its 64 × 64, 32 × 128 (`#c32`) and 16 × 256 (`#c16`) tiles; conv3x3.wgsl the direct kernel (512 pixels × 16 channels a workgroup) and `#small` its 128-pixel tile, on the same-size 3×3 layers. **Bold** the fastest, † the kernel `ConvKernel::for_layer`'s rule picks; the last column is the rule's time over the fastest. The forward runs each row ×count times. The fastest per row are written to tuning.json beside this report (`flowmap sample --tuning`).\n");
+    let mut head = "| layer | batch | ×count | GFLOP |".to_string();
+    let mut line = "|---|---:|---:|---:|".to_string();
+    for k in ConvKernel::ALL {
+        let _ = write!(head, " {} |", k.shader());
+        line.push_str("---|");
     }
-    let _ = writeln!(m, "{head}\n{rule}");
+    let _ = writeln!(m, "{head} rule ÷ fastest |\n{line}---:|");
     for r in rows {
-        let best = r.times.iter().map(|t| t.us).fold(f64::INFINITY, f64::min);
-        let _ = write!(m, "| {} | {} | {:.4} |", r.layer, r.batch, r.gflop);
-        for (choice, _) in SWEEP_CHOICES {
-            match r.times.iter().find(|t| t.choice == choice) {
+        let _ = write!(
+            m,
+            "| {} | {} | {} | {:.4} |",
+            r.layer, r.batch, r.count, r.gflop
+        );
+        let mut rule_us = f64::NAN;
+        let mut best_us = f64::NAN;
+        for k in ConvKernel::ALL {
+            match r.times.iter().find(|t| t.kernel == k.shader()) {
                 Some(t) => {
-                    let cell = format!("{:.1} µs ({})", t.us, rate(t.gflops));
-                    let cell = if t.us == best {
-                        format!("**{cell}**")
-                    } else {
-                        cell
-                    };
-                    let shader = if choice == "default" {
-                        format!(" [{}]", t.shader)
-                    } else {
-                        String::new()
-                    };
-                    let _ = write!(m, " {cell}{shader} |");
+                    let mut cell = format!("{:.1} µs ({})", t.us, rate(t.gflops));
+                    if t.kernel == r.fastest {
+                        best_us = t.us;
+                        cell = format!("**{cell}**");
+                    }
+                    if t.kernel == r.rule {
+                        rule_us = t.us;
+                        cell.push_str(" †");
+                    }
+                    let _ = write!(m, " {cell} |");
                 }
                 None => {
                     let _ = write!(m, " – |");
                 }
             }
         }
-        let _ = writeln!(m);
+        let _ = writeln!(m, " {:.2} |", rule_us / best_us);
     }
 }
 
@@ -267,111 +276,53 @@ fn kernel_table(m: &mut String, heading: &str, what: &str, rows: &[KernelRow]) {
 }
 
 /// One convolution of the U-Net (a distinct layer shape at one batch) run alone, back to back,
-/// with each kernel choice.
+/// with every kernel that computes it.
 #[derive(Debug, Serialize)]
 pub struct SweepRow {
     pub layer: String,
     pub batch: usize,
+    /// How many times the forward runs it.
+    pub count: usize,
     pub gflop: f64,
+    /// The shader `ConvKernel::for_layer`'s rule runs it with.
+    pub rule: String,
+    /// The fastest shader measured: the tuning's choice.
+    pub fastest: String,
     pub times: Vec<SweepTime>,
 }
 
-/// One kernel choice's time for a [`SweepRow`]'s convolution.
+/// One kernel's time for a [`SweepRow`]'s convolution.
 #[derive(Debug, Serialize)]
 pub struct SweepTime {
-    /// `default` (`ConvKernel::for_layer`), `conv2d.wgsl only`, `64×64`, `conv3x3.wgsl` or
-    /// `conv3x3.wgsl small` (its 128-pixel tile).
-    pub choice: String,
-    /// The shader that ran.
-    pub shader: String,
-    /// Median GPU time of one dispatch, in microseconds.
+    /// The shader (`ConvKernel::shader`): conv2d.wgsl, conv2d.wgsl#c32, conv2d.wgsl#c16,
+    /// conv3x3.wgsl or conv3x3.wgsl#small.
+    pub kernel: String,
+    /// Median time of one dispatch, in microseconds.
     pub us: f64,
     pub gflops: f64,
 }
 
-/// The kernel choices the sweep times, by name; conv3x3.wgsl's tiles only where they apply.
-const SWEEP_CHOICES: [(&str, ConvTiles); 5] = [
-    ("default", ConvTiles::ByLayer),
-    ("conv2d.wgsl only", ConvTiles::GemmOnly),
-    ("64×64", ConvTiles::Fixed(ConvTile::C64)),
-    ("conv3x3.wgsl", ConvTiles::Direct(DirectTile::Wide)),
-    ("conv3x3.wgsl small", ConvTiles::Direct(DirectTile::Small)),
-];
-
-/// Each distinct convolution of `w`'s forward at `batch`, run alone `reps` times back to back
-/// with each kernel choice ([`SWEEP_CHOICES`]) on random operands of its shapes: what each
-/// kernel costs per layer and batch, apart from the forward's other ops and gaps, so the
-/// per-layer choice (`ConvKernel::for_layer`, its thresholds) can be read off. GPU clock only:
-/// empty where the adapter has no timestamps.
-fn conv_sweep(gpu: &GpuBackend, w: &Weights, batch: usize, reps: usize) -> Result<Vec<SweepRow>> {
-    if !gpu.has_timestamps() {
-        return Ok(Vec::new());
-    }
-    let prof = Profiled::recording(gpu);
-    let net = w.network(&prof)?;
-    let (x, shape, s, t) = input(w, batch);
-    let xt = gpu.upload(&x, &shape)?;
-    prof.reset();
-    drop(net.velocity(&prof, &xt, &s, &t)?);
-    gpu.sync()?;
-    let mut layers: Vec<(String, flowmap::bench::ConvCall, f64)> = Vec::new();
-    for c in prof.calls() {
-        if let Some(conv) = c.conv {
-            if !layers.iter().any(|l| l.0 == c.layer) {
-                layers.push((c.layer, conv, c.flops));
-            }
-        }
-    }
-    let mut rng = Rng::new(9);
-    let mut rows = Vec::new();
-    for (layer, c, flops) in layers {
-        let mut up = |shape: &[usize]| gpu.upload(&rng.normals(shape.iter().product(), 1.0), shape);
-        let out = flowmap::backend::conv2d_out_shape(&c.x, &c.w, c.geom);
-        let (xg, wg, bg) = (up(&c.x)?, up(&c.w)?, up(&c.w[..1])?);
-        let rg = if c.residual { Some(up(&out)?) } else { None };
-        let mut times = Vec::new();
-        for (choice, tiles) in SWEEP_CHOICES {
-            let kernel =
-                ConvKernel::for_layer(tiles, c.w[0], c.w[2], c.geom, [out[0], out[2], out[3]]);
-            if let ConvTiles::Direct(t) = tiles {
-                if kernel != ConvKernel::Direct(t) {
-                    continue;
-                }
-            }
-            // Set for this choice alone: the default is back before any error returns.
-            gpu.set_conv_tiles(tiles);
-            let timed = (|| {
-                let run = || gpu.conv2d(&xg, &wg, &bg, c.geom, rg.as_ref());
-                drop(run());
-                gpu.sync()?;
-                gpu.start_timing();
-                for _ in 0..reps.max(1) {
-                    drop(run());
-                }
-                gpu.sync()?;
-                gpu.finish_timing()?.context("timing window was open")
-            })();
-            gpu.set_conv_tiles(ConvTiles::ByLayer);
-            let timed = timed?;
-            if timed.dispatches.is_empty() {
-                bail!("{layer}: no dispatch timed");
-            }
-            let us = 1e6 * median(timed.dispatches.iter().map(|d| d.1).collect());
-            times.push(SweepTime {
-                choice: choice.into(),
-                shader: kernel.shader().into(),
-                us,
-                gflops: flops / us / 1e3,
-            });
-        }
-        rows.push(SweepRow {
-            layer,
-            batch,
+impl SweepRow {
+    fn new(c: &TunedConv) -> SweepRow {
+        let flops = c.shape().flops();
+        SweepRow {
+            layer: c.layer.clone(),
+            batch: c.batch,
+            count: c.count,
             gflop: flops / 1e9,
-            times,
-        });
+            rule: c.rule.clone(),
+            fastest: c.kernel.clone(),
+            times: c
+                .us
+                .iter()
+                .map(|(k, &us)| SweepTime {
+                    kernel: k.clone(),
+                    us,
+                    gflops: flops / us / 1e3,
+                })
+                .collect(),
+        }
     }
-    Ok(rows)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -787,6 +738,7 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
         kernels: Vec::new(),
         layers: Vec::new(),
         sweep: Vec::new(),
+        tuning: None,
         sampling: Vec::new(),
         goals: Vec::new(),
         notes: std::mem::take(&mut notes),
@@ -953,6 +905,8 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
                 wgsl_f16_ms: f16_secs.map(|s| s * 1e3),
                 wgsl_bounded_ms: bounded_secs.map(|s| s * 1e3),
                 bounded_over_default: bounded_secs.map(|s| s / secs),
+                wgsl_tuned_ms: None,
+                tuned_over_default: None,
                 f16_over_f32: f16_secs.map(|s| s / secs),
                 wgsl_gflops: gflop / secs,
                 pct_of_peak: 100.0 * gflop / secs / peak,
@@ -1004,8 +958,44 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
             }
             if name == "mnist" {
                 log(&format!("convolutions alone: {name} at batch {batch}"));
-                match conv_sweep(&gpu, w, batch, 2 * sizes.iters) {
-                    Ok(rows) => report.sweep.extend(rows),
+                match Tuning::measure(&gpu, w, &[batch], 2 * sizes.iters, |_| {}) {
+                    Ok(t) => {
+                        report.sweep.extend(t.convs.iter().map(SweepRow::new));
+                        // The forward again with the fastest kernel per convolution (what
+                        // `flowmap sample --tuning` runs), on the default's clock.
+                        let tuned = gpu
+                            .use_tuning(&t)
+                            .map_err(anyhow::Error::from)
+                            .and_then(|_| forward_on_clock(&gpu, w, batch, sizes.iters, gpu_clock));
+                        gpu.clear_tuning();
+                        match tuned {
+                            Ok(Some((tuned_secs, d))) => {
+                                if let Some(row) = report
+                                    .forward
+                                    .iter_mut()
+                                    .rev()
+                                    .find(|f| f.model == name && f.batch == batch)
+                                {
+                                    row.wgsl_tuned_ms = Some(tuned_secs * 1e3);
+                                    row.tuned_over_default = Some(tuned_secs / secs);
+                                }
+                                if let Some(d) = d {
+                                    report.kernels.extend(
+                                        kernel_rows(name, batch, tuned_secs, d, peak, " (tuned)")
+                                            .filter(|k| k.kernel.starts_with("conv")),
+                                    );
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => notes.push(format!(
+                                "{name} batch {batch}: the tuned forward failed: {e:#}"
+                            )),
+                        }
+                        match &mut report.tuning {
+                            Some(all) => all.convs.extend(t.convs),
+                            None => report.tuning = Some(t),
+                        }
+                    }
                     Err(e) => notes.push(format!(
                         "{name} batch {batch}: the convolution sweep failed: {e:#}"
                     )),
@@ -1073,18 +1063,28 @@ fn goals(
         });
     }
     let burn_peak = peaks.iter().find(|p| p.what.starts_with("burn"));
-    let conv = kernels
-        .iter()
-        .find(|k| k.model == "mnist" && k.batch == big && k.kernel == "conv3x3");
+    let conv_row = |kernel: &str| {
+        kernels
+            .iter()
+            .find(|k| k.model == "mnist" && k.batch == big && k.kernel == kernel)
+    };
+    let conv = conv_row("conv3x3");
     goals.push(Goal {
         goal: format!("conv3x3 ≥ 70% of the same-run matmul (burn-wgpu) at batch {big}"),
         measured: match (conv, burn_peak) {
-            (Some(c), Some(p)) => format!(
-                "{:.0} GFLOP/s = {:.0}% of {:.0}",
-                c.gflops,
-                100.0 * c.gflops / p.gflops,
-                p.gflops
-            ),
+            (Some(c), Some(p)) => {
+                let share = |c: &KernelRow| {
+                    format!(
+                        "{:.0} GFLOP/s = {:.0}%",
+                        c.gflops,
+                        100.0 * c.gflops / p.gflops
+                    )
+                };
+                let tuned = conv_row("conv3x3 (tuned)")
+                    .map(|t| format!("; tuned: {}", share(t)))
+                    .unwrap_or_default();
+                format!("{} of {:.0}{tuned}", share(c), p.gflops)
+            }
             _ => "not measured".into(),
         },
         met: match (conv, burn_peak) {
@@ -1133,6 +1133,9 @@ impl Report {
     /// cut short still leaves what it measured).
     fn save(&mut self, out: &Path, started: Instant) -> Result<()> {
         self.seconds = started.elapsed().as_secs_f64();
+        if let Some(t) = &self.tuning {
+            write_atomic(&out.join("tuning.json"), t.to_json().as_bytes())?;
+        }
         write_atomic(
             &out.join("gpu-report.json"),
             serde_json::to_string_pretty(self)?.as_bytes(),
@@ -1252,6 +1255,20 @@ impl Report {
                 );
             }
         }
+        if self.forward.iter().any(|f| f.wgsl_tuned_ms.is_some()) {
+            let _ = writeln!(m, "\n## Kernels tuned by measurement\n\nThe WGSL forward with, for every convolution, the kernel that ran it fastest in \"Convolutions alone, by kernel\" below (the run's tuning.json: `flowmap tune` and `sample --tuning`, src/gpu/tune.rs), against the default, whose kernels `ConvKernel::for_layer`'s rule picks. Same clock as the forward table.\n\n| model | batch | rule's kernels ms | tuned ms | tuned ÷ rule |\n|---|---:|---:|---:|---:|");
+            for f in self.forward.iter().filter(|f| f.wgsl_tuned_ms.is_some()) {
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {:.3} | {} | {} |",
+                    f.model,
+                    f.batch,
+                    f.wgsl_gpu_ms.unwrap_or(f.wgsl_wall_ms),
+                    opt(f.wgsl_tuned_ms, 3),
+                    opt(f.tuned_over_default, 2)
+                );
+            }
+        }
         kernel_table(
             &mut m,
             "## Kernels (GPU clock, one forward)",
@@ -1264,7 +1281,7 @@ impl Report {
             "layer",
             &self.layers,
         );
-        sweep_table(&mut m, &self.sweep);
+        sweep_table(&mut m, &self.sweep, &self.clock);
         let _ = writeln!(m, "\n## Sampling (end to end: upload, K jumps, readback; wall clock)\n\n| model | storage | samples | K | ms | samples/s |\n|---|---|---:|---:|---:|---:|");
         for s in &self.sampling {
             let _ = writeln!(

@@ -1072,28 +1072,41 @@ fn gpu_report_dry_run_writes_every_section() {
                 .any(|k| k["kernel"] == "group_norm (64×64 tiles)"),
             "only the convolutions are timed twice"
         );
-        // The convolutions alone: every distinct layer at each batch, each with the default
-        // choice and conv2d.wgsl alone; conv3x3.wgsl forced on the same-size 3×3 layers.
+        // The convolutions alone: every distinct layer at each batch with every kernel that
+        // computes it (conv2d.wgsl's three tiles always, conv3x3.wgsl's two on the same-size
+        // 3×3 layers), the fastest marked and written to tuning.json.
         let sweep = j["sweep"].as_array().unwrap();
         assert!(sweep.iter().any(|r| r["layer"]
             .as_str()
             .is_some_and(|l| l.starts_with("conv3x3 16→16 28×28 s1"))));
         for r in sweep {
-            let choices: Vec<&str> = r["times"]
+            let times: Vec<(&str, f64)> = r["times"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|t| t["choice"].as_str().unwrap())
+                .map(|t| (t["kernel"].as_str().unwrap(), t["us"].as_f64().unwrap()))
                 .collect();
+            let kernels: Vec<&str> = times.iter().map(|t| t.0).collect();
             assert!(
-                choices.starts_with(&["default", "conv2d.wgsl only", "64×64"]),
+                kernels.starts_with(&["conv2d.wgsl", "conv2d.wgsl#c16", "conv2d.wgsl#c32"]),
                 "{r}"
             );
             let same_size = r["layer"].as_str().unwrap().starts_with("conv3x3")
                 && r["layer"].as_str().unwrap().contains(" s1");
-            assert_eq!(choices.contains(&"conv3x3.wgsl"), same_size, "{r}");
-            assert_eq!(choices.contains(&"conv3x3.wgsl small"), same_size, "{r}");
+            assert_eq!(kernels.contains(&"conv3x3.wgsl"), same_size, "{r}");
+            assert_eq!(kernels.contains(&"conv3x3.wgsl#small"), same_size, "{r}");
+            let fastest = times.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0;
+            assert_eq!(r["fastest"], fastest, "{r}");
+            assert!(kernels.contains(&r["rule"].as_str().unwrap()), "{r}");
         }
+        let tuning = flowmap::gpu::Tuning::read(&root.join("tuning.json")).unwrap();
+        assert_eq!(tuning.convs.len(), sweep.len());
+        // The forward with the tuning, beside the rule's, and its convolutions' kernel rows.
+        for f in forward.iter().filter(|f| f["model"] == "mnist") {
+            assert!(f["tuned_over_default"].as_f64().is_some(), "{f}");
+        }
+        assert!(kernels.iter().any(|k| k["kernel"] == "conv3x3 (tuned)"));
+        assert!(md.contains("## Kernels tuned by measurement"));
         assert!(md.contains("## Convolutions alone, by kernel"));
         // Each layer names the shader that ran it; at these batches every grid is small, so
         // conv2d.wgsl ran them all.
