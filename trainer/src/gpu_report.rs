@@ -252,6 +252,38 @@ fn sweep_table(m: &mut String, rows: &[SweepRow], clock: &str) {
     }
 }
 
+/// The forward rows that have a variant's time (`variant`: its ms and its ratio to the
+/// default), as a table under `heading` whose last three columns are `columns`: the default's
+/// time on the forward table's clock, the variant's, their ratio. Nothing where no row has one.
+fn variant_table(
+    m: &mut String,
+    heading: &str,
+    columns: &str,
+    forward: &[ForwardRow],
+    variant: impl Fn(&ForwardRow) -> (Option<f64>, Option<f64>),
+) {
+    let rows: Vec<&ForwardRow> = forward.iter().filter(|f| variant(f).0.is_some()).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        m,
+        "\n{heading}\n\n| model | batch {columns}\n|---|---:|---:|---:|---:|"
+    );
+    for f in rows {
+        let (ms, ratio) = variant(f);
+        let _ = writeln!(
+            m,
+            "| {} | {} | {:.3} | {} | {} |",
+            f.model,
+            f.batch,
+            f.wgsl_gpu_ms.unwrap_or(f.wgsl_wall_ms),
+            opt(ms, 3),
+            opt(ratio, 2)
+        );
+    }
+}
+
 /// A table of kernel rows (per family or per layer) under `heading`, unless there are none.
 fn kernel_table(m: &mut String, heading: &str, what: &str, rows: &[KernelRow]) {
     if rows.is_empty() {
@@ -1241,34 +1273,20 @@ impl Report {
                 opt(f.f16_over_f32, 2)
             );
         }
-        if self.forward.iter().any(|f| f.wgsl_bounded_ms.is_some()) {
-            let _ = writeln!(m, "\n## Loop bounding (wgpu's runtime checks)\n\nThe same WGSL forward compiled as wgpu does by default, with a 64-bit counter in every loop (`ShaderChecks::Wgpu`, how the kernels ran until the sixteenth session), against the default without it (`ShaderChecks::NoLoopBounding`); bounds and division checks stay in both. Same clock as the forward table. The matmul's two rows are in \"Reachable peak\".\n\n| model | batch | default ms | with loop bounding ms | bounded ÷ default |\n|---|---:|---:|---:|---:|");
-            for f in &self.forward {
-                let _ = writeln!(
-                    m,
-                    "| {} | {} | {:.3} | {} | {} |",
-                    f.model,
-                    f.batch,
-                    f.wgsl_gpu_ms.unwrap_or(f.wgsl_wall_ms),
-                    opt(f.wgsl_bounded_ms, 3),
-                    opt(f.bounded_over_default, 2)
-                );
-            }
-        }
-        if self.forward.iter().any(|f| f.wgsl_tuned_ms.is_some()) {
-            let _ = writeln!(m, "\n## Kernels tuned by measurement\n\nThe WGSL forward with, for every convolution, the kernel that ran it fastest in \"Convolutions alone, by kernel\" below (the run's tuning.json: `flowmap tune` and `sample --tuning`, src/gpu/tune.rs), against the default, whose kernels `ConvKernel::for_layer`'s rule picks. Same clock as the forward table.\n\n| model | batch | rule's kernels ms | tuned ms | tuned ÷ rule |\n|---|---:|---:|---:|---:|");
-            for f in self.forward.iter().filter(|f| f.wgsl_tuned_ms.is_some()) {
-                let _ = writeln!(
-                    m,
-                    "| {} | {} | {:.3} | {} | {} |",
-                    f.model,
-                    f.batch,
-                    f.wgsl_gpu_ms.unwrap_or(f.wgsl_wall_ms),
-                    opt(f.wgsl_tuned_ms, 3),
-                    opt(f.tuned_over_default, 2)
-                );
-            }
-        }
+        variant_table(
+            &mut m,
+            "## Loop bounding (wgpu's runtime checks)\n\nThe same WGSL forward compiled as wgpu does by default, with a 64-bit counter in every loop (`ShaderChecks::Wgpu`, how the kernels ran until the sixteenth session), against the default without it (`ShaderChecks::NoLoopBounding`); bounds and division checks stay in both. Same clock as the forward table. The matmul's two rows are in \"Reachable peak\".",
+            "| default ms | with loop bounding ms | bounded ÷ default |",
+            &self.forward,
+            |f| (f.wgsl_bounded_ms, f.bounded_over_default),
+        );
+        variant_table(
+            &mut m,
+            "## Kernels tuned by measurement\n\nThe WGSL forward with, for every convolution, the kernel that ran it fastest in \"Convolutions alone, by kernel\" below (the run's tuning.json: `flowmap tune` and `sample --tuning`, src/gpu/tune.rs), against the default, whose kernels `ConvKernel::for_layer`'s rule picks. Same clock as the forward table.",
+            "| rule's kernels ms | tuned ms | tuned ÷ rule |",
+            &self.forward,
+            |f| (f.wgsl_tuned_ms, f.tuned_over_default),
+        );
         kernel_table(
             &mut m,
             "## Kernels (GPU clock, one forward)",
