@@ -60,6 +60,10 @@ const PIXELS: u32 = TP * PX;
 // Input channels per step, and the patch values each channel may take (rows × RS).
 const CI_B: u32 = 2u;
 const PATCH: u32 = 800u;
+// The most patch rows one loader thread takes per channel (`direct::applies` keeps every layer
+// this kernel runs within it), and the weight loads per thread and step (⌈CI_B·9·CO / THREADS⌉).
+const MAXR: u32 = 12u;
+const WLOADS: u32 = 3u;
 
 // 6,400 + 1,152 bytes.
 var<workgroup> rows_in: array<f32, CI_B * PATCH>;
@@ -148,10 +152,14 @@ fn main(
     let b2 = patch_at(q2, npix, t0, hp, wp);
     let b3 = patch_at(q3, npix, t0, hp, wp);
 
-    // The loader's share of the patch: column `col` of every `rpp`-th row from `lr`. The
-    // column's input x and its bounds are fixed; each row's (image, row) pair is advanced, not
-    // divided out, per load.
-    let rpp = THREADS / rs;
+    // The loader's share of the patch: column `col` of every `rpp`-th row from `lr`, at most
+    // MAXR rows. The column's input x and its bounds are fixed; each row's (image, row) pair is
+    // advanced, not divided out, per load: rpp ≤ H + 1, so one step crosses at most one image
+    // boundary and the carry is a select, not a loop. The row loop has a constant trip count
+    // and no branch around its loads (an invalid load reads x[0] and is replaced by zero), so
+    // the driver can unroll it and issue a channel's loads back to back: one memory latency
+    // per channel and step, where a loop of dependent trips would wait for each load in turn.
+    let rpp = min(THREADS / rs, hp + 1u);
     let col = tid % rs;
     let lr = tid / rs;
     let loads = lr < rpp;
@@ -173,35 +181,37 @@ fn main(
         if (loads) {
             for (var c = 0u; c < CI_B; c++) {
                 let ci = ci0 + c;
+                let ci_ok = col_ok && ci < p.c_in;
                 var n = n0;
                 var yy = y0;
-                for (var r = lr; r < rows; r += rpp) {
-                    var v = 0.0;
+                for (var k = 0u; k < MAXR; k++) {
+                    let r = lr + k * rpp;
                     // yy = 0 is the zero row above image n.
-                    if (col_ok && yy != 0u && n < p.batch && ci < p.c_in) {
-                        let iy = (yy - 1u) >> p.up;
-                        v = f32(x[((n * p.c_in + ci) * p.h_in + iy) * p.w_in + xs]);
+                    let ok = ci_ok && yy != 0u && n < p.batch;
+                    let at = ((n * p.c_in + ci) * p.h_in + ((yy - 1u) >> p.up)) * p.w_in + xs;
+                    let v = f32(x[select(0u, at, ok)]);
+                    if (r < rows) {
+                        rows_in[c * PATCH + r * rs + col] = select(0.0, v, ok);
                     }
-                    rows_in[c * PATCH + r * rs + col] = v;
                     yy += rpp;
-                    while (yy > hp) {
-                        yy -= hp + 1u;
-                        n += 1u;
-                    }
+                    let wrap = yy > hp;
+                    yy = select(yy, yy - (hp + 1u), wrap);
+                    n += u32(wrap);
                 }
             }
         }
-        // The weights W[tile_m + co, ci0 + c, tap] at [c][tap][co].
-        for (var i = tid; i < CI_B * 9u * CO; i += THREADS) {
+        // The weights W[tile_m + co, ci0 + c, tap] at [c][tap][co]: WLOADS independent loads.
+        for (var k = 0u; k < WLOADS; k++) {
+            let i = tid + k * THREADS;
             let co = i % CO;
             let tap = (i / CO) % 9u;
             let ci = ci0 + i / (9u * CO);
             let gm = tile_m + co;
-            var v = 0.0;
-            if (gm < p.c_out && ci < p.c_in) {
-                v = f32(w[(gm * p.c_in + ci) * 9u + tap]);
+            let ok = i < CI_B * 9u * CO && gm < p.c_out && ci < p.c_in;
+            let v = f32(w[select(0u, (gm * p.c_in + ci) * 9u + tap, ok)]);
+            if (i < CI_B * 9u * CO) {
+                wts[i / 4u][i % 4u] = select(0.0, v, ok);
             }
-            wts[i / 4u][i % 4u] = v;
         }
         workgroupBarrier();
         for (var c = 0u; c < CI_B; c++) {

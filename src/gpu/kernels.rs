@@ -522,9 +522,8 @@ impl GpuBackend {
                     // loop of these shaders runs forever. Every loop in shaders/ either has a
                     // constant trip count or steps a counter by at most 256 towards a bound
                     // that counts elements of one binding (under 2^30: bindings are under 2^32
-                    // bytes), so no counter wraps: `k0 += BK`, `i += WG`, conv3x3.wgsl's `r += rpp` (entered only
-                    // when rpp ≥ 1) and its `while (yy > hp) { yy -= hp + 1u; }`, which lowers
-                    // yy by at least 1 each time. Bounds and integer-division checks stay on.
+                    // bytes), so no counter wraps: `k0 += BK`, `i += WG`, conv3x3.wgsl's
+                    // `ci0 += CI_B`. Bounds and integer-division checks stay on.
                     // tests/shaders.rs lists every loop of every file, so a new one is read
                     // against this before it lands.
                     unsafe { self.ctx.device.create_shader_module_trusted(desc, checks) }

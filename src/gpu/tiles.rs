@@ -125,7 +125,15 @@ pub mod direct {
     pub const THREADS: usize = 128;
     pub const CHANNELS: usize = 16;
     pub const PATCH: usize = 800;
+    /// The most patch rows one loader thread takes per channel (`MAXR` in the file).
+    pub const MAXR: usize = 12;
     pub const SHADER: &str = "conv3x3.wgsl";
+
+    /// Patch rows loaded side by side per pass: one column per thread, at most one row per
+    /// image (plus its zero row), so a loader's (image, row) carry crosses one image a step.
+    pub fn rows_per_pass(h: usize, w: usize) -> usize {
+        (THREADS / (w + 2)).min(h + 1)
+    }
 
     /// The most patch rows a workgroup of `tile` needs on `n` images of `h` × `w` outputs: the
     /// rows its (at most `tile.pixels()`) consecutive pixels span, the zero rows between the
@@ -138,7 +146,7 @@ pub mod direct {
 
     /// Whether conv3x3.wgsl's `tile` computes this convolution: a 3×3 kernel, stride 1,
     /// padding 1 (the input read upsampled ×2 or not), onto `[n, _, h, w]` outputs whose
-    /// patches fit.
+    /// patches fit, each loader thread taking at most [`MAXR`] rows of a channel.
     pub fn applies(
         tile: DirectTile,
         ksize: usize,
@@ -147,12 +155,14 @@ pub mod direct {
     ) -> bool {
         let [n, h, w] = out;
         let rs = w + 2;
+        let rows = patch_rows(tile, n, h, w);
         ksize == 3
             && geom.stride == 1
             && geom.padding == 1
             && n * h * w > 0
             && rs <= THREADS
-            && patch_rows(tile, n, h, w) * rs <= PATCH
+            && rows * rs <= PATCH
+            && rows.div_ceil(rows_per_pass(h, w)) <= MAXR
     }
 
     /// (tiles along pixels, tiles in all) for `c_out` channels and `npix` output pixels.
@@ -462,6 +472,18 @@ mod tests {
         assert!(!direct::applies(wide, 3, same, [64, 6, 6]));
         assert!(direct::applies(wide, 3, same, [2, 6, 6]));
         assert!(direct::applies(small, 3, same, [64, 6, 6]));
+        // Each loader thread's rows a channel: 6 of 23 at 28×28 (4 rows a pass), 6 of 43 at
+        // 14×14 (8), 11 of 87 at 7×7 (8: one image and its zero row a pass, not 14), 12 of 12
+        // at 64×64 (1). Many one-row images take too many: 16 rows of 20 pixels fit the patch
+        // (35 rows of 22 values) but give 2 rows a pass (one image and its zero row), 18 each.
+        assert_eq!(direct::rows_per_pass(28, 28), 4);
+        assert_eq!(direct::rows_per_pass(14, 14), 8);
+        assert_eq!(direct::rows_per_pass(7, 7), 8);
+        assert_eq!(direct::rows_per_pass(64, 64), 1);
+        assert_eq!(direct::patch_rows(wide, 256, 7, 7).div_ceil(8), 11);
+        assert_eq!(direct::patch_rows(wide, 16, 1, 20), 35);
+        assert!(!direct::applies(wide, 3, same, [16, 1, 20]));
+        assert!(direct::applies(wide, 3, same, [4, 1, 20]));
     }
 
     /// Every patch conv3x3.wgsl reads is within the rows [`direct::patch_rows`] allows: the
