@@ -144,10 +144,19 @@ pub struct ForwardRow {
     /// flowmap WGSL with the fastest kernel per convolution as measured in this run (the
     /// sweep; `flowmap tune`), on the same clock as the default (the rule's kernels).
     pub wgsl_tuned_ms: Option<f64>,
-    pub tuned_over_default: Option<f64>,
+    /// The same with f16 storage and the f16 tuning, against `wgsl_f16_ms`.
+    pub wgsl_f16_tuned_ms: Option<f64>,
     pub wgsl_gflops: f64,
     pub pct_of_peak: f64,
     pub wgsl_over_burn: Option<f64>,
+}
+
+impl ForwardRow {
+    /// The default WGSL forward on the clock its variants are compared on: the GPU's where
+    /// there are timestamps, else the wall clock.
+    fn default_ms(&self) -> f64 {
+        self.wgsl_gpu_ms.unwrap_or(self.wgsl_wall_ms)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -201,6 +210,9 @@ pub struct Report {
     /// The sweep as a tuning file for this adapter (written beside the report as tuning.json).
     #[serde(skip)]
     pub tuning: Option<Tuning>,
+    /// The same measured in f16 storage (tuning-f16.json), where the adapter has it.
+    #[serde(skip)]
+    pub tuning_f16: Option<Tuning>,
     pub sampling: Vec<SampleRow>,
     pub goals: Vec<Goal>,
     pub notes: Vec<String>,
@@ -252,9 +264,9 @@ fn sweep_table(m: &mut String, rows: &[SweepRow], clock: &str) {
     }
 }
 
-/// The forward rows that have a variant's time (`variant`: its ms and its ratio to the
-/// default), as a table under `heading` whose last three columns are `columns`: the default's
-/// time on the forward table's clock, the variant's, their ratio. Nothing where no row has one.
+/// The forward rows that have a variant's time, as a table under `heading` whose last three
+/// columns are `columns`: `variant` gives a row's baseline and variant times in ms, and the
+/// table adds their ratio. Nothing where no row has both.
 fn variant_table(
     m: &mut String,
     heading: &str,
@@ -262,7 +274,13 @@ fn variant_table(
     forward: &[ForwardRow],
     variant: impl Fn(&ForwardRow) -> (Option<f64>, Option<f64>),
 ) {
-    let rows: Vec<&ForwardRow> = forward.iter().filter(|f| variant(f).0.is_some()).collect();
+    let rows: Vec<(&ForwardRow, f64, f64)> = forward
+        .iter()
+        .filter_map(|f| match variant(f) {
+            (Some(base), Some(ms)) => Some((f, base, ms)),
+            _ => None,
+        })
+        .collect();
     if rows.is_empty() {
         return;
     }
@@ -270,16 +288,13 @@ fn variant_table(
         m,
         "\n{heading}\n\n| model | batch {columns}\n|---|---:|---:|---:|---:|"
     );
-    for f in rows {
-        let (ms, ratio) = variant(f);
+    for (f, base, ms) in rows {
         let _ = writeln!(
             m,
-            "| {} | {} | {:.3} | {} | {} |",
+            "| {} | {} | {base:.3} | {ms:.3} | {:.2} |",
             f.model,
             f.batch,
-            f.wgsl_gpu_ms.unwrap_or(f.wgsl_wall_ms),
-            opt(ms, 3),
-            opt(ratio, 2)
+            ms / base
         );
     }
 }
@@ -494,6 +509,9 @@ struct Dispatch {
 /// GPU-clock times of one forward: the span, and every dispatch.
 type Dispatches = Vec<Dispatch>;
 
+/// A forward's time in seconds, with its dispatches where the GPU clock timed them.
+type ClockedForward = (f64, Option<Dispatches>);
+
 fn gpu_forward(
     gpu: &GpuBackend,
     w: &Weights,
@@ -561,12 +579,29 @@ fn forward_on_clock(
     batch: usize,
     iters: usize,
     gpu_clock: bool,
-) -> Result<Option<(f64, Option<Dispatches>)>> {
+) -> Result<Option<ClockedForward>> {
     if gpu_clock {
         return Ok(gpu_forward(g, w, batch, iters)?.map(|(span, d)| (span, Some(d))));
     }
     let net = w.network(g)?;
     Ok(Some((wall_forward(g, &net, w, batch, iters)?, None)))
+}
+
+/// `g`'s tuning for `w`'s convolutions at `batch` (`Tuning::measure`, 2 × `iters` dispatches a
+/// kernel), and the forward with it on the clock [`forward_on_clock`] uses; the rule's kernels
+/// are back when it returns.
+fn tuned_forward(
+    g: &GpuBackend,
+    w: &Weights,
+    batch: usize,
+    iters: usize,
+    gpu_clock: bool,
+) -> Result<(Tuning, Option<ClockedForward>)> {
+    let t = Tuning::measure(g, w, &[batch], 2 * iters, |_| {})?;
+    g.use_tuning(&t)?;
+    let run = forward_on_clock(g, w, batch, iters, gpu_clock);
+    g.clear_tuning();
+    Ok((t, run?))
 }
 
 /// One forward's timed dispatches summed per op family, as report rows; `suffix` is appended
@@ -771,6 +806,7 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
         layers: Vec::new(),
         sweep: Vec::new(),
         tuning: None,
+        tuning_f16: None,
         sampling: Vec::new(),
         goals: Vec::new(),
         notes: std::mem::take(&mut notes),
@@ -938,7 +974,7 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
                 wgsl_bounded_ms: bounded_secs.map(|s| s * 1e3),
                 bounded_over_default: bounded_secs.map(|s| s / secs),
                 wgsl_tuned_ms: None,
-                tuned_over_default: None,
+                wgsl_f16_tuned_ms: None,
                 f16_over_f32: f16_secs.map(|s| s / secs),
                 wgsl_gflops: gflop / secs,
                 pct_of_peak: 100.0 * gflop / secs / peak,
@@ -990,47 +1026,53 @@ pub fn run(out: &Path, dry_run: bool, log: &mut dyn FnMut(&str)) -> Result<Repor
             }
             if name == "mnist" {
                 log(&format!("convolutions alone: {name} at batch {batch}"));
-                match Tuning::measure(&gpu, w, &[batch], 2 * sizes.iters, |_| {}) {
-                    Ok(t) => {
-                        report.sweep.extend(t.convs.iter().map(SweepRow::new));
-                        // The forward again with the fastest kernel per convolution (what
-                        // `flowmap sample --tuning` runs), on the default's clock.
-                        let tuned = gpu
-                            .use_tuning(&t)
-                            .map_err(anyhow::Error::from)
-                            .and_then(|_| forward_on_clock(&gpu, w, batch, sizes.iters, gpu_clock));
-                        gpu.clear_tuning();
-                        match tuned {
-                            Ok(Some((tuned_secs, d))) => {
-                                if let Some(row) = report
-                                    .forward
-                                    .iter_mut()
-                                    .rev()
-                                    .find(|f| f.model == name && f.batch == batch)
-                                {
-                                    row.wgsl_tuned_ms = Some(tuned_secs * 1e3);
-                                    row.tuned_over_default = Some(tuned_secs / secs);
-                                }
-                                if let Some(d) = d {
-                                    report.kernels.extend(
-                                        kernel_rows(name, batch, tuned_secs, d, peak, " (tuned)")
-                                            .filter(|k| k.kernel.starts_with("conv")),
-                                    );
-                                }
-                            }
-                            Ok(None) => {}
-                            Err(e) => notes.push(format!(
-                                "{name} batch {batch}: the tuned forward failed: {e:#}"
-                            )),
+                // The tuning measured in each storage precision, and the forward again with
+                // it (what `flowmap sample --tuning` runs), on the default's clock. The sweep
+                // table lists the f32 measurement; both are written beside the report.
+                for g in &gpus {
+                    let f16 = g.precision() == Precision::F16;
+                    let tuned = tuned_forward(g, w, batch, sizes.iters, gpu_clock);
+                    let (t, run) = match tuned {
+                        Ok(v) => v,
+                        Err(e) => {
+                            notes.push(format!(
+                                "{name} batch {batch} ({}): tuning failed: {e:#}",
+                                g.precision()
+                            ));
+                            continue;
                         }
-                        match &mut report.tuning {
-                            Some(all) => all.convs.extend(t.convs),
-                            None => report.tuning = Some(t),
+                    };
+                    if let Some(row) = report
+                        .forward
+                        .iter_mut()
+                        .rev()
+                        .find(|f| f.model == name && f.batch == batch)
+                    {
+                        let ms = run.as_ref().map(|r| r.0 * 1e3);
+                        if f16 {
+                            row.wgsl_f16_tuned_ms = ms;
+                        } else {
+                            row.wgsl_tuned_ms = ms;
                         }
                     }
-                    Err(e) => notes.push(format!(
-                        "{name} batch {batch}: the convolution sweep failed: {e:#}"
-                    )),
+                    if !f16 {
+                        report.sweep.extend(t.convs.iter().map(SweepRow::new));
+                        if let Some((span, Some(d))) = run {
+                            report.kernels.extend(
+                                kernel_rows(name, batch, span, d, peak, " (tuned)")
+                                    .filter(|k| k.kernel.starts_with("conv")),
+                            );
+                        }
+                    }
+                    let all = if f16 {
+                        &mut report.tuning_f16
+                    } else {
+                        &mut report.tuning
+                    };
+                    match all {
+                        Some(all) => all.convs.extend(t.convs),
+                        None => *all = Some(t),
+                    }
                 }
             }
             // The f16 forward's kernels: its traffic is half the f32 count (every stored value
@@ -1165,8 +1207,13 @@ impl Report {
     /// cut short still leaves what it measured).
     fn save(&mut self, out: &Path, started: Instant) -> Result<()> {
         self.seconds = started.elapsed().as_secs_f64();
-        if let Some(t) = &self.tuning {
-            write_atomic(&out.join("tuning.json"), t.to_json().as_bytes())?;
+        for (t, file) in [
+            (&self.tuning, "tuning.json"),
+            (&self.tuning_f16, "tuning-f16.json"),
+        ] {
+            if let Some(t) = t {
+                write_atomic(&out.join(file), t.to_json().as_bytes())?;
+            }
         }
         write_atomic(
             &out.join("gpu-report.json"),
@@ -1278,14 +1325,21 @@ impl Report {
             "## Loop bounding (wgpu's runtime checks)\n\nThe same WGSL forward compiled as wgpu does by default, with a 64-bit counter in every loop (`ShaderChecks::Wgpu`, how the kernels ran until the sixteenth session), against the default without it (`ShaderChecks::NoLoopBounding`); bounds and division checks stay in both. Same clock as the forward table. The matmul's two rows are in \"Reachable peak\".",
             "| default ms | with loop bounding ms | bounded ÷ default |",
             &self.forward,
-            |f| (f.wgsl_bounded_ms, f.bounded_over_default),
+            |f| (Some(f.default_ms()), f.wgsl_bounded_ms),
         );
         variant_table(
             &mut m,
             "## Kernels tuned by measurement\n\nThe WGSL forward with, for every convolution, the kernel that ran it fastest in \"Convolutions alone, by kernel\" below (the run's tuning.json: `flowmap tune` and `sample --tuning`, src/gpu/tune.rs), against the default, whose kernels `ConvKernel::for_layer`'s rule picks. Same clock as the forward table.",
             "| rule's kernels ms | tuned ms | tuned ÷ rule |",
             &self.forward,
-            |f| (f.wgsl_tuned_ms, f.tuned_over_default),
+            |f| (Some(f.default_ms()), f.wgsl_tuned_ms),
+        );
+        variant_table(
+            &mut m,
+            "The same in f16 storage, with the tuning measured in f16 (tuning-f16.json), against the f16 forward with the rule's kernels:",
+            "| f16, rule's kernels ms | f16 tuned ms | tuned ÷ rule |",
+            &self.forward,
+            |f| (f.wgsl_f16_ms, f.wgsl_f16_tuned_ms),
         );
         kernel_table(
             &mut m,

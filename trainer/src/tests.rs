@@ -1103,7 +1103,16 @@ fn gpu_report_dry_run_writes_every_section() {
         assert_eq!(tuning.convs.len(), sweep.len());
         // The forward with the tuning, beside the rule's, and its convolutions' kernel rows.
         for f in forward.iter().filter(|f| f["model"] == "mnist") {
-            assert!(f["tuned_over_default"].as_f64().is_some(), "{f}");
+            assert!(f["wgsl_tuned_ms"].as_f64().is_some(), "{f}");
+            assert_eq!(f["wgsl_f16_tuned_ms"].as_f64().is_some(), f16, "{f}");
+        }
+        // And in f16 storage, where the adapter has it: its own tuning, for `--precision f16`.
+        if f16 {
+            let t16 = flowmap::gpu::Tuning::read(&root.join("tuning-f16.json")).unwrap();
+            assert_eq!(
+                (t16.precision.as_str(), t16.convs.len()),
+                ("f16", sweep.len())
+            );
         }
         assert!(kernels.iter().any(|k| k["kernel"] == "conv3x3 (tuned)"));
         assert!(md.contains("## Kernels tuned by measurement"));
