@@ -7,6 +7,7 @@ use flowmap::bench::{FamilyStats, Profiled};
 use flowmap::config::{DataSpec, ModelConfig, ModelMeta};
 use flowmap::cpu::CpuBackend;
 use flowmap::device::{self, DeviceChoice, Engine};
+use flowmap::gpu::tune::Clock;
 use flowmap::gpu::{GpuBackend, Tuning};
 use flowmap::models;
 use flowmap::net::{forward_costs, param_specs, Network};
@@ -111,6 +112,10 @@ enum Command {
         /// Dispatches timed per kernel and convolution.
         #[arg(long, default_value_t = 20)]
         reps: usize,
+        /// auto (the GPU's timestamps where the adapter has them, else the host's clock) or
+        /// wall (the host's clock, for drivers whose timestamps cannot be trusted).
+        #[arg(long, default_value = "auto")]
+        clock: String,
         /// The tuning file to write (JSON).
         #[arg(long)]
         out: PathBuf,
@@ -202,6 +207,7 @@ pub fn main() -> ExitCode {
             batch,
             precision,
             reps,
+            clock,
             out,
         } => run_tune(
             model.as_deref(),
@@ -209,6 +215,7 @@ pub fn main() -> ExitCode {
             &batch,
             &precision,
             reps,
+            &clock,
             &out,
         ),
         Command::Info { file, tensors } => run_info(&file, tensors),
@@ -442,12 +449,14 @@ fn run_tune(
     batch: &str,
     precision: &str,
     reps: usize,
+    clock: &str,
     out: &Path,
 ) -> Result<()> {
     let batches = parse_batches(batch)?;
     if reps == 0 {
         bail!("--reps must be at least 1");
     }
+    let clock = Clock::parse(clock).context("--clock")?;
     let precision = PrecisionChoice::parse(precision)?;
     check_writable(out)?;
     let (w, label) = choose(model, weights)?;
@@ -462,14 +471,16 @@ fn run_tune(
         bail!("--batch {big} is more than one pass holds on this GPU ({most} samples)");
     }
     say!(
-        "clock: {}; {reps} dispatches per kernel and convolution, median",
-        if b.has_timestamps() {
-            "the GPU's (timestamp queries)"
+        "clock: {}; µs per dispatch of each kernel and convolution",
+        if clock == Clock::Wall {
+            format!("the host's (--clock wall), best of 3 batches of {reps} dispatches")
+        } else if b.has_timestamps() {
+            format!("the GPU's (timestamp queries), median of {reps} dispatches")
         } else {
-            "the host's (this adapter has no timestamp queries)"
+            format!("the host's (this adapter has no timestamp queries), best of 3 batches of {reps} dispatches")
         }
     );
-    let t = Tuning::measure(b, &w, &batches, reps, |c| {
+    let t = Tuning::measure(b, &w, &batches, reps, clock, |c| {
         let times: Vec<String> = c.us.iter().map(|(k, us)| format!("{k} {us:.1}")).collect();
         let (tuned, rule) = c.times();
         say!(

@@ -571,23 +571,25 @@ fn tune_writes_a_tuning_that_sample_uses() {
     }
 
     let t2 = dir.join("t2.json");
-    for (batch, needle) in [
-        ("0", "--batch"),
-        ("2,x", "--batch"),
-        ("1000000", "more than one pass"),
+    for (flag, value, needle) in [
+        ("--batch", "0", "--batch"),
+        ("--batch", "2,x", "--batch"),
+        ("--batch", "1000000", "more than one pass"),
+        ("--clock", "cpu", "unknown clock"),
+        ("--reps", "0", "--reps"),
     ] {
         let (ok, _, err) = flowmap(&[
             "tune",
             "--weights",
             ws,
-            "--batch",
-            batch,
+            flag,
+            value,
             "--out",
             t2.to_str().unwrap(),
         ]);
         assert!(
             !ok && err.contains(needle) && !err.contains("panicked"),
-            "{batch}: {err}"
+            "{flag} {value}: {err}"
         );
         assert!(!t2.exists());
     }

@@ -8,7 +8,7 @@ mod common;
 use common::{assert_close, gpu, temp_dir, tiny_unet, write_random_model};
 use flowmap::backend::Backend;
 use flowmap::cpu::CpuBackend;
-use flowmap::gpu::tune::forward_convs;
+use flowmap::gpu::tune::{forward_convs, Clock};
 use flowmap::gpu::{ConvKernel, GpuBackend, Tuning};
 use flowmap::rng::Rng;
 use flowmap::weights::Weights;
@@ -79,7 +79,7 @@ fn a_measured_tuning_covers_every_convolution_with_its_fastest_kernel() {
     let Some(g) = gpu() else { return };
     let w = model("tune-measure");
     let mut heard = 0;
-    let t = Tuning::measure(&g, &w, &BATCHES, 2, |_| heard += 1).unwrap();
+    let t = Tuning::measure(&g, &w, &BATCHES, 2, Clock::Auto, |_| heard += 1).unwrap();
     assert_eq!(heard, t.convs.len());
     assert_eq!(t.batches(), BATCHES.to_vec());
     assert_eq!(t.precision, g.precision().name());
@@ -131,7 +131,7 @@ fn the_backend_runs_the_kernels_a_tuning_names() {
     let Some(g) = gpu() else { return };
     let w = model("tune-use");
     let batch = 3;
-    let mut t = Tuning::measure(&g, &w, &[batch], 1, |_| {}).unwrap();
+    let mut t = Tuning::measure(&g, &w, &[batch], 1, Clock::Auto, |_| {}).unwrap();
     let mut changed = 0;
     for c in &mut t.convs {
         let other =
@@ -172,7 +172,7 @@ fn the_backend_runs_the_kernels_a_tuning_names() {
 fn a_tuning_from_another_adapter_or_precision_is_refused() {
     let Some(g) = gpu() else { return };
     let w = model("tune-refuse");
-    let t = Tuning::measure(&g, &w, &[1], 1, |_| {}).unwrap();
+    let t = Tuning::measure(&g, &w, &[1], 1, Clock::Auto, |_| {}).unwrap();
     let mut other = t.clone();
     other.adapter = "Some Other GPU".into();
     let e = g.use_tuning(&other).unwrap_err().to_string();
@@ -192,4 +192,25 @@ fn a_tuning_from_another_adapter_or_precision_is_refused() {
     assert_eq!(conv_shaders(&g, &w, 1), tuned);
     g.clear_tuning();
     assert_eq!(conv_shaders(&g, &w, 1), rule);
+}
+
+/// The host's clock, for adapters without timestamps (or with untrusted ones): the same
+/// coverage and choice, timed around submitted batches.
+#[test]
+fn a_tuning_can_be_measured_on_the_host_clock() {
+    let Some(g) = gpu() else { return };
+    let w = model("tune-wall");
+    let t = Tuning::measure(&g, &w, &[2], 1, Clock::Wall, |_| {}).unwrap();
+    assert_eq!(t.clock, "wall");
+    assert_eq!(t.convs.len(), forward_convs(&g, &w, 2).unwrap().len());
+    for c in &t.convs {
+        let fastest = c.us.iter().min_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        assert_eq!(&c.kernel, fastest, "{}", c.layer);
+        assert!(c.us.values().all(|&us| us > 0.0), "{}: {:?}", c.layer, c.us);
+    }
+    assert_eq!(Clock::parse("wall").unwrap(), Clock::Wall);
+    assert!(Clock::parse("cpu")
+        .unwrap_err()
+        .to_string()
+        .contains("auto, wall"));
 }

@@ -248,6 +248,28 @@ impl GpuBackend {
     }
 }
 
+/// The clock a tuning is measured on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Clock {
+    /// The GPU's (timestamp queries around each dispatch) where the device has them, else the
+    /// host's.
+    #[default]
+    Auto,
+    /// The host's, around batches of dispatches submitted and waited for: for drivers whose
+    /// timestamps cannot be trusted.
+    Wall,
+}
+
+impl Clock {
+    pub fn parse(s: &str) -> Result<Clock> {
+        match s {
+            "auto" => Ok(Clock::Auto),
+            "wall" => Ok(Clock::Wall),
+            _ => Err(Error::Argument(format!("unknown clock `{s}` (auto, wall)"))),
+        }
+    }
+}
+
 /// Measuring needs a blocking wait for the device: native only.
 #[cfg(not(target_arch = "wasm32"))]
 mod measure {
@@ -302,11 +324,13 @@ mod measure {
 
     /// Each candidate's median time of one dispatch on `shape`, in seconds, timed `reps` times
     /// back to back on random operands, after one untimed dispatch; on the GPU's clock where
-    /// the device has timestamp queries (true), else on the host's (false).
+    /// `clock` allows it and the device has timestamp queries (true), else on the host's
+    /// (false).
     pub fn time_candidates(
         gpu: &GpuBackend,
         shape: &ConvShape,
         reps: usize,
+        clock: Clock,
     ) -> Result<(Vec<(ConvKernel, f64)>, bool)> {
         let mut rng = Rng::new(9);
         let mut up = |s: &[usize]| gpu.upload(&rng.normals(s.iter().product(), 1.0), s);
@@ -317,7 +341,7 @@ mod measure {
         } else {
             None
         };
-        let gpu_clock = gpu.has_timestamps();
+        let gpu_clock = clock == Clock::Auto && gpu.has_timestamps();
         let reps = reps.max(1);
         let mut times = Vec::new();
         for kernel in shape.candidates() {
@@ -361,13 +385,14 @@ mod measure {
 
     impl Tuning {
         /// Times every kernel that computes each distinct convolution of `weights`' forward at
-        /// each of `batches` on `gpu` ([`time_candidates`]), and keeps the fastest. `progress`
-        /// hears of each convolution as it is measured.
+        /// each of `batches` on `gpu` ([`time_candidates`], on `clock`), and keeps the fastest.
+        /// `progress` hears of each convolution as it is measured.
         pub fn measure(
             gpu: &GpuBackend,
             weights: &Weights,
             batches: &[usize],
             reps: usize,
+            clock: Clock,
             mut progress: impl FnMut(&TunedConv),
         ) -> Result<Tuning> {
             if batches.is_empty() || batches.contains(&0) {
@@ -381,7 +406,7 @@ mod measure {
             let mut gpu_clock = true;
             for &batch in batches {
                 for f in forward_convs(gpu, weights, batch)? {
-                    let (times, on_gpu) = time_candidates(gpu, &f.shape, reps)?;
+                    let (times, on_gpu) = time_candidates(gpu, &f.shape, reps, clock)?;
                     gpu_clock &= on_gpu;
                     let best = times
                         .iter()

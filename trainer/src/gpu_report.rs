@@ -21,7 +21,7 @@ use burn::tensor::{Device, DeviceKind};
 use flowmap::backend::Backend;
 use flowmap::bench::Profiled;
 use flowmap::cpu::CpuBackend;
-use flowmap::gpu::tune::TunedConv;
+use flowmap::gpu::tune::{Clock, TunedConv};
 use flowmap::gpu::{ConvKernel, ConvTile, ConvTiles, GpuBackend, GpuContext, ShaderChecks, Tuning};
 use flowmap::net::Network;
 use flowmap::output::write_atomic;
@@ -597,7 +597,7 @@ fn tuned_forward(
     iters: usize,
     gpu_clock: bool,
 ) -> Result<(Tuning, Option<ClockedForward>)> {
-    let t = Tuning::measure(g, w, &[batch], 2 * iters, |_| {})?;
+    let t = Tuning::measure(g, w, &[batch], 2 * iters, Clock::Auto, |_| {})?;
     g.use_tuning(&t)?;
     let run = forward_on_clock(g, w, batch, iters, gpu_clock);
     g.clear_tuning();
