@@ -552,6 +552,25 @@ fn tune_writes_a_tuning_that_sample_uses() {
     assert!(out.contains("kernels: tuned for"), "{out}");
     assert!(png.exists());
 
+    // bench runs its GPU forward with it too.
+    let (ok, out, err) = flowmap(&[
+        "bench",
+        "--weights",
+        ws,
+        "--batch",
+        "2",
+        "--device",
+        "gpu",
+        "--precision",
+        "f32",
+        "--iters",
+        "1",
+        "--tuning",
+        ts,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("kernels: tuned for"), "{out}");
+
     let mut other = tuning.clone();
     other.adapter = "Another GPU".into();
     let other_path = dir.join("other.json");
