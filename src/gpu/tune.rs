@@ -87,9 +87,11 @@ impl TunedConv {
         }
     }
 
-    /// The chosen kernel's time and the rule's, in microseconds.
+    /// The chosen kernel's time and the rule's, in microseconds (NaN for one with no time,
+    /// which a checked tuning does not have).
     pub fn times(&self) -> (f64, f64) {
-        (self.us[&self.kernel], self.us[&self.rule])
+        let us = |k: &String| self.us.get(k).copied().unwrap_or(f64::NAN);
+        (us(&self.kernel), us(&self.rule))
     }
 
     /// The chosen kernel, checked against the shape: named, among the timed, and applicable.
