@@ -965,18 +965,14 @@ impl Backend for GpuBackend {
         geom: Conv2d,
         residual: Option<&GpuTensor>,
     ) -> GpuTensor {
+        let shape = ConvShape::new(&x.shape, &w.shape, geom, residual.is_some())
+            .expect("conv2d takes 4-d input and weights");
         let tiles = self.conv_tiles.get();
-        let tuned = match (
-            tiles,
-            ConvShape::new(&x.shape, &w.shape, geom, residual.is_some()),
-        ) {
-            (ConvTiles::ByLayer, Some(key)) => self.tuned.borrow().get(&key).copied(),
+        let tuned = match tiles {
+            ConvTiles::ByLayer => self.tuned.borrow().get(&shape).copied(),
             _ => None,
         };
-        let kernel = tuned.unwrap_or_else(|| {
-            let o = conv2d_out_shape(&x.shape, &w.shape, geom);
-            ConvKernel::for_layer(tiles, w.shape[0], w.shape[2], geom, [o[0], o[2], o[3]])
-        });
+        let kernel = tuned.unwrap_or_else(|| shape.rule(tiles));
         self.conv2d_with(kernel, x, w, bias, geom, residual)
     }
 
