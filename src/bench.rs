@@ -360,6 +360,13 @@ impl<B: Backend> Backend for Profiled<'_, B> {
     }
 }
 
+/// The median of timings (the upper one of an even count): what every repeated measurement
+/// here reports, so one preempted run on a shared machine does not move it. Panics on none.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// GFLOP/s of an n×n×n f32 product through the fast CPU ops' GEMM on all threads, over
 /// `iters` products after one warm-up: the best, the same-run peak that per-op rates are
 /// compared against, and the median (on a shared VM the best is the rate of its quietest

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use flowmap::backend::{Backend, OpFamily};
-use flowmap::bench::{FamilyStats, Profiled};
+use flowmap::bench::{median, FamilyStats, Profiled};
 use flowmap::config::{DataSpec, ModelConfig, ModelMeta};
 use flowmap::cpu::CpuBackend;
 use flowmap::device::{self, DeviceChoice, Engine};
@@ -781,10 +781,6 @@ fn host_recording(b: &GpuBackend, w: &Weights, batch: usize, iters: usize) -> Re
         b.sync()?;
         drop(v);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (record, submit) = (median(record), median(submit));
     let per = (b.dispatch_count() - before) as f64 / iters as f64;
     say!(

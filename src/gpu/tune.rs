@@ -357,15 +357,13 @@ mod measure {
                 }
                 gpu.sync()?;
                 let timed = gpu.finish_timing()?.unwrap_or_default();
-                let mut d: Vec<f64> = timed.dispatches.iter().map(|d| d.1).collect();
-                if d.is_empty() {
+                if timed.dispatches.is_empty() {
                     return Err(Error::Gpu(format!(
                         "{}: no dispatch was timed",
                         kernel.shader()
                     )));
                 }
-                d.sort_by(f64::total_cmp);
-                d[d.len() / 2]
+                crate::bench::median(timed.dispatches.iter().map(|d| d.1).collect())
             } else {
                 // The host's clock: the best of three batches of dispatches, each submitted
                 // and waited for, so one preempted batch does not decide.

@@ -19,7 +19,7 @@ use crate::params::ParamStore;
 use anyhow::{bail, Context, Result};
 use burn::tensor::{Device, DeviceKind};
 use flowmap::backend::Backend;
-use flowmap::bench::Profiled;
+use flowmap::bench::{median, Profiled};
 use flowmap::cpu::CpuBackend;
 use flowmap::gpu::tune::{Clock, TunedConv};
 use flowmap::gpu::{ConvKernel, ConvTile, ConvTiles, GpuBackend, GpuContext, ShaderChecks, Tuning};
@@ -370,11 +370,6 @@ impl SweepRow {
                 .collect(),
         }
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn adapter_report(ctx: &GpuContext) -> AdapterReport {

@@ -149,11 +149,8 @@ impl Op {
             }
         };
         run(true);
-        let median = |backward: bool| {
-            let mut v: Vec<f64> = (0..reps).map(|_| run(backward)).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
+        let median =
+            |backward: bool| flowmap::bench::median((0..reps).map(|_| run(backward)).collect());
         Some((median(false), median(true)))
     }
 }
